@@ -1,0 +1,78 @@
+"""hypernodes_chain: pipelines of plain decorated functions.
+
+A `Graph` is pure structure; runners execute it with caching, events and streaming
+``map``. See the README for a tour.
+"""
+
+from .cache import DiskCache, MemoryCache
+from .callbacks import Callback
+from .events import (
+    BatchFinished,
+    Event,
+    GraphFinished,
+    GraphStarted,
+    InterruptEvent,
+    MapFinished,
+    MapStarted,
+    NodeFailed,
+    NodeFinished,
+    NodeStarted,
+    StreamingChunkEvent,
+)
+from .exceptions import (
+    CacheWarning,
+    CycleError,
+    DuplicateOutputError,
+    GraphError,
+    GraphTypeError,
+    HypernodesError,
+    InterruptError,
+    MapInputError,
+    MissingInputError,
+    NodeError,
+    PlanError,
+    UnknownInputError,
+)
+from .graph import Graph, GraphNode
+from .node import Node, node
+from .results import ItemFailure, MapResult
+from .runners import Runner
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchFinished",
+    "CacheWarning",
+    "Callback",
+    "CycleError",
+    "DiskCache",
+    "DuplicateOutputError",
+    "Event",
+    "Graph",
+    "GraphError",
+    "GraphFinished",
+    "GraphNode",
+    "GraphStarted",
+    "GraphTypeError",
+    "HypernodesError",
+    "InterruptError",
+    "InterruptEvent",
+    "ItemFailure",
+    "MapFinished",
+    "MapInputError",
+    "MapResult",
+    "MapStarted",
+    "MemoryCache",
+    "MissingInputError",
+    "Node",
+    "NodeError",
+    "NodeFailed",
+    "NodeFinished",
+    "NodeStarted",
+    "PlanError",
+    "Runner",
+    "StreamingChunkEvent",
+    "UnknownInputError",
+    "__version__",
+    "node",
+]

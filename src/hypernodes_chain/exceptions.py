@@ -1,0 +1,97 @@
+"""Every exception and warning that hypernodes_chain raises.
+
+Each error also subclasses the builtin that users already catch for that kind of
+mistake, so ``except ValueError`` keeps working around graph construction::
+
+    HypernodesError
+    ├── GraphError                       a graph that cannot be built
+    │   ├── DuplicateOutputError         (also ValueError) two nodes produce one output
+    │   ├── CycleError                   (also ValueError) the edges form a cycle
+    │   └── GraphTypeError               (also TypeError) producer type cannot feed consumer
+    ├── PlanError                        (also ValueError) a request the graph cannot answer
+    │   ├── MissingInputError            a required input was not given
+    │   ├── UnknownInputError            an input (or output) name the graph does not know
+    │   └── MapInputError                map inputs of unequal length, or not iterable
+    ├── NodeError                        (also RuntimeError) a node raised; chained to its error
+    └── InterruptError                   (also RuntimeError) an interrupt nobody can answer
+
+    CacheWarning                         (UserWarning) a value that cannot be hashed or stored
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CacheWarning",
+    "CycleError",
+    "DuplicateOutputError",
+    "GraphError",
+    "GraphTypeError",
+    "HypernodesError",
+    "InterruptError",
+    "MapInputError",
+    "MissingInputError",
+    "NodeError",
+    "PlanError",
+    "UnknownInputError",
+]
+
+
+class HypernodesError(Exception):
+    """Base class of every hypernodes_chain error."""
+
+
+class GraphError(HypernodesError):
+    """A graph that cannot be built."""
+
+
+class DuplicateOutputError(GraphError, ValueError):
+    """Two nodes produce the same output name."""
+
+
+class CycleError(GraphError, ValueError):
+    """The edges between nodes form a cycle."""
+
+
+class GraphTypeError(GraphError, TypeError):
+    """A producer's annotated return type cannot feed a consumer's annotated parameter."""
+
+
+class PlanError(HypernodesError, ValueError):
+    """A run request that the graph cannot answer."""
+
+
+class MissingInputError(PlanError):
+    """A required input was not given."""
+
+
+class UnknownInputError(PlanError):
+    """An input or output name the graph does not know."""
+
+
+class MapInputError(PlanError):
+    """Map inputs that cannot be iterated together (unequal lengths, not iterable)."""
+
+
+class NodeError(HypernodesError, RuntimeError):
+    """A node raised; the node's own exception is chained as ``__cause__``."""
+
+    def __init__(
+        self,
+        msg: str,
+        *,
+        node: str,
+        index: int | None = None,
+        path: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(msg)
+        self.node = node
+        self.index = index
+        self.path = path
+
+
+class InterruptError(HypernodesError, RuntimeError):
+    """An interrupt was raised but no handler or ``iter`` consumer can answer it."""
+
+
+class CacheWarning(UserWarning):
+    """A value could not be hashed or stored, so it is not cached."""

@@ -1,0 +1,261 @@
+"""`Graph`: nodes wired by name, validated once, then immutable.
+
+A graph is pure structure: it knows its nodes, inputs and outputs and can be nested
+into another graph with `as_node`, but it never executes anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from . import _types
+from .exceptions import CycleError, DuplicateOutputError, GraphTypeError
+from .node import Node, node
+
+__all__ = ["Graph", "GraphNode"]
+
+
+class Graph:
+    """Nodes whose edges come from parameter names matching output names.
+
+    Parameters
+    ----------
+    nodes
+        `Node` objects (plain functions are wrapped with ``@node``); order does not matter.
+    name
+        Shown in events, progress displays and manifests.
+
+    Raises
+    ------
+    DuplicateOutputError
+        Two nodes produce one output.
+    CycleError
+        The edges form a cycle (the message prints it).
+    GraphTypeError
+        A producer's annotated return type cannot feed a consumer's annotated parameter.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_producer",
+        "inputs",
+        "name",
+        "nodes",
+        "optional_inputs",
+        "outputs",
+    )
+
+    def __init__(self, nodes: Iterable[Node[Any] | Callable[..., Any]], name: str | None = None):
+        given = [n if isinstance(n, Node) else node(n) for n in nodes]
+        producer: dict[str, Node[Any]] = {}
+        for n in given:
+            for out in n.outputs:
+                if out in producer:
+                    other = producer[out]
+                    msg = (
+                        f"output {out!r} is produced by two nodes: {other.name!r} and {n.name!r}; "
+                        f"rename one with node.rename(outputs={{{out!r}: 'new_name'}})"
+                    )
+                    raise DuplicateOutputError(msg)
+                producer[out] = n
+        ordered = _topological(given, producer)
+        _check_types(ordered, producer)
+        needed: dict[str, bool] = {}  # root input -> required by at least one node
+        for n in ordered:
+            for name_ in n.inputs:
+                if name_ not in producer:
+                    needed[name_] = needed.get(name_, False) or name_ not in n.optional
+        s = object.__setattr__
+        s(self, "name", name or "graph")
+        s(self, "nodes", tuple(ordered))
+        s(self, "_producer", producer)
+        s(self, "outputs", tuple(o for n in ordered for o in n.outputs))
+        s(self, "inputs", tuple(k for k, req in needed.items() if req))
+        s(self, "optional_inputs", tuple(k for k, req in needed.items() if not req))
+
+    def __setattr__(self, key: str, value: object) -> None:
+        msg = f"Graph is immutable; cannot set {key!r} (build a new Graph instead)"
+        raise AttributeError(msg)
+
+    def producer_of(self, output: str) -> Node[Any] | None:
+        """The node that produces ``output`` (None for a root input)."""
+        return self._producer.get(output)
+
+    def as_node(
+        self,
+        name: str | None = None,
+        *,
+        map_over: str | Sequence[str] | None = None,
+        input_mapping: Mapping[str, str] | None = None,
+        output_mapping: Mapping[str, str] | None = None,
+    ) -> GraphNode:
+        """This graph as one node of another graph.
+
+        Parameters
+        ----------
+        name
+            The node's name (default: the graph's name).
+        map_over
+            Outer input names whose values are lists: the inner graph runs once per
+            element and every output becomes a list in input order.
+        input_mapping
+            ``{outer_name: inner_name}`` for inputs whose names differ.
+        output_mapping
+            ``{inner_name: outer_name}``; when given, only these outputs are exposed.
+        """
+        return GraphNode(
+            self,
+            name=name,
+            map_over=map_over,
+            input_mapping=input_mapping,
+            output_mapping=output_mapping,
+        )
+
+    def visualize(self, filename: str | None = None, **kwargs: Any) -> Any:
+        """A graphviz diagram of the graph (see `hypernodes_chain.viz`)."""
+        from . import viz  # late import: viz is an optional front end over this layer
+
+        return viz.visualize(self, filename=filename, **kwargs)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Graph {self.name!r}: {len(self.nodes)} nodes, inputs={list(self.inputs)}, "
+            f"outputs={list(self.outputs)}>"
+        )
+
+
+class GraphNode(Node[Any]):
+    """A graph used as one node of an outer graph (built by `Graph.as_node`)."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        *,
+        name: str | None = None,
+        map_over: str | Sequence[str] | None = None,
+        input_mapping: Mapping[str, str] | None = None,
+        output_mapping: Mapping[str, str] | None = None,
+    ) -> None:
+        self.graph = graph
+        self.func = graph
+        self.name = name or graph.name
+        self.kind = "graph"
+        self.cache = True
+        self.batch = False
+        inner_inputs = graph.inputs + graph.optional_inputs
+        to_outer = {inner: outer for outer, inner in (input_mapping or {}).items()}
+        unknown = sorted(set(to_outer) - set(inner_inputs))
+        if unknown:
+            msg = (
+                f"graph node {self.name!r}: input_mapping names inner inputs {unknown} that "
+                f"graph {graph.name!r} does not have; its inputs are {list(inner_inputs)}"
+            )
+            raise ValueError(msg)
+        out_map = dict(output_mapping) if output_mapping else {o: o for o in graph.outputs}
+        unknown = sorted(set(out_map) - set(graph.outputs))
+        if unknown:
+            msg = (
+                f"graph node {self.name!r}: output_mapping names outputs {unknown} that "
+                f"graph {graph.name!r} does not produce; its outputs are {list(graph.outputs)}"
+            )
+            raise ValueError(msg)
+        self.output_map: dict[str, str] = out_map  # inner -> outer
+        self.outputs = tuple(out_map.values())
+        self.output_name = self.outputs if len(self.outputs) != 1 else self.outputs[0]
+        self.parameters = inner_inputs
+        self.defaults = {p: None for p in graph.optional_inputs}
+        self.keyword_only = frozenset()
+        self.input_map = {p: to_outer.get(p, p) for p in inner_inputs}
+        over = (map_over,) if isinstance(map_over, str) else tuple(map_over or ())
+        outer_inputs = set(self.input_map.values())
+        bad = [m for m in over if m not in outer_inputs]
+        if bad:
+            msg = (
+                f"graph node {self.name!r}: map_over names {bad}, which are not inputs of "
+                f"the node; its inputs are {sorted(outer_inputs)}"
+            )
+            raise ValueError(msg)
+        self.map_over: tuple[str, ...] = over
+
+    @property
+    def hints(self) -> dict[str, Any]:  # type: ignore[override]
+        return {}
+
+    def output_type(self, output: str) -> Any:
+        if self.map_over:
+            return list
+        inner = next(i for i, o in self.output_map.items() if o == output)
+        producer = self.graph.producer_of(inner)
+        return producer.output_type(inner) if producer else Any
+
+    def input_type(self, input_name: str) -> Any:
+        if input_name in self.map_over:
+            return Any
+        inner = next(i for i, o in self.input_map.items() if o == input_name)
+        types_ = [n.input_type(inner) for n in self.graph.nodes if inner in n.inputs]
+        return types_[0] if len(types_) == 1 else Any
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        msg = f"graph node {self.name!r} is not callable; run its graph with a runner"
+        raise TypeError(msg)
+
+    def __repr__(self) -> str:
+        over = f", map_over={list(self.map_over)}" if self.map_over else ""
+        return (
+            f"<GraphNode {self.name}({', '.join(self.inputs)}) -> {', '.join(self.outputs)}{over}>"
+        )
+
+
+def _topological(nodes: list[Node[Any]], producer: Mapping[str, Node[Any]]) -> list[Node[Any]]:
+    """Kahn's algorithm, stable in the given order; a cycle is reported as a path."""
+    deps = {id(n): {id(producer[i]) for i in n.inputs if i in producer} for n in nodes}
+    by_id = {id(n): n for n in nodes}
+    done: set[int] = set()
+    ordered: list[Node[Any]] = []
+    pending = list(nodes)
+    while pending:
+        ready = [n for n in pending if deps[id(n)] <= done]
+        if not ready:
+            raise CycleError(_cycle_message(pending, deps, by_id))
+        for n in ready:
+            done.add(id(n))
+            ordered.append(n)
+        pending = [n for n in pending if id(n) not in done]
+    return ordered
+
+
+def _cycle_message(
+    pending: list[Node[Any]], deps: Mapping[int, set[int]], by_id: Mapping[int, Node[Any]]
+) -> str:
+    start = pending[0]
+    seen: list[int] = []
+    current = id(start)
+    while current not in seen:
+        seen.append(current)
+        current = next(d for d in sorted(deps[current]) if d in {id(n) for n in pending})
+    cycle = [*seen[seen.index(current) :], current]
+    # deps point from consumer to producer: reverse to read in data-flow order
+    names = [by_id[i].name for i in reversed(cycle)]
+    return "the graph has a cycle: " + " -> ".join(names)
+
+
+def _check_types(ordered: list[Node[Any]], producer: Mapping[str, Node[Any]]) -> None:
+    for consumer in ordered:
+        for inp in consumer.inputs:
+            prod = producer.get(inp)
+            if prod is None:
+                continue
+            made = prod.output_type(inp)
+            wanted = consumer.input_type(inp)
+            if prod.batch:
+                made = _types.element_type(made)
+            if consumer.batch:
+                wanted = _types.element_type(wanted)
+            if not _types.compatible(made, wanted):
+                msg = (
+                    f"type clash on {inp!r}: node {prod.name!r} returns "
+                    f"{_types.type_name(made)} but node {consumer.name!r} expects "
+                    f"{_types.type_name(wanted)} for parameter {inp!r}"
+                )
+                raise GraphTypeError(msg)

@@ -1,0 +1,236 @@
+"""`@node` and `Node`: a plain function plus the names it reads and writes.
+
+This is the bottom layer: it imports nothing from the rest of the package but the
+exceptions, so a graph can be defined without pulling in runners, caches or engines.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, Literal, TypeVar, overload
+
+__all__ = ["Node", "node"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+Kind = Literal["sync", "async", "gen", "agen", "graph"]
+_EMPTY = inspect.Parameter.empty
+
+
+def _kind_of(func: Callable[..., Any]) -> Kind:
+    target = inspect.unwrap(func)
+    if inspect.isasyncgenfunction(target):
+        return "agen"
+    if inspect.iscoroutinefunction(target):
+        return "async"
+    if inspect.isgeneratorfunction(target):
+        return "gen"
+    return "sync"
+
+
+def _type_hints(func: Callable[..., Any]) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(inspect.unwrap(func))
+    except Exception:  # unresolvable forward references: treat as unannotated
+        return {}
+
+
+class Node(Generic[F]):
+    """A function with named inputs (its parameters) and named outputs.
+
+    Calling the node calls the plain function, so ``double(3) == 6`` still holds.
+    """
+
+    kind: Kind
+
+    def __init__(
+        self,
+        func: F,
+        *,
+        output_name: str | tuple[str, ...] | None = None,
+        name: str | None = None,
+        cache: bool = True,
+        batch: bool = False,
+    ) -> None:
+        if not callable(func):
+            msg = f"@node needs a callable, got {func!r} ({type(func).__name__})"
+            raise TypeError(msg)
+        self.func = func
+        self.name: str = name or getattr(func, "__name__", type(func).__name__)
+        out = output_name if output_name is not None else self.name
+        self.output_name: str | tuple[str, ...] = out
+        self.outputs: tuple[str, ...] = (out,) if isinstance(out, str) else tuple(out)
+        if not self.outputs or not all(isinstance(o, str) and o for o in self.outputs):
+            msg = f"node {self.name!r}: output_name must be a str or a tuple of str, got {out!r}"
+            raise TypeError(msg)
+        self.cache = cache
+        self.batch = batch
+        self.kind = _kind_of(func)
+        if batch and self.kind in ("gen", "agen"):
+            msg = f"batch node {self.name!r} cannot be a generator (batch nodes return a list)"
+            raise TypeError(msg)
+        sig = inspect.signature(func)
+        self.parameters: tuple[str, ...] = tuple(
+            p.name
+            for p in sig.parameters.values()
+            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        )
+        self.defaults: dict[str, Any] = {
+            p.name: p.default for p in sig.parameters.values() if p.default is not _EMPTY
+        }
+        self.keyword_only = frozenset(
+            p.name for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY
+        )
+        # parameter name -> graph input name (changed by rename)
+        self.input_map: dict[str, str] = {p: p for p in self.parameters}
+        functools.update_wrapper(self, func)  # type: ignore[arg-type]
+
+    # -- what a graph needs ------------------------------------------------
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The graph-level names this node reads, in parameter order."""
+        return tuple(self.input_map[p] for p in self.parameters)
+
+    @property
+    def optional(self) -> frozenset[str]:
+        """Graph-level input names that have a default value."""
+        return frozenset(self.input_map[p] for p in self.defaults)
+
+    @functools.cached_property
+    def hints(self) -> dict[str, Any]:
+        return _type_hints(self.func)
+
+    @functools.cached_property
+    def item_params(self) -> frozenset[str]:
+        """For a batch node: parameters that take one list per batch.
+
+        In ``run`` these get a one-element list; a parameter annotated with a type
+        that is not a list is a constant and gets its plain value.
+        """
+        out = set()
+        for param in self.parameters:
+            tp = self.hints.get(param, Any)
+            origin = typing.get_origin(tp) or tp
+            if tp is Any or (isinstance(origin, type) and issubclass(origin, (list, tuple))):
+                out.add(param)
+        return frozenset(out)
+
+    def input_type(self, input_name: str) -> Any:
+        """The annotation of the parameter bound to ``input_name`` (``Any`` if none)."""
+        for param, mapped in self.input_map.items():
+            if mapped == input_name:
+                return self.hints.get(param, Any)
+        return Any
+
+    def output_type(self, output: str) -> Any:
+        """The annotated type of one output (``Any`` if unknown)."""
+        ret = self.hints.get("return", Any)
+        if len(self.outputs) == 1:
+            return ret
+        if typing.get_origin(ret) is tuple:
+            args = typing.get_args(ret)
+            if len(args) == len(self.outputs) and Ellipsis not in args:
+                return args[self.outputs.index(output)]
+        return Any
+
+    # -- copies ---------------------------------------------------------------
+    def _copy(self) -> Node[F]:
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.__dict__.pop("hints", None)
+        new.__dict__.pop("item_params", None)
+        new.input_map = dict(self.input_map)
+        return new
+
+    def rename(
+        self,
+        *,
+        inputs: Mapping[str, str] | None = None,
+        outputs: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ) -> Node[F]:
+        """A copy whose inputs and outputs are renamed (``{"old": "new"}``).
+
+        Use it to put one function twice into a graph.
+        """
+        inputs = dict(inputs or {})
+        outputs = dict(outputs or {})
+        unknown_in = sorted(set(inputs) - set(self.inputs))
+        unknown_out = sorted(set(outputs) - set(self.outputs))
+        if unknown_in or unknown_out:
+            msg = (
+                f"node {self.name!r}: cannot rename "
+                + ", ".join(
+                    [f"unknown input {n!r}" for n in unknown_in]
+                    + [f"unknown output {n!r}" for n in unknown_out]
+                )
+                + f"; inputs are {list(self.inputs)}, outputs are {list(self.outputs)}"
+            )
+            raise ValueError(msg)
+        new = self._copy()
+        new.input_map = {p: inputs.get(n, n) for p, n in self.input_map.items()}
+        new.outputs = tuple(outputs.get(o, o) for o in self.outputs)
+        new.output_name = new.outputs[0] if isinstance(self.output_name, str) else new.outputs
+        if name is not None:
+            new.name = name
+        return new
+
+    # -- behaving like the function ---------------------------------------------
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.func(*args, **kwargs)
+
+    def __get__(self, obj: object, objtype: type | None = None) -> Any:
+        return self if obj is None else functools.partial(self.func, obj)
+
+    def __repr__(self) -> str:
+        ins = ", ".join(self.inputs)
+        outs = ", ".join(self.outputs)
+        return f"<Node {self.name}({ins}) -> {outs}>"
+
+
+@overload
+def node(func: F, /) -> Node[F]: ...
+
+
+@overload
+def node(
+    *,
+    output_name: str | tuple[str, ...] | None = None,
+    name: str | None = None,
+    cache: bool = True,
+    batch: bool = False,
+) -> Callable[[F], Node[F]]: ...
+
+
+def node(
+    func: F | None = None,
+    /,
+    *,
+    output_name: str | tuple[str, ...] | None = None,
+    name: str | None = None,
+    cache: bool = True,
+    batch: bool = False,
+) -> Node[F] | Callable[[F], Node[F]]:
+    """Turn a function into a graph node.
+
+    Parameters
+    ----------
+    output_name
+        Name of the output (default: the function's name); a tuple names each element
+        of the tuple the function returns.
+    name
+        The node's name in events and errors (default: the function's name).
+    cache
+        ``False`` never caches this node (for clocks, random draws, side effects).
+    batch
+        The function receives lists for the inputs that vary across items and plain
+        values for constants, and returns a list of the same length.
+    """
+
+    def wrap(f: F) -> Node[F]:
+        return Node(f, output_name=output_name, name=name, cache=cache, batch=batch)
+
+    return wrap(func) if func is not None else wrap

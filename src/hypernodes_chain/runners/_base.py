@@ -1,0 +1,117 @@
+"""What every runner shares: its settings, argument checks, and the flows it drives.
+
+Like httpx's ``BaseClient``, this owns every decision that is not about *how* a call
+is executed, so `Runner`, `AsyncRunner` and `DaskRunner` stay thin mirrors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from ..cache import Cache
+from ..events import EventBus, Subscriber
+from ..exceptions import MapInputError, UnknownInputError
+from ..graph import Graph
+from ..plan import build_plan
+from ._core import Context, Flow, item_flow
+from ._map import map_flow, normalize_map_over
+
+__all__ = ["BaseRunner"]
+
+_MAP_MODES = ("zip", "product")
+_ON_ERROR = ("raise", "collect")
+
+
+class BaseRunner:
+    """Settings and flow construction shared by all runners."""
+
+    def __init__(
+        self,
+        cache: Cache | None = None,
+        callbacks: Sequence[Subscriber] | Subscriber | None = None,
+        engines: Any = None,
+    ) -> None:
+        self.cache = cache
+        if callbacks is None:
+            callbacks = []
+        elif callable(callbacks):
+            callbacks = [callbacks]
+        self.callbacks: list[Subscriber] = list(callbacks)
+        self.engines = engines
+        self._default_ctx = Context(cache=cache, bus=EventBus(self.callbacks), engines=engines)
+
+    def _context(
+        self, handlers: Mapping[str, Any] | None = None, on_error: str = "raise"
+    ) -> Context:
+        if handlers is None and on_error == "raise" and not self._default_ctx.bus.active:
+            return self._default_ctx
+        return Context(
+            cache=self.cache,
+            bus=EventBus(self.callbacks),
+            engines=self.engines,
+            handlers=handlers,
+            on_error=on_error,
+        )
+
+    def _run_flow(
+        self,
+        graph: Graph,
+        inputs: Mapping[str, Any],
+        output_name: str | Iterable[str] | None,
+        handlers: Mapping[str, Any] | None,
+    ) -> tuple[Flow, tuple[str, ...]]:
+        _check_graph(graph)
+        plan = build_plan(graph, output_name, inputs)
+        ctx = self._context(handlers)
+        return item_flow(plan, dict(inputs), ctx), plan.outputs
+
+    def _map_flow(
+        self,
+        graph: Graph,
+        inputs: Mapping[str, Any],
+        map_over: str | Iterable[str],
+        map_mode: str,
+        output_name: str | Iterable[str] | None,
+        batch_size: int,
+        writer: Any,
+        on_error: str,
+        handlers: Mapping[str, Any] | None,
+    ) -> Flow:
+        _check_graph(graph)
+        over = normalize_map_over(map_over)
+        _check_map_args(inputs, over, map_mode, batch_size, on_error)
+        plan = build_plan(graph, output_name, inputs)
+        ctx = self._context(handlers, on_error)
+        return map_flow(plan, inputs, over, map_mode, ctx, batch_size=batch_size, writer=writer)
+
+
+def _check_graph(graph: object) -> None:
+    if not isinstance(graph, Graph):
+        msg = f"runners take a Graph as first argument, got {type(graph).__name__}"
+        raise TypeError(msg)
+
+
+def _check_map_args(
+    inputs: Mapping[str, Any],
+    over: tuple[str, ...],
+    map_mode: str,
+    batch_size: int,
+    on_error: str,
+) -> None:
+    if not over:
+        msg = "map_over must name at least one input"
+        raise MapInputError(msg)
+    missing = [name for name in over if name not in inputs]
+    if missing:
+        msg = f"map_over names {missing}, which are not in inputs {sorted(inputs)}"
+        raise UnknownInputError(msg)
+    if map_mode not in _MAP_MODES:
+        msg = f"map_mode must be one of {_MAP_MODES}, got {map_mode!r}"
+        raise ValueError(msg)
+    if on_error not in _ON_ERROR:
+        msg = f"on_error must be one of {_ON_ERROR}, got {on_error!r}"
+        raise ValueError(msg)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        msg = f"batch_size must be a positive int, got {batch_size!r}"
+        raise ValueError(msg)

@@ -1,0 +1,189 @@
+"""`Runner`: drives the core's flows in this thread (or a thread pool)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ..cache import Cache
+from ..events import Subscriber
+from ..graph import Graph
+from ..results import MapResult
+from ._base import BaseRunner
+from ._calls import Call, ColumnCall
+from ._core import Flow
+from ._map import BatchRows
+
+__all__ = ["Runner"]
+
+
+class Runner(BaseRunner):
+    """Run graphs synchronously.
+
+    Parameters
+    ----------
+    cache
+        A `DiskCache` or `MemoryCache`; every node result (every item in ``map``)
+        is looked up before it runs and stored after.
+    callbacks
+        Subscribers (usually `Callback` instances) that receive every event.
+    engines
+        An `EngineBroker` shared by the LLM nodes.
+    max_workers
+        Size of a thread pool for independent nodes and the items of a column;
+        ``None`` runs everything in the calling thread.
+    """
+
+    def __init__(
+        self,
+        cache: Cache | None = None,
+        callbacks: Sequence[Subscriber] | Subscriber | None = None,
+        engines: Any = None,
+        max_workers: int | None = None,
+    ) -> None:
+        super().__init__(cache=cache, callbacks=callbacks, engines=engines)
+        self.max_workers = max_workers
+        self._pool: ThreadPoolExecutor | None = None
+
+    # -- public API -------------------------------------------------------------
+    def run(
+        self,
+        graph: Graph,
+        inputs: Mapping[str, Any],
+        output_name: str | Iterable[str] | None = None,
+        handlers: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Run ``graph`` once; returns every output, or those named by ``output_name``."""
+        flow, outputs = self._run_flow(graph, inputs, output_name, handlers)
+        values, _ = self._drive(flow)
+        return {name: values[name] for name in outputs}
+
+    def map(
+        self,
+        graph: Graph,
+        inputs: Mapping[str, Any],
+        map_over: str | Iterable[str],
+        map_mode: str = "zip",
+        output_name: str | Iterable[str] | None = None,
+        batch_size: int = 1024,
+        writer: Any = None,
+        on_error: str = "raise",
+        handlers: Mapping[str, Any] | None = None,
+    ) -> list[Any] | MapResult:
+        """Run ``graph`` once per item of the ``map_over`` inputs.
+
+        Returns a list in input order (an `ItemFailure` in a failed item's place under
+        ``on_error="collect"``), or a `MapResult` when ``writer`` is given.
+        """
+        flow = self._map_flow(
+            graph,
+            inputs,
+            map_over,
+            map_mode,
+            output_name,
+            batch_size,
+            writer,
+            on_error,
+            handlers,
+        )
+        rows: list[Any] = []
+        result = self._drive(flow, on_rows=rows.extend)
+        return result if writer is not None else rows
+
+    def imap(
+        self,
+        graph: Graph,
+        inputs: Mapping[str, Any],
+        map_over: str | Iterable[str],
+        map_mode: str = "zip",
+        output_name: str | Iterable[str] | None = None,
+        batch_size: int = 1024,
+        writer: Any = None,
+        on_error: str = "raise",
+        handlers: Mapping[str, Any] | None = None,
+    ) -> Iterator[Any]:
+        """Like `map`, lazily: yields each item's result in input order, batch by batch."""
+        flow = self._map_flow(
+            graph,
+            inputs,
+            map_over,
+            map_mode,
+            output_name,
+            batch_size,
+            writer,
+            on_error,
+            handlers,
+        )
+        sent: Any = None
+        try:
+            while True:
+                try:
+                    step = flow.send(sent)
+                except StopIteration:
+                    return
+                if type(step) is BatchRows:
+                    sent = None
+                    yield from step.rows
+                else:
+                    sent = self._execute(step)
+        finally:
+            flow.close()
+
+    def close(self) -> None:
+        """Shut the thread pool down (if one was started)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- driving ------------------------------------------------------------------
+    def _drive(self, flow: Flow, on_rows: Any = None) -> Any:
+        sent: Any = None
+        while True:
+            try:
+                step = flow.send(sent)
+            except StopIteration as stop:
+                return stop.value
+            if type(step) is BatchRows:
+                sent = None
+                if on_rows is not None:
+                    on_rows(step.rows)
+            else:
+                sent = self._execute(step)
+
+    def _execute(self, calls: list[Any]) -> list[Any]:
+        if self.max_workers is None or self.max_workers <= 1:
+            drive = self._drive
+            for call in calls:
+                call.run_sync(drive)
+            return calls
+        return self._execute_pooled(calls)
+
+    def _execute_pooled(self, calls: list[Any]) -> list[Any]:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="hypernodes")
+        pool = self._pool
+        futures = []
+        inline = []
+        for call in calls:
+            if type(call) is Call and call.flow is not None:
+                inline.append(call)  # nested graphs are driven here; their calls use the pool
+            elif type(call) is ColumnCall and not call.step.node.batch and len(call.rows) > 1:
+                parts = call.split(self.max_workers)
+                futures.append((call, [pool.submit(p.run_sync, self._drive) for p in parts]))
+            else:
+                futures.append((call, [pool.submit(call.run_sync, self._drive)]))
+        for call in inline:
+            call.run_sync(self._drive)
+        for call, parts in futures:
+            done = [f.result() for f in parts]
+            if type(call) is ColumnCall and (len(done) > 1 or done[0] is not call):
+                call.results = [r for part in done for r in part.results]
+                call.n_failed = sum(part.n_failed for part in done)
+        return calls
