@@ -112,11 +112,11 @@ class Graph:
             output_mapping=output_mapping,
         )
 
-    def visualize(self, filename: str | None = None, **kwargs: Any) -> Any:
-        """A graphviz diagram of the graph (see `hypernodes_chain.viz`)."""
-        from . import viz  # late import: viz is an optional front end over this layer
+    def visualize(self, filename: str | None = None) -> Any:
+        """A graphviz diagram of the graph (SVG in Jupyter); saved when ``filename`` is given."""
+        from . import viz  # late import: viz is a front end over this layer, not part of it
 
-        return viz.visualize(self, filename=filename, **kwargs)
+        return viz.visualize(self, filename=filename)
 
     def __repr__(self) -> str:
         return (

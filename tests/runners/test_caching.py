@@ -1,0 +1,306 @@
+"""Caching through the runners: hits, per-item map caching, invalidation, degradation."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+from hypernodes_chain import (
+    CacheWarning,
+    Callback,
+    DiskCache,
+    Graph,
+    MemoryCache,
+    NodeFinished,
+    Runner,
+    node,
+)
+
+
+def counting_graph():
+    calls = {"a": 0, "b": 0}
+
+    @node(output_name="a")
+    def fa(x: int) -> int:
+        calls["a"] += 1
+        return x + 1
+
+    @node(output_name="b")
+    def fb(a: int) -> int:
+        calls["b"] += 1
+        return a * 2
+
+    return Graph([fa, fb], name="counting"), calls
+
+
+@pytest.fixture(params=["memory", "disk"])
+def cache(request, tmp_path):
+    if request.param == "memory":
+        return MemoryCache()
+    return DiskCache(tmp_path / "cache")
+
+
+def test_second_run_is_served_from_cache(cache):
+    graph, calls = counting_graph()
+    runner = Runner(cache=cache)
+    assert runner.run(graph, {"x": 1}) == {"a": 2, "b": 4}
+    assert runner.run(graph, {"x": 1}) == {"a": 2, "b": 4}
+    assert calls == {"a": 1, "b": 1}
+    runner.run(graph, {"x": 2})
+    assert calls == {"a": 2, "b": 2}
+
+
+def test_map_caches_every_item_and_shares_keys_with_run(cache):
+    graph, calls = counting_graph()
+    runner = Runner(cache=cache)
+    runner.run(graph, {"x": 3})
+    out = runner.map(graph, {"x": [1, 2, 3]}, map_over="x")
+    assert [r["b"] for r in out] == [4, 6, 8]
+    assert calls == {"a": 3, "b": 3}  # x=3 came from the run's cache entries
+    out = runner.map(graph, {"x": [2, 3, 4]}, map_over="x", batch_size=2)
+    assert [r["b"] for r in out] == [6, 8, 10]
+    assert calls == {"a": 4, "b": 4}
+    assert runner.run(graph, {"x": 4}) == {"a": 5, "b": 10}
+    assert calls == {"a": 4, "b": 4}
+
+
+def test_cached_events(cache):
+    graph, _ = counting_graph()
+    seen = []
+
+    class Rec(Callback):
+        def on_node_finished(self, event):
+            seen.append(event)
+
+    runner = Runner(cache=cache, callbacks=[Rec()])
+    runner.map(graph, {"x": [1, 2]}, map_over="x")
+    runner.map(graph, {"x": [1, 2, 5]}, map_over="x")
+    last = [e for e in seen if e.node == "fa"][-1]
+    assert isinstance(last, NodeFinished)
+    assert (last.n_items, last.n_cached, last.cached) == (3, 2, False)
+
+
+def test_batch_node_receives_only_misses(cache):
+    received = []
+
+    @node(output_name="emb", batch=True)
+    def embed(text: list[str]) -> list[int]:
+        received.append(list(text))
+        return [len(t) for t in text]
+
+    graph = Graph([embed])
+    runner = Runner(cache=cache)
+    runner.map(graph, {"text": ["a", "bb"]}, map_over="text")
+    out = runner.map(graph, {"text": ["a", "ccc", "bb", "dddd"]}, map_over="text")
+    assert out == [{"emb": 1}, {"emb": 3}, {"emb": 2}, {"emb": 4}]
+    assert received == [["a", "bb"], ["ccc", "dddd"]]
+
+
+def test_cache_false_node_always_runs_but_consumers_still_cache(cache):
+    calls = {"now": 0, "use": 0}
+
+    @node(cache=False)
+    def now(x: int) -> int:
+        calls["now"] += 1
+        return x // 10  # same value for x in 0..9
+
+    @node
+    def use(now: int) -> int:
+        calls["use"] += 1
+        return now + 1
+
+    runner = Runner(cache=cache)
+    graph = Graph([now, use])
+    runner.run(graph, {"x": 1})
+    runner.run(graph, {"x": 2})
+    assert calls == {"now": 2, "use": 1}  # `use` saw the same value, so it hit
+
+
+def _load_module(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_editing_code_invalidates_node_and_downstream(tmp_path):
+    source = textwrap.dedent(
+        """
+        from hypernodes_chain import node
+        CALLS = []
+
+        @node(output_name="a")
+        def fa(x: int) -> int:
+            CALLS.append("fa")
+            return x + {inc}
+
+        @node(output_name="b")
+        def fb(a: int) -> int:
+            CALLS.append("fb")
+            return a * 2
+
+        @node(output_name="c")
+        def fc(x: int) -> int:
+            CALLS.append("fc")
+            return x
+        """
+    )
+    cache = DiskCache(tmp_path / "cache")
+    results = []
+    for version, inc in enumerate([1, 1, 5]):
+        path = tmp_path / f"mod_{version}.py"
+        path.write_text(source.format(inc=inc))
+        mod = _load_module(path, f"mod_{version}")
+        graph = Graph([mod.fa, mod.fb, mod.fc])
+        results.append((Runner(cache=cache).run(graph, {"x": 1}), list(mod.CALLS)))
+    assert results[0] == ({"a": 2, "c": 1, "b": 4}, ["fa", "fc", "fb"])
+    assert results[1] == ({"a": 2, "c": 1, "b": 4}, [])  # same code: all cached
+    assert results[2] == ({"a": 6, "c": 1, "b": 12}, ["fa", "fb"])  # fc untouched
+
+
+def test_closure_values_are_part_of_the_key():
+    def make(k):
+        @node(output_name="y")
+        def scale(x: int) -> int:
+            return x * k
+
+        return Graph([scale])
+
+    runner = Runner(cache=MemoryCache())
+    assert runner.run(make(2), {"x": 3}) == {"y": 6}
+    assert runner.run(make(3), {"x": 3}) == {"y": 9}
+
+
+def test_types_do_not_collide_in_keys():
+    @node
+    def kind(x) -> str:
+        return type(x).__name__
+
+    runner = Runner(cache=MemoryCache())
+    graph = Graph([kind])
+    assert [runner.run(graph, {"x": v})["kind"] for v in (1, 1.0, "1", True)] == [
+        "int",
+        "float",
+        "str",
+        "bool",
+    ]
+
+
+def test_unhashable_input_warns_and_is_not_cached(cache):
+    calls = []
+
+    @node
+    def use(lock: object, x: int) -> int:
+        calls.append(x)
+        return x
+
+    runner = Runner(cache=cache)
+    graph = Graph([use])
+    holder_type = type("LockHolder", (), {})  # a fresh type: warnings are once per type
+    lock = holder_type()
+    lock.lock = threading.Lock()
+    with pytest.warns(CacheWarning, match="LockHolder.*not cached"):
+        assert runner.run(graph, {"lock": lock, "x": 1}) == {"use": 1}
+    assert runner.run(graph, {"lock": lock, "x": 1}) == {"use": 1}
+    assert calls == [1, 1]
+
+
+def test_unpicklable_result_warns_and_run_goes_on(tmp_path):
+    @node
+    def make_lock(x: int) -> object:
+        return threading.RLock()
+
+    @node
+    def after(make_lock: object) -> str:
+        return "ok"
+
+    runner = Runner(cache=DiskCache(tmp_path / "c"))
+    with pytest.warns(CacheWarning):
+        out = runner.run(Graph([make_lock, after]), {"x": 1})
+    assert out["after"] == "ok"
+
+
+def test_cache_key_protocol_and_private_attributes():
+    calls = []
+
+    class Config:
+        def __init__(self, name, secret):
+            self.name = name
+            self._secret = secret
+
+    class Model:
+        def __init__(self, tag, handle):
+            self.tag = tag
+            self.handle = handle
+
+        def __cache_key__(self):
+            return self.tag
+
+    @node
+    def use(cfg: Config, model: Model) -> str:
+        calls.append(1)
+        return cfg.name + model.tag
+
+    runner = Runner(cache=MemoryCache())
+    graph = Graph([use])
+    runner.run(graph, {"cfg": Config("a", 1), "model": Model("m", object())})
+    runner.run(graph, {"cfg": Config("a", 2), "model": Model("m", object())})
+    assert len(calls) == 1
+    runner.run(graph, {"cfg": Config("b", 2), "model": Model("m", object())})
+    assert len(calls) == 2
+
+
+def test_corrupt_entry_is_a_miss(tmp_path):
+    graph, calls = counting_graph()
+    cache = DiskCache(tmp_path / "c")
+    Runner(cache=cache).run(graph, {"x": 1})
+    raw = cache._open()
+    for key in list(raw.iterkeys()):
+        raw[key] = b"\x80\x05garbage"
+    assert Runner(cache=cache).run(graph, {"x": 1}) == {"a": 2, "b": 4}
+    assert calls == {"a": 2, "b": 2}
+
+
+def test_disk_cache_shared_by_two_processes(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import json, sys
+            from hypernodes_chain import DiskCache, Graph, Runner, node
+
+            CALLS = []
+
+            @node
+            def square(x: int) -> int:
+                CALLS.append(x)
+                return x * x
+
+            xs = json.loads(sys.argv[1])
+            out = Runner(cache=DiskCache({str(tmp_path / "shared")!r})).map(
+                Graph([square]), {{"x": xs}}, map_over="x"
+            )
+            print(json.dumps({{"out": [r["square"] for r in out], "computed": CALLS}}))
+            """
+        )
+    )
+    import json
+
+    def run(xs):
+        done = subprocess.run(
+            [sys.executable, str(script), json.dumps(xs)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return json.loads(done.stdout)
+
+    first = run([1, 2, 3])
+    second = run([2, 3, 4])
+    assert first == {"out": [1, 4, 9], "computed": [1, 2, 3]}
+    assert second == {"out": [4, 9, 16], "computed": [4]}
