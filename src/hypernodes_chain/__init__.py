@@ -34,13 +34,15 @@ from .exceptions import (
     UnknownInputError,
 )
 from .graph import Graph, GraphNode
+from .interrupts import ainterrupt, interrupt
 from .node import Node, node
 from .results import ItemFailure, MapResult
-from .runners import Runner
+from .runners import AsyncRunner, GraphRun, Runner
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncRunner",
     "BatchFinished",
     "CacheWarning",
     "Callback",
@@ -52,6 +54,7 @@ __all__ = [
     "GraphError",
     "GraphFinished",
     "GraphNode",
+    "GraphRun",
     "GraphStarted",
     "GraphTypeError",
     "HypernodesError",
@@ -74,5 +77,7 @@ __all__ = [
     "StreamingChunkEvent",
     "UnknownInputError",
     "__version__",
+    "ainterrupt",
+    "interrupt",
     "node",
 ]

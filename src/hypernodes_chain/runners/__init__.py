@@ -1,5 +1,7 @@
 """Runners execute graphs; they share one core (`_core`) and differ only in scheduling."""
 
+from .async_runner import AsyncRunner
+from .graph_run import GraphRun
 from .runner import Runner
 
-__all__ = ["Runner"]
+__all__ = ["AsyncRunner", "GraphRun", "Runner"]

@@ -42,16 +42,31 @@ class BaseRunner:
         self._default_ctx = Context(cache=cache, bus=EventBus(self.callbacks), engines=engines)
 
     def _context(
-        self, handlers: Mapping[str, Any] | None = None, on_error: str = "raise"
+        self,
+        handlers: Mapping[str, Any] | None = None,
+        on_error: str = "raise",
+        *,
+        session: Any = None,
+        loop: Any = None,
+        extra: Sequence[Subscriber] = (),
     ) -> Context:
-        if handlers is None and on_error == "raise" and not self._default_ctx.bus.active:
-            return self._default_ctx
+        if (
+            handlers is None
+            and on_error == "raise"
+            and session is None
+            and loop is None
+            and not extra
+            and not self._default_ctx.bus.active
+        ):
+            return self._default_ctx  # the common case pays for no new objects
         return Context(
             cache=self.cache,
-            bus=EventBus(self.callbacks),
+            bus=EventBus([*self.callbacks, *extra]),
             engines=self.engines,
             handlers=handlers,
             on_error=on_error,
+            session=session,
+            loop=loop,
         )
 
     def _run_flow(
@@ -60,10 +75,11 @@ class BaseRunner:
         inputs: Mapping[str, Any],
         output_name: str | Iterable[str] | None,
         handlers: Mapping[str, Any] | None,
+        **context: Any,
     ) -> tuple[Flow, tuple[str, ...]]:
         _check_graph(graph)
         plan = build_plan(graph, output_name, inputs)
-        ctx = self._context(handlers)
+        ctx = self._context(handlers, **context)
         return item_flow(plan, dict(inputs), ctx), plan.outputs
 
     def _map_flow(
@@ -77,12 +93,13 @@ class BaseRunner:
         writer: Any,
         on_error: str,
         handlers: Mapping[str, Any] | None,
+        **context: Any,
     ) -> Flow:
         _check_graph(graph)
         over = normalize_map_over(map_over)
         _check_map_args(inputs, over, map_mode, batch_size, on_error)
         plan = build_plan(graph, output_name, inputs)
-        ctx = self._context(handlers, on_error)
+        ctx = self._context(handlers, on_error, **context)
         return map_flow(plan, inputs, over, map_mode, ctx, batch_size=batch_size, writer=writer)
 
 

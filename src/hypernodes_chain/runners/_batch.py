@@ -121,7 +121,7 @@ def batch_flow(
         results: list[Any] = []
         any_failed = False
         if calls:
-            yield calls
+            yield from _wait_all(calls)
             results, any_failed = _collect(calls)
         n_failed = _finish_column(
             step, st, ctx, path, positions, results, any_failed, raise_errors, indices
@@ -140,6 +140,20 @@ def batch_flow(
                 )
             )
     return BatchOutcome(st.columns, st.constants, st.key_columns or {}, st.failures)
+
+
+def _wait_all(calls: list[Any]) -> Flow:
+    """Yield the calls, then keep waiting until the runner has sent every one back.
+
+    A runner may send calls back a few at a time (the async runner sends whichever
+    finish first); a column is complete only when all of its calls are.
+    """
+    pending = len(calls)
+    finished = yield calls
+    pending -= len(finished)
+    while pending > 0:
+        finished = yield []
+        pending -= len(finished)
 
 
 def _collect(calls: list[Any]) -> tuple[list[Any], bool]:
@@ -200,14 +214,16 @@ def _prepare_column(
     if isinstance(node, GraphNode):
         calls = []
         for pos, row in zip(positions, rows):
-            call = Call(step, list(row), indices[pos], path, bus)
+            call = Call(step, row, indices[pos], path, bus, ctx=ctx.interactive)
             item_keys = None
             if st.key_columns is not None:
                 item_keys = dict(zip(step.sources, _source_keys(st, step, pos)))
             call.flow = _graph_flow(call, node, ctx, item_keys)
             calls.append(call)
         return calls, positions, hits
-    call = ColumnCall(step, rows, [indices[p] for p in positions], path, bus, constant_flags)
+    call = ColumnCall(
+        step, rows, [indices[p] for p in positions], path, bus, constant_flags, ctx.interactive
+    )
     return [call], positions, hits
 
 
@@ -296,7 +312,7 @@ def _constant_step(
     """A node that reads only constants: run it once for the whole batch."""
     bus = ctx.bus if ctx.bus.active else None
     node = step.node
-    call = Call(step, [st.constants[s] for s in step.sources], None, path, bus)
+    call = Call(step, [st.constants[s] for s in step.sources], None, path, bus, ctx=ctx.interactive)
     src_keys = None
     if st.constant_keys is not None:
         src_keys = {s: st.constant_keys.get(s) for s in step.sources}
@@ -312,7 +328,7 @@ def _constant_step(
     if not cached:
         if isinstance(node, GraphNode):
             call.flow = _graph_flow(call, node, ctx, src_keys)
-        yield [call]
+        yield from _wait_all([call])
         if call.error is not None:
             for pos in list(st.alive):
                 _fail(step, st, path, pos, call.error, raise_errors, indices, bus)

@@ -1,26 +1,30 @@
 """What the core asks a runner to do: call one node for one item, or for a column of items.
 
 A `Call` or `ColumnCall` knows how to invoke its node for every kind of function
-(plain, ``async def``, generator, async generator, nested graph, batch). Runners only
-choose *where* that happens: inline, in a thread pool, as asyncio tasks or on a Dask
-worker. Failures are captured per item as `Failed` markers; the core decides what
-they mean.
+(plain, ``async def``, generator, async generator, nested graph, batch), in two
+twins: ``run_sync`` (inline) and ``run_async`` (sync code goes to a worker thread,
+coroutines are awaited). Runners only choose *where* that happens. Failures are
+captured per item as `Failed` markers; the core decides what they mean.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Sequence
 from typing import Any
 
 from ..events import EventBus, StreamingChunkEvent
+from ..interrupts import Scope
 from ..plan import Step
 
-__all__ = ["Call", "ColumnCall", "Failed", "join_chunks"]
+__all__ = ["Call", "ColumnCall", "Failed", "join_chunks", "run_coroutine"]
 
 Flow = Generator[Any, Any, Any]
 Drive = Callable[[Flow], Any]
+ADrive = Callable[[Flow], Awaitable[Any]]
+_END = object()
 
 
 class Failed:
@@ -42,7 +46,7 @@ def join_chunks(chunks: list[Any]) -> Any:
 _local = threading.local()
 
 
-def _run_coroutine(coro: Any) -> Any:
+def run_coroutine(coro: Any) -> Any:
     """Run a coroutine to completion from sync code, reusing one loop per thread."""
     try:
         asyncio.get_running_loop()
@@ -52,30 +56,21 @@ def _run_coroutine(coro: Any) -> Any:
             loop = _local.loop = asyncio.new_event_loop()
         return loop.run_until_complete(coro)
     # called from inside a running loop (a notebook): run it on a helper thread
-    result: list[Any] = []
-    errors: list[BaseException] = []
+    box: list[Any] = []
 
     def target() -> None:
         try:
-            result.append(asyncio.run(coro))
+            box.append((True, asyncio.run(coro)))
         except BaseException as exc:
-            errors.append(exc)
+            box.append((False, exc))
 
     thread = threading.Thread(target=target, name="hypernodes-async-node")
     thread.start()
     thread.join()
-    if errors:
-        raise errors[0]
-    return result[0]
-
-
-async def _collect_async(agen: Any, emit: Callable[[Any], None] | None) -> list[Any]:
-    chunks = []
-    async for chunk in agen:
-        if emit is not None:
-            emit(chunk)
-        chunks.append(chunk)
-    return chunks
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
 
 
 def _call_function(step: Step, args: Sequence[Any]) -> Any:
@@ -85,22 +80,47 @@ def _call_function(step: Step, args: Sequence[Any]) -> Any:
     return func(**dict(zip(step.params, args)))
 
 
-class Call:
+class _Interactive:
+    """Shared by both call types: the interrupt scope around a node's code."""
+
+    __slots__ = ()
+    ctx: Any
+    step: Step
+    path: tuple[str, ...]
+    bus: EventBus | None
+
+    def scope(self, index: int | None) -> contextlib.AbstractContextManager[None]:
+        if self.ctx is None:
+            return contextlib.nullcontext()
+        return _entered(
+            Scope(
+                node=self.step.node.name,
+                index=index,
+                path=self.path,
+                handlers=self.ctx.handlers,
+                session=self.ctx.session,
+                bus=self.bus,
+                loop=self.ctx.loop,
+            )
+        )
+
+
+@contextlib.contextmanager
+def _entered(scope: Scope) -> Iterator[None]:
+    token = scope.enter()
+    try:
+        yield
+    finally:
+        Scope.leave(token)
+
+
+class Call(_Interactive):
     """Run one node for one item (``index`` is None outside ``map``)."""
 
     __slots__ = (
-        "args",
-        "bus",
-        "error",
-        "flow",
-        "index",
-        "key",
-        "path",
-        "pos",
-        "result",
-        "step",
+        "args", "bus", "ctx", "error", "flow", "index", "key", "path", "pos", "result", "step",
         "t0",
-    )
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -110,6 +130,7 @@ class Call:
         path: tuple[str, ...],
         bus: EventBus | None,
         pos: int = 0,
+        ctx: Any = None,
     ) -> None:
         self.step = step
         self.args = args
@@ -117,6 +138,7 @@ class Call:
         self.path = path
         self.bus = bus
         self.pos = pos  # the step's position in its plan
+        self.ctx = ctx  # set only when interrupts can be answered (handlers or iter)
         self.flow: Callable[[], Flow] | None = None  # set for a nested graph
         self.key: str | None = None
         self.result: Any = None
@@ -127,62 +149,107 @@ class Call:
         assert self.bus is not None
         self.bus.publish(StreamingChunkEvent(self.path, self.step.node.name, chunk, self.index))
 
+    def _arguments(self) -> Sequence[Any]:
+        node = self.step.node
+        if not node.batch:
+            return self.args
+        wrap = node.item_params  # run hands a batch node one-element lists
+        return [[a] if p in wrap else a for p, a in zip(self.step.params, self.args)]
+
+    def _finish(self, value: Any) -> Any:
+        return _single(self.step.node.name, value) if self.step.node.batch else value
+
+    # -- sync ------------------------------------------------------------------
     def run_sync(self, drive: Drive) -> Call:
         """Invoke the node here; the result or the error is kept on the call."""
         step = self.step
         try:
-            if step.plain:
+            if step.plain and self.ctx is None:
                 self.result = step.node.func(*self.args)
+            elif step.node.kind == "graph":
+                assert self.flow is not None
+                self.result = drive(self.flow())
             else:
-                self.result = self._invoke_sync(drive)
+                with self.scope(self.index):
+                    self.result = self._invoke_sync()
         except Exception as exc:
             self.error = exc
         return self
 
-    def _invoke_sync(self, drive: Drive) -> Any:
-        node = self.step.node
-        kind = node.kind
-        if kind == "graph":
-            assert self.flow is not None
-            return drive(self.flow())
-        args: Sequence[Any] = self.args
-        if node.batch:
-            wrap = node.item_params
-            args = [[a] if p in wrap else a for p, a in zip(self.step.params, args)]
-        value = _call_function(self.step, args)
+    def _invoke_sync(self) -> Any:
+        kind = self.step.node.kind
+        value = _call_function(self.step, self._arguments())
         if kind == "async":
-            value = _run_coroutine(value)
+            value = run_coroutine(value)
         elif kind == "gen":
-            emit = self._emit if self.bus is not None else None
-            chunks = []
-            for chunk in value:
-                if emit is not None:
-                    emit(chunk)
-                chunks.append(chunk)
-            value = join_chunks(chunks)
+            value = join_chunks(list(self._stream(value)))
         elif kind == "agen":
-            emit = self._emit if self.bus is not None else None
-            value = join_chunks(_run_coroutine(_collect_async(value, emit)))
-        if node.batch:
-            value = _single(node.name, value)
-        return value
+            value = join_chunks(run_coroutine(self._acollect(value)))
+        return self._finish(value)
+
+    def _stream(self, gen: Iterator[Any]) -> Iterator[Any]:
+        for chunk in gen:
+            if self.bus is not None:
+                self._emit(chunk)
+            yield chunk
+
+    async def _acollect(self, agen: AsyncIterator[Any]) -> list[Any]:
+        chunks = []
+        async for chunk in agen:
+            if self.bus is not None:
+                self._emit(chunk)
+            chunks.append(chunk)
+        return chunks
+
+    # -- async -----------------------------------------------------------------
+    async def run_async(self, adrive: ADrive, limiter: asyncio.Semaphore) -> Call:
+        """Invoke the node from the event loop: coroutines awaited, sync code in a thread."""
+        try:
+            if self.step.node.kind == "graph":
+                assert self.flow is not None
+                self.result = await adrive(self.flow())  # inner calls take their own slots
+            else:
+                async with limiter:
+                    with self.scope(self.index):
+                        self.result = await self._invoke_async()
+        except Exception as exc:
+            self.error = exc
+        return self
+
+    async def _invoke_async(self) -> Any:
+        kind = self.step.node.kind
+        if kind == "sync":
+            value = await asyncio.to_thread(_call_function, self.step, self._arguments())
+        elif kind == "async":
+            value = await _call_function(self.step, self._arguments())
+        elif kind == "agen":
+            value = join_chunks(await self._acollect(_call_function(self.step, self.args)))
+        else:  # a sync generator: each chunk is pulled in a thread, emitted as it comes
+            gen = await asyncio.to_thread(_call_function, self.step, self.args)
+            chunks = []
+            try:
+                while (chunk := await asyncio.to_thread(next, gen, _END)) is not _END:
+                    if self.bus is not None:
+                        self._emit(chunk)
+                    chunks.append(chunk)
+            finally:
+                gen.close()
+            value = join_chunks(chunks)
+        return self._finish(value)
 
 
 def _single(name: str, value: Any) -> Any:
     if not isinstance(value, (list, tuple)) or len(value) != 1:
-        got = (
-            f"{type(value).__name__} of length {len(value)}"
-            if hasattr(value, "__len__")
-            else (type(value).__name__)
-        )
+        size = f" of length {len(value)}" if hasattr(value, "__len__") else ""
         msg = (
-            f"batch node {name!r} must return a list with one result per item: got {got} for 1 item"
+            f"batch node {name!r} must return a list with one result per item: "
+            f"got {type(value).__name__}{size} for 1 item"
         )
         raise TypeError(msg)
     return value[0]
 
 
-class ColumnCall:
+class ColumnCall(_Interactive):
     """Run one node for many items of a batch (``rows`` holds each item's arguments).
 
     A batch node is called once with lists for the varying arguments; any other
@@ -190,17 +257,8 @@ class ColumnCall:
     """
 
     __slots__ = (
-        "bus",
-        "constant",
-        "indices",
-        "keys",
-        "n_failed",
-        "path",
-        "results",
-        "rows",
-        "step",
-        "t0",
-    )
+        "bus", "constant", "ctx", "indices", "n_failed", "path", "results", "rows", "step", "t0",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -210,6 +268,7 @@ class ColumnCall:
         path: tuple[str, ...],
         bus: EventBus | None,
         constant: tuple[bool, ...],
+        ctx: Any = None,
     ) -> None:
         self.step = step
         self.rows = rows
@@ -217,19 +276,20 @@ class ColumnCall:
         self.path = path
         self.bus = bus
         self.constant = constant  # per argument: the same for every row (batch nodes get it plain)
-        self.keys: list[str | None] = []
+        self.ctx = ctx
         self.results: list[Any] = []
         self.n_failed = 0
         self.t0 = 0.0
 
     def item_call(self, position: int) -> Call:
-        """The single-item call for one row (used for non-plain kinds and by thread pools)."""
+        """The single-item call for one row."""
         return Call(
-            self.step, list(self.rows[position]), self.indices[position], self.path, self.bus
-        )
+            self.step, self.rows[position], self.indices[position], self.path, self.bus,
+            ctx=self.ctx,
+        )  # fmt: skip
 
     def split(self, parts: int) -> list[ColumnCall]:
-        """This column cut into at most ``parts`` contiguous pieces (for a thread pool)."""
+        """This column cut into at most ``parts`` contiguous pieces (for worker threads)."""
         size = max(1, -(-len(self.rows) // parts))
         return [
             ColumnCall(
@@ -239,10 +299,16 @@ class ColumnCall:
                 self.path,
                 self.bus,
                 self.constant,
+                self.ctx,
             )
             for s in range(0, len(self.rows), size)
         ]
 
+    def merge(self, parts: Sequence[ColumnCall]) -> None:
+        self.results = [r for part in parts for r in part.results]
+        self.n_failed = sum(part.n_failed for part in parts)
+
+    # -- sync ------------------------------------------------------------------
     def run_sync(self, drive: Drive) -> ColumnCall:
         node = self.step.node
         if node.batch:
@@ -261,6 +327,8 @@ class ColumnCall:
 
     def _run_plain(self, rows: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Call the function per row; an exception becomes a `Failed` in its place."""
+        if self.ctx is not None:  # interrupts need a scope per item
+            return [self._one(i, lambda flow: None) for i in range(len(rows))]
         step = self.step
         func = step.node.func
         out: list[Any] = []
@@ -293,23 +361,61 @@ class ColumnCall:
     def _run_batch(self) -> list[Any]:
         n = len(self.rows)
         try:
-            values = _call_function(self.step, self.batch_arguments())
-            if self.step.node.kind == "async":
-                values = _run_coroutine(values)
+            with self.scope(None):
+                values = _call_function(self.step, self.batch_arguments())
+                if self.step.node.kind == "async":
+                    values = run_coroutine(values)
             return check_batch_result(self.step.node.name, values, n)
         except Exception as exc:
-            failed = Failed(exc)
-            return [failed] * n
+            return [Failed(exc)] * n
+
+    # -- async -----------------------------------------------------------------
+    async def run_async(
+        self, adrive: ADrive, limiter: asyncio.Semaphore, threads: int = 8
+    ) -> ColumnCall:
+        """Items run concurrently, each holding a ``limiter`` slot while it runs."""
+        node = self.step.node
+        if node.batch:
+            async with limiter:
+                self.results = await self._run_batch_async()
+            self.n_failed = sum(type(r) is Failed for r in self.results)
+        elif node.kind == "sync" and self.ctx is None:
+            parts = self.split(threads)
+            await asyncio.gather(*(self._run_part(part, limiter) for part in parts))
+            self.merge(parts)
+        else:
+            calls = [self.item_call(i) for i in range(len(self.rows))]
+            await asyncio.gather(*(c.run_async(adrive, limiter) for c in calls))
+            self.results = [Failed(c.error) if c.error is not None else c.result for c in calls]
+            self.n_failed = sum(c.error is not None for c in calls)
+        return self
+
+    @staticmethod
+    async def _run_part(part: ColumnCall, limiter: asyncio.Semaphore) -> None:
+        async with limiter:
+            await asyncio.to_thread(part.run_sync, lambda flow: None)
+
+    async def _run_batch_async(self) -> list[Any]:
+        n = len(self.rows)
+        try:
+            with self.scope(None):
+                if self.step.node.kind == "async":
+                    values = await _call_function(self.step, self.batch_arguments())
+                else:
+                    values = await asyncio.to_thread(
+                        _call_function, self.step, self.batch_arguments()
+                    )
+            return check_batch_result(self.step.node.name, values, n)
+        except Exception as exc:
+            return [Failed(exc)] * n
 
 
 def check_batch_result(name: str, values: Any, n: int) -> list[Any]:
     if not isinstance(values, (list, tuple)) or len(values) != n:
-        got = f"{type(values).__name__}" + (
-            f" of length {len(values)}" if hasattr(values, "__len__") else ""
-        )
+        size = f" of length {len(values)}" if hasattr(values, "__len__") else ""
         msg = (
             f"batch node {name!r} must return a list with one result per item: "
-            f"got {got} for {n} items"
+            f"got {type(values).__name__}{size} for {n} items"
         )
         raise TypeError(msg)
     return list(values)

@@ -61,6 +61,13 @@ class Context:
     engines: Any = None
     handlers: Mapping[str, Any] | None = None
     on_error: str = "raise"
+    session: Any = None  # an AsyncRunner.iter session that can answer interrupts
+    loop: Any = None  # the event loop of an AsyncRunner (async handlers from threads)
+
+    @property
+    def interactive(self) -> Context | None:
+        """This context when a node's interrupt can be answered, else None (fast path)."""
+        return self if self.handlers is not None or self.session is not None else None
 
 
 _NODE_FP: weakref.WeakKeyDictionary[Node[Any], str] = weakref.WeakKeyDictionary()
@@ -235,11 +242,12 @@ def item_flow(
     if bus is not None:
         t_graph = _perf()
         bus.publish(GraphStarted(path, plan.graph.name, tuple(plan.given), plan.outputs, index))
+    ictx = ctx.interactive
     while remaining:
         calls = []
         for i in ready:  # cache hits append released steps to `ready` while we walk it
             step = steps[i]
-            call = Call(step, step.fetch(values), index, path, bus, i)
+            call = Call(step, step.fetch(values), index, path, bus, i, ictx)
             if keys is not None and _cached(call, ctx, values, keys):
                 remaining -= 1
                 for j in dependents[i]:

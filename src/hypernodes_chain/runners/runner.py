@@ -184,6 +184,5 @@ class Runner(BaseRunner):
         for call, parts in futures:
             done = [f.result() for f in parts]
             if type(call) is ColumnCall and (len(done) > 1 or done[0] is not call):
-                call.results = [r for part in done for r in part.results]
-                call.n_failed = sum(part.n_failed for part in done)
+                call.merge(done)
         return calls

@@ -1,0 +1,137 @@
+"""`AsyncRunner`: drives the core's flows as asyncio tasks.
+
+Every call the core yields becomes a task; whichever finish first are sent back, so
+independent nodes overlap and map items run concurrently. One semaphore per run or
+map caps the calls in flight (``max_concurrency``), nested graphs included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+from ..cache import Cache
+from ..events import Subscriber
+from ..graph import Graph
+from ..results import MapResult
+from ._base import BaseRunner
+from ._core import Flow
+from ._map import BatchRows
+from .graph_run import GraphRun
+
+__all__ = ["AsyncRunner"]
+
+
+class AsyncRunner(BaseRunner):
+    """Run graphs on asyncio: ``await runner.run(...)`` works in Jupyter as it is.
+
+    Parameters
+    ----------
+    cache
+        A `DiskCache` or `MemoryCache`; every node result (every item in ``map``)
+        is looked up before it runs and stored after.
+    callbacks
+        Subscribers (usually `Callback` instances) that receive every event.
+    engines
+        An `EngineBroker` shared by the LLM nodes.
+    max_concurrency
+        The most node calls in flight at once, across a whole run or map.
+    """
+
+    def __init__(
+        self,
+        cache: Cache | None = None,
+        callbacks: Sequence[Subscriber] | Subscriber | None = None,
+        engines: Any = None,
+        max_concurrency: int = 64,
+    ) -> None:
+        super().__init__(cache=cache, callbacks=callbacks, engines=engines)
+        if max_concurrency < 1:
+            msg = f"max_concurrency must be at least 1, got {max_concurrency!r}"
+            raise ValueError(msg)
+        self.max_concurrency = max_concurrency
+
+    async def run(
+        self,
+        graph: Graph,
+        inputs: Mapping[str, Any],
+        output_name: str | Iterable[str] | None = None,
+        handlers: Mapping[str, Any] | None = None,
+        **context: Any,
+    ) -> dict[str, Any]:
+        """Run ``graph`` once; returns every output, or those named by ``output_name``."""
+        loop = asyncio.get_running_loop()
+        flow, outputs = self._run_flow(graph, inputs, output_name, handlers, loop=loop, **context)
+        values, _ = await self._adrive(flow, asyncio.Semaphore(self.max_concurrency))
+        return {name: values[name] for name in outputs}
+
+    async def map(
+        self,
+        graph: Graph,
+        inputs: Mapping[str, Any],
+        map_over: str | Iterable[str],
+        map_mode: str = "zip",
+        output_name: str | Iterable[str] | None = None,
+        batch_size: int = 1024,
+        writer: Any = None,
+        on_error: str = "raise",
+        handlers: Mapping[str, Any] | None = None,
+        **context: Any,
+    ) -> list[Any] | MapResult:
+        """Run ``graph`` once per item of the ``map_over`` inputs, items concurrently.
+
+        Returns a list in input order (an `ItemFailure` in a failed item's place under
+        ``on_error="collect"``), or a `MapResult` when ``writer`` is given.
+        """
+        loop = asyncio.get_running_loop()
+        flow = self._map_flow(
+            graph, inputs, map_over, map_mode, output_name, batch_size, writer, on_error,
+            handlers, loop=loop, **context,
+        )  # fmt: skip
+        rows: list[Any] = []
+        limiter = asyncio.Semaphore(self.max_concurrency)
+        result = await self._adrive(flow, limiter, on_rows=rows.extend)
+        return result if writer is not None else rows
+
+    def iter(self, graph: Graph, inputs: Mapping[str, Any], **kwargs: Any) -> GraphRun:
+        """Stream the events of a run (or of a map, when ``map_over`` is given).
+
+        Use as ``async with runner.iter(graph, inputs) as run: async for event in run``;
+        answer an `InterruptEvent` with ``run.respond(answer)``; read ``run.result`` after.
+        """
+        return GraphRun(self, graph, inputs, kwargs)
+
+    async def _adrive(self, flow: Flow, limiter: asyncio.Semaphore, on_rows: Any = None) -> Any:
+        adrive = partial(self._adrive, limiter=limiter)
+        in_flight: dict[asyncio.Future[Any], Any] = {}
+        sent: Any = None
+        try:
+            while True:
+                try:
+                    step = flow.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+                if type(step) is BatchRows:
+                    sent = None
+                    if on_rows is not None:
+                        on_rows(step.rows)
+                    continue
+                for call in step:
+                    in_flight[asyncio.ensure_future(call.run_async(adrive, limiter))] = call
+                if not in_flight:
+                    msg = "internal error: the flow waits for calls but none are in flight"
+                    raise RuntimeError(msg)
+                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                sent = [in_flight.pop(task) for task in done]
+                for task in done:
+                    task.result()  # re-raise a cancellation that hit the call itself
+        finally:
+            for task in in_flight:
+                task.cancel()
+            if in_flight:
+                with contextlib.suppress(BaseException):
+                    await asyncio.gather(*in_flight, return_exceptions=True)
+            flow.close()
