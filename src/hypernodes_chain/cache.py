@@ -181,7 +181,7 @@ class DiskCache:
 
     def set_many(self, items: Sequence[tuple[str, object]]) -> None:
         """Store ``(key, value)`` pairs in one transaction, skipping unpicklable values."""
-        blobs = [(key, blob) for key, value in items if (blob := _dumps(value)) is not None]
+        blobs = [(key, blob) for key, value in items if (blob := _encode(value)) is not None]
         if not blobs:
             return
         try:
@@ -203,7 +203,7 @@ class DiskCache:
 
     def set(self, key: str, value: object) -> None:
         """Store one value (skipped, with a warning, when it cannot be pickled)."""
-        blob = _dumps(value)
+        blob = _encode(value)
         if blob is None:
             return
         try:
@@ -252,6 +252,8 @@ class DiskCache:
     def _load(self, key: str, blob: object) -> object:
         if blob is _ABSENT:
             return MISS
+        if type(blob) is not bytes:
+            return blob  # stored natively by _encode
         try:
             return pickle.loads(blob)  # type: ignore[arg-type]
         except (ImportError, AttributeError):
@@ -269,6 +271,17 @@ class DiskCache:
     def _warn_io(self, action: str, exc: Exception) -> None:
         msg = f"Could not {action} the cache at {str(self.path)!r} ({exc!r}); going on without it."
         _warn_once(action, type(exc), msg)
+
+
+def _encode(value: object) -> object:
+    """What goes into diskcache: plain str, int and finite floats as they are (SQLite
+    holds them natively, no pickling either way); everything else pickled to bytes."""
+    t = type(value)
+    if t is str or (t is int and -(2**63) <= value < 2**63):  # type: ignore[operator]
+        return value
+    if t is float and value == value:  # NaN would come back as NULL
+        return value
+    return _dumps(value)
 
 
 def _dumps(value: object) -> bytes | None:

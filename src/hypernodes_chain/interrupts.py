@@ -10,11 +10,9 @@ session: `InterruptError`, which the core stamps with the node and item.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextvars
 import inspect
 import itertools
-import threading
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -88,18 +86,15 @@ class Scope:
                 answer = self._resolve(answer)
             return answer
         if self.session is not None and self.loop is not None and not on_loop_thread:
+            # park the question on the runner's loop and block this worker thread until
+            # run.respond() answers it (or the run is cancelled)
+            session = self.session
             event = self._event(value, name)
-            parked: concurrent.futures.Future[asyncio.Future[Any]] = concurrent.futures.Future()
 
-            def park() -> None:
-                parked.set_result(self.session.park(event))  # type: ignore[union-attr]
+            async def wait() -> Any:
+                return await session.park(event)
 
-            self.loop.call_soon_threadsafe(park)
-            waiting = parked.result()
-            done = threading.Event()
-            waiting.add_done_callback(lambda _f: done.set())
-            done.wait()
-            return waiting.result()
+            return asyncio.run_coroutine_threadsafe(wait(), self.loop).result()
         raise self._no_answer(name)
 
     async def aask(self, value: Any, name: str) -> Any:

@@ -44,6 +44,7 @@ class Plan:
     roots: tuple[str, ...]  # given names that some step (or an output) reads
     n_deps: tuple[int, ...]  # per step: how many earlier steps it waits for
     dependents: tuple[tuple[int, ...], ...]  # per step: the steps that wait for it
+    simple: bool  # every step is a plain function with one output (inline-able)
 
 
 _MEMO: weakref.WeakKeyDictionary[Graph, dict[Any, Plan]] = weakref.WeakKeyDictionary()
@@ -147,6 +148,7 @@ def _build(graph: Graph, outputs: tuple[str, ...] | None, given: frozenset[str])
         roots=roots,
         n_deps=tuple(len(w) for w in waits),
         dependents=dependents,
+        simple=all(st.plain and st.output is not None for st in steps),
     )
 
 

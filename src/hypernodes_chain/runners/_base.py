@@ -26,6 +26,8 @@ _ON_ERROR = ("raise", "collect")
 class BaseRunner:
     """Settings and flow construction shared by all runners."""
 
+    _inline = False  # may the core call plain functions itself? (only a serial sync runner)
+
     def __init__(
         self,
         cache: Cache | None = None,
@@ -39,7 +41,9 @@ class BaseRunner:
             callbacks = [callbacks]
         self.callbacks: list[Subscriber] = list(callbacks)
         self.engines = engines
-        self._default_ctx = Context(cache=cache, bus=EventBus(self.callbacks), engines=engines)
+        self._default_ctx = Context(
+            cache=cache, bus=EventBus(self.callbacks), engines=engines, inline=self._inline
+        )
 
     def _context(
         self,
@@ -65,6 +69,7 @@ class BaseRunner:
             engines=self.engines,
             handlers=handlers,
             on_error=on_error,
+            inline=self._inline,
             session=session,
             loop=loop,
         )

@@ -19,7 +19,16 @@ from ..graph import GraphNode
 from ..plan import Plan, Step
 from ..results import ItemFailure
 from ._calls import Call, ColumnCall, Failed
-from ._core import Context, Flow, _graph_flow, _store, _unpack, node_error, node_fingerprint
+from ._core import (
+    Context,
+    Flow,
+    _graph_flow,
+    _store,
+    _unpack,
+    node_error,
+    node_fingerprint,
+    output_key,
+)
 
 __all__ = ["BatchOutcome", "batch_flow"]
 
@@ -188,7 +197,8 @@ def _prepare_column(
         keys = [None] * st.n
         for pos in alive:
             src = _source_keys(st, step, pos)
-            keys[pos] = None if None in src else hashing.combine(fp, *src)  # type: ignore[arg-type]
+            if fp is not None and None not in src:
+                keys[pos] = hashing.combine(fp, *src)  # type: ignore[arg-type]
         looked = [pos for pos in alive if keys[pos] is not None]
         if looked and ctx.cache is not None and node.kind != "graph":
             found = ctx.cache.get_many([keys[p] for p in looked])  # type: ignore[misc]
@@ -240,7 +250,7 @@ def _put(step: Step, st: _State, pos: int, result: Any, key: str | None) -> None
             if key is None and not step.node.cache:
                 kcol[pos] = hashing.fingerprint(value)
             else:
-                kcol[pos] = None if key is None else hashing.combine(key, name)
+                kcol[pos] = output_key(key, name, len(step.node.outputs))
 
 
 def _fail(
@@ -316,8 +326,9 @@ def _constant_step(
     src_keys = None
     if st.constant_keys is not None:
         src_keys = {s: st.constant_keys.get(s) for s in step.sources}
-        if node.cache and None not in src_keys.values():
-            call.key = hashing.combine(node_fingerprint(node), *src_keys.values())  # type: ignore[arg-type]
+        fp = node_fingerprint(node) if node.cache else None
+        if fp is not None and None not in src_keys.values():
+            call.key = hashing.combine(fp, *src_keys.values())  # type: ignore[arg-type]
     if bus is not None:
         bus.publish(NodeStarted(path, node.name, None, len(st.alive)))
     t0 = _perf()

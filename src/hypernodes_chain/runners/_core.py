@@ -61,6 +61,7 @@ class Context:
     engines: Any = None
     handlers: Mapping[str, Any] | None = None
     on_error: str = "raise"
+    inline: bool = False  # the runner lets the core call plain functions itself (sync only)
     session: Any = None  # an AsyncRunner.iter session that can answer interrupts
     loop: Any = None  # the event loop of an AsyncRunner (async handlers from threads)
 
@@ -70,44 +71,59 @@ class Context:
         return self if self.handlers is not None or self.session is not None else None
 
 
-_NODE_FP: weakref.WeakKeyDictionary[Node[Any], str] = weakref.WeakKeyDictionary()
+_NODE_FP: weakref.WeakKeyDictionary[Node[Any], str | None] = weakref.WeakKeyDictionary()
+_UNKNOWN = object()
 
 
-def node_fingerprint(node: Node[Any]) -> str:
-    """Identity of a node's computation: its code, closure values and defaults."""
-    fp = _NODE_FP.get(node)
-    if fp is None:
-        if isinstance(node, GraphNode):
-            # a nested graph changes when any inner node's code changes
-            parts = [
-                hashing.fingerprint(
-                    ("graph", node.outputs, node.map_over, sorted(node.input_map.items()))
-                ),
-                *[node_fingerprint(inner) for inner in node.graph.nodes],
-            ]
-        else:
-            func = node.func
-            parts = [hashing.code_fingerprint(func), hashing.fingerprint(node.outputs)]
-            cells = getattr(func, "__closure__", None) or ()
-            for cell in cells:
-                try:
-                    value = cell.cell_contents
-                except ValueError:  # empty cell
-                    continue
-                if not callable(value):
-                    parts.append(hashing.fingerprint(value))
-                else:
-                    parts.append(hashing.code_fingerprint(value))
-            parts.append(hashing.fingerprint(sorted(node.defaults.items())))
-        fp = hashing.combine(*[p if p is not None else "?" for p in parts])
-        _NODE_FP[node] = fp
+def node_fingerprint(node: Node[Any]) -> str | None:
+    """Identity of a node's computation: its code, closure values and defaults.
+
+    None when some part cannot be fingerprinted; such a node is never cached.
+    """
+    known = _NODE_FP.get(node, _UNKNOWN)
+    if known is not _UNKNOWN:
+        return known  # type: ignore[return-value]
+    if isinstance(node, GraphNode):
+        # a nested graph changes when any inner node's code changes
+        parts = [
+            hashing.fingerprint(
+                ("graph", node.outputs, node.map_over, sorted(node.input_map.items()))
+            ),
+            *[node_fingerprint(inner) for inner in node.graph.nodes],
+        ]
+    else:
+        func = node.func
+        parts = [hashing.code_fingerprint(func), hashing.fingerprint(node.outputs)]
+        cells = getattr(func, "__closure__", None) or ()
+        for cell in cells:
+            try:
+                value = cell.cell_contents
+            except ValueError:  # empty cell
+                continue
+            if not callable(value):
+                parts.append(hashing.fingerprint(value))
+            else:
+                parts.append(hashing.code_fingerprint(value))
+        parts.append(hashing.fingerprint(sorted(node.defaults.items())))
+    # a part that cannot be fingerprinted (a closure over a lock, say) makes the
+    # node uncacheable: guessing would risk two different nodes sharing keys
+    fp = None if None in parts else hashing.combine(*parts)  # type: ignore[arg-type]
+    _NODE_FP[node] = fp
     return fp
 
 
+def output_key(key: str | None, name: str, n_outputs: int) -> str | None:
+    """The provenance key of one output: the node's key itself when it has one output."""
+    if key is None or n_outputs == 1:
+        return key
+    return hashing.combine(key, name)
+
+
 def _chain_key(step: Step, source_keys: list[str | None]) -> str | None:
-    if None in source_keys:
+    fp = node_fingerprint(step.node)
+    if fp is None or None in source_keys:
         return None
-    return hashing.combine(node_fingerprint(step.node), *source_keys)  # type: ignore[arg-type]
+    return hashing.combine(fp, *source_keys)  # type: ignore[arg-type]
 
 
 def _unpack(step: Step, result: Any) -> tuple[Any, ...]:
@@ -243,6 +259,15 @@ def item_flow(
         t_graph = _perf()
         bus.publish(GraphStarted(path, plan.graph.name, tuple(plan.given), plan.outputs, index))
     ictx = ctx.interactive
+    if plan.simple and ctx.inline and keys is None and bus is None and ictx is None:
+        # Nothing to cache, observe or answer, and only plain functions: calling them
+        # here in plan order is what the runner would do anyway, minus the round trips.
+        for step in steps:
+            try:
+                values[step.output] = step.node.func(*step.fetch(values))  # type: ignore[index]
+            except Exception as exc:
+                raise node_error(step, exc, index, path) from exc
+        return values, {}
     while remaining:
         calls = []
         for i in ready:  # cache hits append released steps to `ready` while we walk it
@@ -344,7 +369,7 @@ def _store(
                 keys[name] = hashing.fingerprint(value)
         else:
             for name in outputs:
-                keys[name] = None if key is None else hashing.combine(key, name)
+                keys[name] = output_key(key, name, len(outputs))
 
 
 from ._batch import batch_flow  # noqa: E402  (batch_flow builds on the helpers above)

@@ -42,8 +42,9 @@ class Runner(BaseRunner):
         engines: Any = None,
         max_workers: int | None = None,
     ) -> None:
-        super().__init__(cache=cache, callbacks=callbacks, engines=engines)
         self.max_workers = max_workers
+        self._inline = max_workers is None or max_workers <= 1
+        super().__init__(cache=cache, callbacks=callbacks, engines=engines)
         self._pool: ThreadPoolExecutor | None = None
 
     # -- public API -------------------------------------------------------------
