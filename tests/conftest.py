@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hypernodes_chain import Graph, node
+from hypernodes_chain import Callback, Graph, node
 
 
 @node(output_name="a")
@@ -26,3 +26,21 @@ def minus_three(b: int) -> int:
 def chain() -> Graph:
     """x -> a=x+1 -> b=a*2 -> c=b-3"""
     return Graph(nodes=[add_one, double, minus_three], name="chain")
+
+
+class Recorder(Callback):
+    """Keeps every event it sees, in order."""
+
+    def __init__(self) -> None:
+        self.events: list = []
+
+    def on_event(self, event) -> None:
+        self.events.append(event)
+
+    def names(self) -> list[str]:
+        return [type(e).__name__ for e in self.events]
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()

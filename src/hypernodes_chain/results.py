@@ -28,6 +28,9 @@ class ItemFailure:
         cls, index: int, node: str, error: BaseException, path: tuple[str, ...] = ()
     ) -> ItemFailure:
         text = "".join(_tb.format_exception(type(error), error, error.__traceback__))
+        # keep the text, drop the frames: they pin every local of the failed call (whole
+        # batch columns) in memory for as long as the record lives
+        error.__traceback__ = None
         return cls(index=index, node=node, error=error, traceback=text, path=path)
 
     @property

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from hypernodes_chain import (
     BatchFinished,
-    Callback,
     Graph,
     ItemFailure,
     MapInputError,
@@ -30,14 +29,6 @@ def add(x: int, y: int) -> int:
 
 
 ADD = Graph([add], name="add")
-
-
-class Recorder(Callback):
-    def __init__(self):
-        self.events = []
-
-    def on_event(self, event):
-        self.events.append(event)
 
 
 def test_zip_map_in_order(chain):
@@ -243,8 +234,8 @@ def test_imap_memory_is_bounded_by_batch(chain):
     assert big < small * 3  # 20x the items, nowhere near 20x the memory
 
 
-def test_node_events_are_per_batch(chain):
-    rec = Recorder()
+def test_node_events_are_per_batch(chain, recorder):
+    rec = recorder
     Runner(callbacks=[rec]).map(chain, {"x": list(range(10))}, map_over="x", batch_size=4)
     started = [e for e in rec.events if isinstance(e, NodeStarted)]
     assert len(started) == 9  # 3 nodes x 3 batches, not 30

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hypernodes_chain import Callback, Graph, MemoryCache, NodeError, NodeFinished, Runner, node
+from hypernodes_chain import Graph, MemoryCache, NodeError, NodeFinished, Runner, node
 
 
 @node(output_name="cleaned")
@@ -18,14 +18,6 @@ def count(cleaned: str) -> int:
 
 
 INNER = Graph([clean, count], name="inner")
-
-
-class Recorder(Callback):
-    def __init__(self):
-        self.events = []
-
-    def on_event(self, event):
-        self.events.append(event)
 
 
 def test_nested_exposes_every_inner_output():
@@ -71,7 +63,7 @@ def test_nested_map_over_gives_lists_in_order():
     assert out == {"counts": [1, 2, 3], "total": 6}
 
 
-def test_nested_events_carry_path_and_cache_reaches_inner_nodes():
+def test_nested_events_carry_path_and_cache_reaches_inner_nodes(recorder):
     calls = []
 
     @node(output_name="cleaned")
@@ -81,7 +73,7 @@ def test_nested_events_carry_path_and_cache_reaches_inner_nodes():
 
     inner = Graph([clean2], name="inner")
     outer = Graph([inner.as_node(name="sub")], name="outer")
-    rec = Recorder()
+    rec = recorder
     runner = Runner(cache=MemoryCache(), callbacks=[rec])
     assert runner.run(outer, {"text": "A"}) == {"cleaned": "a"}
     assert runner.run(outer, {"text": "A"}) == {"cleaned": "a"}

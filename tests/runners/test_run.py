@@ -32,14 +32,6 @@ def count(cleaned: str) -> int:
 GRAPH = Graph(nodes=[clean, count], name="words")
 
 
-class Recorder(Callback):
-    def __init__(self):
-        self.events = []
-
-    def on_event(self, event):
-        self.events.append(event)
-
-
 def test_run_returns_every_output():
     assert Runner().run(GRAPH, inputs={"text": " Hello World "}) == {
         "cleaned": "hello world",
@@ -120,7 +112,7 @@ def test_sync_runner_inside_running_loop_runs_async_nodes():
     assert asyncio.run(main()) == {"slow": 2}
 
 
-def test_generator_nodes_join_chunks_and_stream_events():
+def test_generator_nodes_join_chunks_and_stream_events(recorder):
     @node
     def words(text: str):
         yield from text.split()
@@ -135,7 +127,7 @@ def test_generator_nodes_join_chunks_and_stream_events():
         for ch in text[:3]:
             yield ch.upper()
 
-    rec = Recorder()
+    rec = recorder
     out = Runner(callbacks=[rec]).run(Graph([words, tokens, shout]), {"text": "a bc"})
     assert out == {"words": "abc", "tokens": "a bc ", "shout": "A B"}
     chunks = [(e.node, e.chunk) for e in rec.events if isinstance(e, StreamingChunkEvent)]
@@ -183,8 +175,8 @@ def test_node_error_names_node_and_inputs_and_chains():
     assert info.value.node == "boom" and info.value.index is None
 
 
-def test_events_in_order():
-    rec = Recorder()
+def test_events_in_order(recorder):
+    rec = recorder
     Runner(callbacks=[rec]).run(GRAPH, {"text": "a"})
     kinds = [(type(e).__name__, getattr(e, "node", None)) for e in rec.events]
     assert kinds == [

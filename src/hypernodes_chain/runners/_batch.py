@@ -59,11 +59,6 @@ class BatchOutcome:
             return self.columns[name]
         return [self.constants[name]] * n
 
-    # a mapped nested graph unpacks the outcome as (columns, keys)
-    def __iter__(self) -> Any:
-        yield self.columns
-        yield self.keys
-
 
 class _State:
     """Mutable bookkeeping of one batch flow."""
