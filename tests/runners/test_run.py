@@ -239,3 +239,31 @@ def test_max_workers_overlaps_independent_nodes():
 
 def test_handlers_are_accepted():
     assert Runner().run(GRAPH, {"text": "a"}, handlers={"approve": lambda v: True})["n_words"] == 1
+
+
+def test_no_event_objects_are_built_when_nobody_listens(chain):
+    import sys
+
+    import hypernodes_chain.events as events_module
+
+    built = []
+
+    def profiler(frame, event, arg):
+        if event == "call" and frame.f_code.co_filename == events_module.__file__:
+            built.append(frame.f_code.co_name)
+
+    runner = Runner()
+    sys.setprofile(profiler)
+    try:
+        runner.run(chain, {"x": 1})
+        runner.map(chain, {"x": [1, 2, 3]}, map_over="x")
+    finally:
+        sys.setprofile(None)
+    assert built == []
+    with_listener = Runner(callbacks=[lambda e: None])
+    sys.setprofile(profiler)
+    try:
+        with_listener.run(chain, {"x": 1})
+    finally:
+        sys.setprofile(None)
+    assert "__init__" in built  # the probe does see event construction when someone listens
