@@ -36,8 +36,7 @@ def compatible(produced: Any, wanted: Any) -> bool:
     if p_origin in _UNION_TYPES:
         return all(compatible(p, wanted) for p in typing.get_args(produced))
     if p_origin is typing.Annotated or w_origin is typing.Annotated:
-        strip = lambda t: typing.get_args(t)[0] if typing.get_origin(t) is typing.Annotated else t  # noqa: E731
-        return compatible(strip(produced), strip(wanted))
+        return compatible(_strip_annotated(produced), _strip_annotated(wanted))
     if p_origin is typing.Literal or w_origin is typing.Literal:
         return True
     p_cls = p_origin or produced
@@ -52,6 +51,10 @@ def compatible(produced: Any, wanted: Any) -> bool:
     if p_args and w_args and len(p_args) == len(w_args) and Ellipsis not in p_args + w_args:
         return all(compatible(p, w) for p, w in zip(p_args, w_args))
     return True
+
+
+def _strip_annotated(tp: Any) -> Any:
+    return typing.get_args(tp)[0] if typing.get_origin(tp) is typing.Annotated else tp
 
 
 def type_name(tp: Any) -> str:

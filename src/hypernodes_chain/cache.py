@@ -255,7 +255,7 @@ class DiskCache:
         if type(blob) is not bytes:
             return blob  # stored natively by _encode
         try:
-            return pickle.loads(blob)  # type: ignore[arg-type]
+            return pickle.loads(blob)
         except (ImportError, AttributeError):
             return MISS  # a class this process cannot import: unreadable here, not corrupt
         except Exception:

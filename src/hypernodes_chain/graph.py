@@ -46,6 +46,13 @@ class Graph:
         "outputs",
     )
 
+    name: str
+    nodes: tuple[Node[Any], ...]
+    inputs: tuple[str, ...]
+    optional_inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    _producer: dict[str, Node[Any]]
+
     def __init__(self, nodes: Iterable[Node[Any] | Callable[..., Any]], name: str | None = None):
         given = [n if isinstance(n, Node) else node(n) for n in nodes]
         producer: dict[str, Node[Any]] = {}
@@ -179,7 +186,7 @@ class GraphNode(Node[Any]):
         self.map_over: tuple[str, ...] = over
 
     @property
-    def hints(self) -> dict[str, Any]:  # type: ignore[override]
+    def hints(self) -> dict[str, Any]:
         return {}
 
     def output_type(self, output: str) -> Any:

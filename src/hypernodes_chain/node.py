@@ -59,7 +59,7 @@ class Node(Generic[F]):
             msg = f"@node needs a callable, got {func!r} ({type(func).__name__})"
             raise TypeError(msg)
         self.func = func
-        self.name: str = name or getattr(func, "__name__", type(func).__name__)
+        self.name: str = name or str(getattr(func, "__name__", type(func).__name__))
         out = output_name if output_name is not None else self.name
         self.output_name: str | tuple[str, ...] = out
         self.outputs: tuple[str, ...] = (out,) if isinstance(out, str) else tuple(out)
@@ -86,7 +86,7 @@ class Node(Generic[F]):
         )
         # parameter name -> graph input name (changed by rename)
         self.input_map: dict[str, str] = {p: p for p in self.parameters}
-        functools.update_wrapper(self, func)  # type: ignore[arg-type]
+        functools.update_wrapper(self, func)
 
     # -- what a graph needs ------------------------------------------------
     @property

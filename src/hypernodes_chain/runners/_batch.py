@@ -9,7 +9,6 @@ nested graph node gets one `Call` per item instead).
 from __future__ import annotations
 
 import time
-from itertools import repeat
 from typing import Any
 
 from .. import hashing
@@ -210,14 +209,12 @@ def _prepare_column(
     if len(positions) == st.n and not any(constant_flags):
         rows = list(zip(*sources)) if sources else [()] * st.n
     else:
-        cols = [repeat(c) if col is None else col for col, c in zip(sources, consts)]
-        rows = [
-            tuple(col[p] if type(col) is list else next(col) for col in cols) for p in positions
-        ]
+        pairs = list(zip(sources, consts))
+        rows = [tuple(c if col is None else col[p] for col, c in pairs) for p in positions]
     if not positions:
         return [], positions, hits
     if isinstance(node, GraphNode):
-        calls = []
+        calls: list[Any] = []
         for pos, row in zip(positions, rows):
             call = Call(step, row, indices[pos], path, bus, ctx=ctx.interactive)
             item_keys = None
@@ -226,10 +223,10 @@ def _prepare_column(
             call.flow = _graph_flow(call, node, ctx, item_keys)
             calls.append(call)
         return calls, positions, hits
-    call = ColumnCall(
+    column = ColumnCall(
         step, rows, [indices[p] for p in positions], path, bus, constant_flags, ctx.interactive
     )
-    return [call], positions, hits
+    return [column], positions, hits
 
 
 def _put(step: Step, st: _State, pos: int, result: Any, key: str | None) -> None:

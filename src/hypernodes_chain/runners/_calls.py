@@ -121,6 +121,7 @@ class Call(_Interactive):
         "args", "bus", "ctx", "error", "flow", "index", "key", "path", "pos", "result", "step",
         "t0",
     )  # fmt: skip
+    t0: float  # start time, set only when someone listens to events
 
     def __init__(
         self,

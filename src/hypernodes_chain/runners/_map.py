@@ -202,7 +202,7 @@ def map_flow(
 
 def _rows(outputs: Sequence[str], outcome: Any, n: int) -> list[Any]:
     columns = [outcome.column(o, n) for o in outputs]
-    rows = _row_builder(tuple(outputs))(columns)
+    rows: list[Any] = _row_builder(tuple(outputs))(columns)
     for pos, failure in outcome.failures.items():
         rows[pos] = failure
     return rows

@@ -57,8 +57,8 @@ class GraphRun:
         self._pending.clear()
 
     async def _main(self) -> None:
-        kwargs = dict(self._kwargs)
-        context = {"session": self, "extra": (self._publish,)}
+        kwargs: dict[str, Any] = dict(self._kwargs)
+        context: dict[str, Any] = {"session": self, "extra": (self._publish,)}
         if "map_over" in kwargs:
             self._result = await self._runner.map(self._graph, self._inputs, **kwargs, **context)
         else:

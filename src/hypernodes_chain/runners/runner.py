@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from ..cache import Cache
@@ -170,20 +170,21 @@ class Runner(BaseRunner):
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="hypernodes")
         pool = self._pool
-        futures = []
+        workers = self.max_workers or 1
+        futures: list[tuple[Any, list[Future[Any]]]] = []
         inline = []
         for call in calls:
             if type(call) is Call and call.flow is not None:
                 inline.append(call)  # nested graphs are driven here; their calls use the pool
             elif type(call) is ColumnCall and not call.step.node.batch and len(call.rows) > 1:
-                parts = call.split(self.max_workers)
+                parts = call.split(workers)
                 futures.append((call, [pool.submit(p.run_sync, self._drive) for p in parts]))
             else:
                 futures.append((call, [pool.submit(call.run_sync, self._drive)]))
         for call in inline:
             call.run_sync(self._drive)
-        for call, parts in futures:
-            done = [f.result() for f in parts]
+        for call, submitted in futures:
+            done = [f.result() for f in submitted]
             if type(call) is ColumnCall and (len(done) > 1 or done[0] is not call):
                 call.merge(done)
         return calls
