@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import traceback as _tb
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-__all__ = ["ItemFailure", "MapResult"]
+__all__ = ["ItemFailure", "MapResult", "Writer"]
 
 
 @dataclass(frozen=True)
@@ -65,3 +67,25 @@ class MapResult:
     duration_s: float = 0.0
     path: Path | None = None
     n_skipped: int = 0
+
+
+class Writer(Protocol):
+    """What ``map(..., writer=...)`` needs; `hypernodes_chain.io.StreamWriter` is one."""
+
+    def open(
+        self, *, graph_name: str, input_names: Sequence[str], output_names: Sequence[str]
+    ) -> Container[int]:
+        """Prepare the destination; return the item indices already written (to skip)."""
+        ...
+
+    def write_batch(
+        self,
+        items: Sequence[tuple[int, Mapping[str, object], Mapping[str, object]]],
+        failures: Sequence[ItemFailure],
+    ) -> None:
+        """Write one batch: ``(index, mapped inputs, outputs)`` per item, and its failures."""
+        ...
+
+    def close(self, *, finished: bool = True) -> MapResult:
+        """Flush everything (also after an error) and describe what was written."""
+        ...

@@ -11,12 +11,12 @@ import asyncio
 import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, overload
 
 from ..cache import Cache
 from ..events import Subscriber
 from ..graph import Graph
-from ..results import MapResult
+from ..results import MapResult, Writer
 from ._base import BaseRunner
 from ._core import Flow
 from ._map import BatchRows
@@ -68,6 +68,37 @@ class AsyncRunner(BaseRunner):
         values, _ = await self._adrive(flow, asyncio.Semaphore(self.max_concurrency))
         return {name: values[name] for name in outputs}
 
+    @overload
+    async def map(
+        self,
+        graph: Graph,
+        inputs: Mapping[str, Any],
+        map_over: str | Iterable[str],
+        map_mode: str = ...,
+        output_name: str | Iterable[str] | None = ...,
+        batch_size: int = ...,
+        writer: None = ...,
+        on_error: str = ...,
+        handlers: Mapping[str, Any] | None = ...,
+        **context: Any,
+    ) -> list[Any]: ...
+
+    @overload
+    async def map(
+        self,
+        graph: Graph,
+        inputs: Mapping[str, Any],
+        map_over: str | Iterable[str],
+        map_mode: str = ...,
+        output_name: str | Iterable[str] | None = ...,
+        batch_size: int = ...,
+        *,
+        writer: Writer,
+        on_error: str = ...,
+        handlers: Mapping[str, Any] | None = ...,
+        **context: Any,
+    ) -> MapResult: ...
+
     async def map(
         self,
         graph: Graph,
@@ -76,7 +107,7 @@ class AsyncRunner(BaseRunner):
         map_mode: str = "zip",
         output_name: str | Iterable[str] | None = None,
         batch_size: int = 1024,
-        writer: Any = None,
+        writer: Writer | None = None,
         on_error: str = "raise",
         handlers: Mapping[str, Any] | None = None,
         **context: Any,
@@ -93,7 +124,7 @@ class AsyncRunner(BaseRunner):
         )  # fmt: skip
         rows: list[Any] = []
         limiter = asyncio.Semaphore(self.max_concurrency)
-        result = await self._adrive(flow, limiter, on_rows=rows.extend)
+        result: MapResult = await self._adrive(flow, limiter, on_rows=rows.extend)
         return result if writer is not None else rows
 
     def iter(self, graph: Graph, inputs: Mapping[str, Any], **kwargs: Any) -> GraphRun:

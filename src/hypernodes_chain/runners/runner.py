@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, overload
 
 from ..cache import Cache
 from ..events import Subscriber
 from ..graph import Graph
-from ..results import MapResult
+from ..results import MapResult, Writer
 from ._base import BaseRunner
 from ._calls import Call, ColumnCall
 from ._core import Flow
@@ -60,6 +60,35 @@ class Runner(BaseRunner):
         values, _ = self._drive(flow)
         return {name: values[name] for name in outputs}
 
+    @overload
+    def map(
+        self,
+        graph: Graph,
+        inputs: Mapping[str, Any],
+        map_over: str | Iterable[str],
+        map_mode: str = ...,
+        output_name: str | Iterable[str] | None = ...,
+        batch_size: int = ...,
+        writer: None = ...,
+        on_error: str = ...,
+        handlers: Mapping[str, Any] | None = ...,
+    ) -> list[Any]: ...
+
+    @overload
+    def map(
+        self,
+        graph: Graph,
+        inputs: Mapping[str, Any],
+        map_over: str | Iterable[str],
+        map_mode: str = ...,
+        output_name: str | Iterable[str] | None = ...,
+        batch_size: int = ...,
+        *,
+        writer: Writer,
+        on_error: str = ...,
+        handlers: Mapping[str, Any] | None = ...,
+    ) -> MapResult: ...
+
     def map(
         self,
         graph: Graph,
@@ -68,7 +97,7 @@ class Runner(BaseRunner):
         map_mode: str = "zip",
         output_name: str | Iterable[str] | None = None,
         batch_size: int = 1024,
-        writer: Any = None,
+        writer: Writer | None = None,
         on_error: str = "raise",
         handlers: Mapping[str, Any] | None = None,
     ) -> list[Any] | MapResult:
@@ -78,18 +107,11 @@ class Runner(BaseRunner):
         ``on_error="collect"``), or a `MapResult` when ``writer`` is given.
         """
         flow = self._map_flow(
-            graph,
-            inputs,
-            map_over,
-            map_mode,
-            output_name,
-            batch_size,
-            writer,
-            on_error,
+            graph, inputs, map_over, map_mode, output_name, batch_size, writer, on_error,
             handlers,
-        )
+        )  # fmt: skip
         rows: list[Any] = []
-        result = self._drive(flow, on_rows=rows.extend)
+        result: MapResult = self._drive(flow, on_rows=rows.extend)
         return result if writer is not None else rows
 
     def imap(
@@ -100,21 +122,20 @@ class Runner(BaseRunner):
         map_mode: str = "zip",
         output_name: str | Iterable[str] | None = None,
         batch_size: int = 1024,
-        writer: Any = None,
+        writer: None = None,
         on_error: str = "raise",
         handlers: Mapping[str, Any] | None = None,
     ) -> Iterator[Any]:
-        """Like `map`, lazily: yields each item's result in input order, batch by batch."""
+        """Like `map`, lazily: yields each item's result in input order, batch by batch.
+
+        Memory stays O(batch_size). ``writer`` is not accepted here: results are yielded,
+        so use ``map(..., writer=...)`` to stream them to disk.
+        """
+        if writer is not None:
+            msg = "imap yields results instead of writing them; use map(..., writer=...)"
+            raise ValueError(msg)
         flow = self._map_flow(
-            graph,
-            inputs,
-            map_over,
-            map_mode,
-            output_name,
-            batch_size,
-            writer,
-            on_error,
-            handlers,
+            graph, inputs, map_over, map_mode, output_name, batch_size, None, on_error, handlers
         )
         sent: Any = None
         try:
