@@ -35,7 +35,9 @@ from .exceptions import (
 )
 from .graph import Graph, GraphNode
 from .interrupts import ainterrupt, interrupt
+from .jsonlog import JsonLogCallback
 from .node import Node, node
+from .progress import ProgressCallback
 from .results import ItemFailure, MapResult
 from .runners import AsyncRunner, GraphRun, Runner
 
@@ -61,6 +63,7 @@ __all__ = [
     "InterruptError",
     "InterruptEvent",
     "ItemFailure",
+    "JsonLogCallback",
     "MapFinished",
     "MapInputError",
     "MapResult",
@@ -73,6 +76,7 @@ __all__ = [
     "NodeFinished",
     "NodeStarted",
     "PlanError",
+    "ProgressCallback",
     "Runner",
     "StreamingChunkEvent",
     "UnknownInputError",

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 from .events import Event
 
-__all__ = ["Callback"]
+__all__ = ["Callback", "JsonLogCallback", "ProgressCallback"]
 
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 
@@ -39,3 +39,9 @@ class Callback:
 
     def on_event(self, event: Event) -> None:
         """Called for every event, after the specific ``on_<event>`` method."""
+
+
+# The built-in callbacks live in modules of their own and import `Callback` from here,
+# so they are re-exported only now that it exists.
+from .jsonlog import JsonLogCallback  # noqa: E402
+from .progress import ProgressCallback  # noqa: E402

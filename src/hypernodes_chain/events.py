@@ -8,7 +8,7 @@ events are per batch: ``n_items`` says how many items the event covers.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
@@ -40,6 +40,7 @@ class GraphStarted(Event):
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     index: int | None = None
+    graph_obj: Any = field(default=None, repr=False, compare=False)  # the Graph, for displays
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +97,7 @@ class MapStarted(Event):
     graph: str
     total: int | None
     batch_size: int
+    graph_obj: Any = field(default=None, repr=False, compare=False)  # the Graph, for displays
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,7 @@ class MapFinished(Event):
     n_ok: int
     n_failed: int
     duration: float
+    error: BaseException | None = None  # set when the map stopped on an error
 
 
 Subscriber = Callable[[Event], Any]

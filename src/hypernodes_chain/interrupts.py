@@ -32,7 +32,9 @@ class Session(Protocol):
 
     loop: asyncio.AbstractEventLoop
 
-    def park(self, event: InterruptEvent) -> asyncio.Future[Any]: ...
+    def park(self, event: InterruptEvent) -> asyncio.Future[Any]:
+        """Register the question; the returned future resolves with the answer."""
+        ...
 
 
 class Scope:
@@ -69,6 +71,10 @@ class Scope:
     def _event(self, value: Any, name: str) -> InterruptEvent:
         return InterruptEvent(self.path, f"int-{next(_ids)}", name, value, self.node, self.index)
 
+    def _announce(self, event: InterruptEvent) -> None:
+        if self.bus is not None:
+            self.bus.publish(event)
+
     def _no_answer(self, name: str) -> InterruptError:
         msg = (
             f"interrupt {name!r} has no handler: pass handlers={{{name!r}: fn}} to run/map, "
@@ -81,6 +87,7 @@ class Scope:
         handler = self.handlers.get(name) if self.handlers else None
         on_loop_thread = self.loop is not None and _running_loop() is self.loop
         if handler is not None:
+            self._announce(self._event(value, name))
             answer = handler(value)
             if inspect.isawaitable(answer):
                 answer = self._resolve(answer)
@@ -92,7 +99,9 @@ class Scope:
             event = self._event(value, name)
 
             async def wait() -> Any:
-                return await session.park(event)
+                waiting = session.park(event)
+                self._announce(event)
+                return await waiting
 
             return asyncio.run_coroutine_threadsafe(wait(), self.loop).result()
         raise self._no_answer(name)
@@ -101,12 +110,16 @@ class Scope:
         """Answer inside the event loop (async node)."""
         handler = self.handlers.get(name) if self.handlers else None
         if handler is not None:
+            self._announce(self._event(value, name))
             answer = handler(value)
             if inspect.isawaitable(answer):
                 answer = await answer
             return answer
         if self.session is not None:
-            return await self.session.park(self._event(value, name))
+            event = self._event(value, name)
+            waiting = self.session.park(event)
+            self._announce(event)
+            return await waiting
         raise self._no_answer(name)
 
     def _resolve(self, awaitable: Any) -> Any:

@@ -333,18 +333,14 @@ def _constant_step(
             call.flow = _graph_flow(call, node, ctx, src_keys)
         yield from _wait_all([call])
         if call.error is not None:
-            for pos in list(st.alive):
-                _fail(step, st, path, pos, call.error, raise_errors, indices, bus)
-            st.alive = []
+            _fail_all(step, st, path, call.error, raise_errors, indices, bus, t0)
             return
         result = call.result
     values: dict[str, Any] = {}
     try:
         _store(step, result, values, st.constant_keys, call.key)
     except TypeError as exc:
-        for pos in list(st.alive):
-            _fail(step, st, path, pos, exc, raise_errors, indices, bus)
-        st.alive = []
+        _fail_all(step, st, path, exc, raise_errors, indices, bus, t0)
         return
     st.constants.update(values)
     if not cached and call.key is not None and ctx.cache is not None and node.kind != "graph":
@@ -354,3 +350,16 @@ def _constant_step(
         bus.publish(
             NodeFinished(path, node.name, _perf() - t0, cached, None, n, n if cached else 0)
         )
+
+
+def _fail_all(
+    step: Step, st: _State, path: tuple[str, ...], error: BaseException, raise_errors: bool,
+    indices: list[int], bus: Any, t0: float,
+) -> None:  # fmt: skip
+    """A once-per-batch node failed: every item still alive fails with it."""
+    n = len(st.alive)
+    for pos in list(st.alive):
+        _fail(step, st, path, pos, error, raise_errors, indices, bus)
+    st.alive = []
+    if bus is not None:
+        bus.publish(NodeFinished(path, step.node.name, _perf() - t0, False, None, n, 0, n))

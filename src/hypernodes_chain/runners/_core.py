@@ -257,7 +257,9 @@ def item_flow(
     t_graph = 0.0
     if bus is not None:
         t_graph = _perf()
-        bus.publish(GraphStarted(path, plan.graph.name, tuple(plan.given), plan.outputs, index))
+        bus.publish(
+            GraphStarted(path, plan.graph.name, tuple(plan.given), plan.outputs, index, plan.graph)
+        )
     ictx = ctx.interactive
     if plan.simple and ctx.inline and keys is None and bus is None and ictx is None:
         # Nothing to cache, observe or answer, and only plain functions: calling them

@@ -146,10 +146,11 @@ def map_flow(
     if ctx.cache is not None:
         constant_keys = {k: hashing.fingerprint(v) for k, v in constants.items()}
     if bus is not None:
-        bus.publish(MapStarted(path, plan.graph.name, total, batch_size))
+        bus.publish(MapStarted(path, plan.graph.name, total, batch_size, plan.graph))
     result = MapResult(path=getattr(writer, "path", None))
     start = 0
     finished = False
+    error: BaseException | None = None
     try:
         for batch in batches:
             n_read = len(batch[0])
@@ -180,23 +181,27 @@ def map_flow(
                     BatchFinished(path, plan.graph.name, first, len(rows), n_failed, result.n_items)
                 )
         finished = True
+    except BaseException as exc:  # the map stops here: say so to listeners, then re-raise
+        error = exc
+        raise
     finally:
         if writer is not None:
             written = writer.close(finished=finished)
             result.files = list(written.files)
             result.path = written.path
-    result.duration_s = time.perf_counter() - t_start
-    if bus is not None:
-        bus.publish(
-            MapFinished(
-                path,
-                plan.graph.name,
-                result.n_items,
-                result.n_ok,
-                result.n_failed,
-                result.duration_s,
+        result.duration_s = time.perf_counter() - t_start
+        if bus is not None:
+            bus.publish(
+                MapFinished(
+                    path,
+                    plan.graph.name,
+                    result.n_items,
+                    result.n_ok,
+                    result.n_failed,
+                    result.duration_s,
+                    None if finished else error,
+                )
             )
-        )
     return result
 
 

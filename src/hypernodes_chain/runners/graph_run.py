@@ -98,11 +98,10 @@ class GraphRun:
 
     # -- interrupts ----------------------------------------------------------------
     def park(self, event: InterruptEvent) -> asyncio.Future[Any]:
-        """Publish an interrupt and return the future that `respond` resolves."""
+        """Register an interrupt (its event reaches us through the bus) until `respond`."""
         assert self.loop is not None
         waiting = self.loop.create_future()
         self._pending[event.id] = waiting
-        self._publish(event)
         return waiting
 
     @property

@@ -1,0 +1,334 @@
+"""`ProgressCallback`: a rich view of a run or map: tree, live bars, summary table.
+
+It reacts only to the core's events, which are per batch during ``map``, so watching a
+million items costs a few hundred updates. Node times and rates come from the injected
+``get_time`` clock (NodeStarted to NodeFinished), the same clock rich's bars use for rate
+and ETA: one time base for everything shown, and a fake clock makes the output exact.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rich import box
+from rich.console import Console, Group
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from .callbacks import Callback
+from .events import (
+    BatchFinished,
+    Event,
+    GraphFinished,
+    GraphStarted,
+    MapFinished,
+    MapStarted,
+    NodeFailed,
+    NodeFinished,
+    NodeStarted,
+)
+from .viz import rich_tree
+
+__all__ = ["ProgressCallback"]
+
+
+def format_seconds(seconds: float) -> str:
+    """``0.0004``: ``400µs``; ``0.25``: ``250.0ms``; ``3.5``: ``3.50s``; ``75``: ``1m15s``."""
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f}µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.1f}ms"
+    if seconds < 60:
+        return f"{seconds:.2f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def format_rate(per_second: float | None) -> str:
+    return "- items/s" if per_second is None else f"{per_second:,.1f} items/s"
+
+
+class RateColumn(ProgressColumn):
+    """Items per second, measured by rich over the task's recent updates."""
+
+    def render(self, task: Task) -> Text:
+        return Text(format_rate(task.speed), style="progress.data.speed")
+
+
+class CountsColumn(ProgressColumn):
+    """The task's ``cached`` count (node bars) and ``failed`` count when non-zero."""
+
+    def render(self, task: Task) -> Text:
+        text = Text()
+        if "cached" in task.fields:
+            text.append(f"{task.fields['cached']:,} cached", style="cyan")
+        failed = task.fields.get("failed", 0)
+        if failed:
+            text.append((" " if text else "") + f"{failed:,} failed", style="red")
+        return text
+
+
+class NodeStats:
+    """What one node (at one nesting path) did during a run."""
+
+    __slots__ = ("cached", "failed", "items", "seconds", "task")
+
+    def __init__(self, task: TaskID) -> None:
+        self.items = 0
+        self.cached = 0
+        self.failed = 0
+        self.seconds = 0.0
+        self.task = task
+
+
+class RunView:
+    """The state of the run or map on display: its nodes, counts and bars."""
+
+    def __init__(
+        self, root: tuple[str, ...], total: int | None, progress: Progress, *, is_map: bool
+    ) -> None:
+        self.root = root
+        self.is_map = is_map
+        self.total = total  # items per top-level node: map total (or None), 1 for a run
+        self.progress = progress
+        self.t0 = 0.0
+        self.nodes: dict[tuple[str, ...], NodeStats] = {}
+        # open NodeStarted times per (node key, item index): a run's failing node never
+        # finishes, and nested graphs run items concurrently, so starts pair by index
+        self.started: dict[tuple[tuple[str, ...], int | None], list[float]] = {}
+        self.n_failed = 0
+        # a map gets an overall bar (items done), its node bars indented under it
+        self.overall = progress.add_task(root[0], total=total, failed=0) if is_map else None
+
+    def node(self, key: tuple[str, ...]) -> NodeStats:
+        stats = self.nodes.get(key)
+        if stats is None:
+            stats = self.nodes[key] = NodeStats(self._add_bar(key))
+        return stats
+
+    def _add_bar(self, key: tuple[str, ...]) -> TaskID:
+        total = self.total if len(key) == 1 else None  # nested nodes: count and rate only
+        label = ("  " if self.is_map else "") + "/".join(key)
+        return self.progress.add_task(label, total=total, cached=0, failed=0)
+
+    def stop_timer(self, key: tuple[str, ...], index: int | None, now: float) -> float | None:
+        starts = self.started.get((key, index))
+        if not starts:
+            return None
+        t0 = starts.pop()  # LIFO: a start that never finished stays at the bottom
+        if not starts:
+            del self.started[(key, index)]
+        return now - t0
+
+    def ordered(self) -> list[tuple[tuple[str, ...], NodeStats]]:
+        """Rows in first-seen order, each nested node right under its graph node."""
+        rank = {key: i for i, key in enumerate(self.nodes)}
+
+        def sort_key(key: tuple[str, ...]) -> tuple[int, ...]:
+            return tuple(rank.get(key[: d + 1], len(rank)) for d in range(len(key)))
+
+        return sorted(self.nodes.items(), key=lambda kv: sort_key(kv[0]))
+
+
+def summary(view: RunView, graph: str, counts: tuple[int, int, int], wall: float) -> Group:
+    """The end-of-run table (per node: items, cached, failed, time, share) and a footer."""
+    table = Table(
+        title=f"{graph}: summary", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False
+    )
+    table.add_column("node")
+    for name in ("items", "cached", "failed", "time", "share"):
+        table.add_column(name, justify="right")
+    busy = sum(s.seconds for key, s in view.nodes.items() if len(key) == 1)
+    for key, s in view.ordered():
+        share = f"{100 * s.seconds / busy:.1f}%" if busy > 0 else "-"
+        failed = Text(f"{s.failed:,}", style="red" if s.failed else "")
+        name = "  " * (len(key) - 1) + key[-1]
+        table.add_row(
+            name, f"{s.items:,}", f"{s.cached:,}", failed, format_seconds(s.seconds), share
+        )
+    n_items, n_ok, n_failed = counts
+    rate = n_items / wall if wall > 0 else None
+    footer = Text(
+        f"{n_items:,} item{'' if n_items == 1 else 's'} · {n_ok:,} ok · {n_failed:,} failed · "
+        f"{format_seconds(wall)} wall · {format_rate(rate)}"
+    )
+    return Group(table, footer)
+
+
+class ProgressCallback(Callback):
+    """Show a run or map on a rich console: the graph's tree, a live bar per node, a summary.
+
+    Parameters
+    ----------
+    console
+        Where to draw; a rich ``Console`` on stderr by default. Jupyter works as is.
+    graph
+        The graph whose tree is printed when a run of a graph with its name starts
+        (an event carrying the graph object as ``graph_obj`` serves as well).
+    show_tree
+        Print the graph's tree before the run.
+    transient
+        Remove the bars when the run ends (the summary stays).
+    refresh_per_second
+        How often the live bars redraw.
+    get_time
+        The clock for node times, rates and ETA (tests pass a fake one).
+    enabled
+        ``None``: draw only when the console is a terminal or Jupyter; ``True``: always
+        (to a file, the bars are printed once, at the end); ``False``: never.
+
+    It shows one run at a time: a new run closes the previous one's bars. A map that
+    raises sends no finish event, so use it as ``with ProgressCallback() as cb:`` (or call
+    `close`) to stop its bars and give the terminal back.
+    """
+
+    def __init__(
+        self,
+        console: Console | None = None,
+        *,
+        graph: Any = None,
+        show_tree: bool = True,
+        transient: bool = False,
+        refresh_per_second: float = 8,
+        get_time: Callable[[], float] = time.monotonic,
+        enabled: bool | None = None,
+    ) -> None:
+        self.console = console if console is not None else Console(stderr=True)
+        self.graph = graph
+        self.show_tree = show_tree
+        self.transient = transient
+        self.refresh_per_second = refresh_per_second
+        self.get_time = get_time
+        if enabled is None:
+            enabled = self.console.is_terminal or self.console.is_jupyter
+        self.enabled = enabled
+        self._lock = threading.RLock()
+        self._view: RunView | None = None
+
+    def __call__(self, event: Event) -> None:
+        if self.enabled:  # disabled: one attribute check per (per-batch) event
+            with self._lock:
+                super().__call__(event)
+
+    # -- run boundaries ---------------------------------------------------------------
+    def on_graph_started(self, event: GraphStarted) -> None:
+        if len(event.path) == 1:
+            self._start(event, event.graph, total=1, is_map=False)
+
+    def on_map_started(self, event: MapStarted) -> None:
+        if len(event.path) == 1:
+            self._start(event, event.graph, total=event.total, is_map=True)
+
+    def on_graph_finished(self, event: GraphFinished) -> None:
+        view = self._view
+        if view is not None and event.path == view.root and not view.is_map:
+            failed = int(event.error is not None)
+            self._finish(event.graph, (1, 1 - failed, failed), event.error)
+
+    def on_map_finished(self, event: MapFinished) -> None:
+        view = self._view
+        if view is not None and event.path == view.root:
+            counts = (event.n_items, event.n_ok, event.n_failed)
+            self._finish(event.graph, counts, getattr(event, "error", None))
+
+    def close(self) -> None:
+        """Stop the live display of a run that never finished (it raised), if any."""
+        with self._lock:
+            if self._view is not None:
+                self._view.progress.stop()
+            self._view = None
+
+    def __enter__(self) -> ProgressCallback:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- during the run -----------------------------------------------------------------
+    def on_node_started(self, event: NodeStarted) -> None:
+        view = self._view
+        if view is not None and event.path[:1] == view.root:
+            key = (*event.path[1:], event.node)
+            view.node(key)
+            view.started.setdefault((key, event.index), []).append(self.get_time())
+
+    def on_node_finished(self, event: NodeFinished) -> None:
+        view = self._view
+        if view is None or event.path[:1] != view.root:
+            return
+        key = (*event.path[1:], event.node)
+        stats = view.node(key)
+        elapsed = view.stop_timer(key, event.index, self.get_time())
+        stats.seconds += elapsed if elapsed is not None else event.duration
+        stats.items += event.n_items
+        stats.cached += event.n_cached
+        view.progress.update(stats.task, advance=event.n_items, cached=stats.cached)
+
+    def on_node_failed(self, event: NodeFailed) -> None:
+        view = self._view
+        if view is None or event.path[:1] != view.root:
+            return
+        key = (*event.path[1:], event.node)
+        stats = view.node(key)
+        stats.failed += 1
+        elapsed = view.stop_timer(key, event.index, self.get_time())
+        if elapsed is not None:  # a run's node that raised: no NodeFinished follows
+            stats.seconds += elapsed
+            stats.items += 1
+        view.progress.update(stats.task, advance=int(elapsed is not None), failed=stats.failed)
+
+    def on_batch_finished(self, event: BatchFinished) -> None:
+        view = self._view
+        if view is not None and event.path == view.root and view.overall is not None:
+            view.n_failed += event.n_failed
+            view.progress.update(view.overall, completed=event.n_done, failed=view.n_failed)
+
+    # -- helpers ------------------------------------------------------------------------
+    def _start(self, event: Event, name: str, *, total: int | None, is_map: bool) -> None:
+        self.close()  # a previous run that raised never sent its finish event
+        graph = getattr(event, "graph_obj", None)
+        if graph is None and self.graph is not None and self.graph.name == name:
+            graph = self.graph
+        if self.show_tree and graph is not None:
+            self.console.print(rich_tree(graph))
+        interactive = self.console.is_terminal or self.console.is_jupyter
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            RateColumn(),
+            TimeRemainingColumn(),
+            CountsColumn(),
+            console=self.console,
+            transient=self.transient,
+            auto_refresh=interactive,  # to a file, one final render is enough
+            refresh_per_second=self.refresh_per_second,
+            get_time=self.get_time,
+        )
+        self._view = RunView(event.path, total, progress, is_map=is_map)
+        self._view.t0 = self.get_time()
+        progress.start()
+
+    def _finish(self, name: str, counts: tuple[int, int, int], error: Any) -> None:
+        view = self._view
+        assert view is not None
+        wall = self.get_time() - view.t0
+        self.close()
+        self.console.print(summary(view, name, counts, wall))
+        if error is not None:
+            self.console.print(Text(f"stopped by {type(error).__name__}: {error}", style="red"))

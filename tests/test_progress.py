@@ -1,0 +1,307 @@
+"""ProgressCallback: tree, bars and summary compared as text, with a fake clock.
+
+The nodes advance the fake clock as they work (0.1 s per item for ``add_one``, 0.3 s
+for ``double``), and the callback times nodes with that clock, so every number shown
+(node times, shares, rates, wall time) is exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+from types import SimpleNamespace
+
+import pytest
+from rich.console import Console
+
+from hypernodes_chain import AsyncRunner, Graph, MemoryCache, Runner, node
+from hypernodes_chain.progress import ProgressCallback, format_seconds
+
+
+class MockClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make_graph(clock: MockClock, fail_on: int | None = None) -> Graph:
+    @node(output_name="a")
+    def add_one(x: int) -> int:
+        clock.advance(0.1)
+        if x == fail_on:
+            raise ValueError(f"bad item {x}")
+        return x + 1
+
+    @node(output_name="b")
+    def double(a: int) -> int:
+        clock.advance(0.3)
+        return a * 2
+
+    return Graph([add_one, double], name="chain")
+
+
+def text_console(*, terminal: bool = False) -> Console:
+    return Console(
+        file=io.StringIO(), width=100, color_system=None, force_terminal=terminal, record=True
+    )
+
+
+def output(console: Console) -> str:
+    """What was printed, each line right-stripped (rich pads table cells)."""
+    return "\n".join(line.rstrip() for line in console.file.getvalue().splitlines()) + "\n"
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The summary's rows, split on runs of spaces: [[node, items, cached, failed, ...]]."""
+    lines = text.split("─" * 10, 1)[1].splitlines()[1:]
+    rows = []
+    for line in lines:
+        if " · " in line:  # the footer
+            break
+        rows.append(line.split())
+    return rows
+
+
+BAR = "━" * 40
+TREE = "chain\n├── inputs: x\n├── add_one(x) → a\n└── double(a) → b\n"
+
+
+def test_map_shows_tree_bars_and_summary():
+    clock = MockClock()
+    graph = make_graph(clock)
+    console = text_console()
+    cb = ProgressCallback(console, graph=graph, get_time=clock, enabled=True)
+    out = Runner(callbacks=[cb]).map(graph, {"x": list(range(10))}, map_over="x", batch_size=5)
+    assert out[0] == {"a": 1, "b": 2}
+    # not a terminal: the bars are printed once, in their final state
+    assert output(console) == (
+        TREE + f"chain     {BAR} 10/10 2.5 items/s 0:00:00\n"
+        f"  add_one {BAR} 10/10 2.5 items/s 0:00:00 0 cached\n"
+        f"  double  {BAR} 10/10 2.5 items/s 0:00:00 0 cached\n"
+        "chain: summary\n"
+        " node      items   cached   failed    time   share\n" + "─" * 51 + "\n"
+        " add_one      10        0        0   1.00s   25.0%\n"
+        " double       10        0        0   3.00s   75.0%\n"
+        "10 items · 10 ok · 0 failed · 4.00s wall · 2.5 items/s\n"
+    )
+
+
+def test_run_shows_one_item_per_node_and_no_overall_bar():
+    clock = MockClock()
+    graph = make_graph(clock)
+    console = text_console()
+    cb = ProgressCallback(console, graph=graph, get_time=clock, enabled=True)
+    assert Runner(callbacks=[cb]).run(graph, {"x": 1}) == {"a": 2, "b": 4}
+    text = output(console)
+    assert text.startswith(TREE + f"add_one {BAR} 1/1 - items/s 0:00:00 0 cached\n")
+    assert table_rows(text) == [
+        ["add_one", "1", "0", "0", "100.0ms", "25.0%"],
+        ["double", "1", "0", "0", "300.0ms", "75.0%"],
+    ]
+    assert text.endswith("1 item · 1 ok · 0 failed · 400.0ms wall · 2.5 items/s\n")
+
+
+def test_cached_items_are_counted_in_bars_and_table():
+    clock = MockClock()
+    graph = make_graph(clock)
+    cache = MemoryCache()
+    Runner(cache=cache).map(graph, {"x": list(range(4))}, map_over="x")
+    console = text_console()
+    cb = ProgressCallback(console, show_tree=False, get_time=clock, enabled=True)
+    Runner(cache=cache, callbacks=[cb]).map(graph, {"x": list(range(6))}, map_over="x")
+    text = output(console)
+    assert f"  add_one {BAR} 6/6 - items/s 0:00:00 4 cached\n" in text
+    assert table_rows(text) == [
+        ["add_one", "6", "4", "0", "200.0ms", "25.0%"],
+        ["double", "6", "4", "0", "600.0ms", "75.0%"],
+    ]
+
+
+def test_collected_failures_are_counted():
+    clock = MockClock()
+    graph = make_graph(clock, fail_on=3)
+    console = text_console()
+    cb = ProgressCallback(console, show_tree=False, get_time=clock, enabled=True)
+    runner = Runner(callbacks=[cb])
+    runner.map(graph, {"x": list(range(5))}, map_over="x", on_error="collect")
+    text = output(console)
+    # a single batch gives rich one sample: no rate yet
+    assert f"chain     {BAR} 5/5 - items/s 0:00:00 1 failed\n" in text
+    assert f"  add_one {BAR} 5/5 - items/s 0:00:00 0 cached 1 failed\n" in text
+    assert table_rows(text) == [
+        ["add_one", "5", "0", "1", "500.0ms", "29.4%"],
+        ["double", "4", "0", "0", "1.20s", "70.6%"],
+    ]
+    assert text.endswith("5 items · 4 ok · 1 failed · 1.70s wall · 2.9 items/s\n")
+
+
+def test_a_run_that_raises_still_ends_with_a_summary():
+    clock = MockClock()
+    graph = make_graph(clock, fail_on=1)
+    console = text_console()
+    cb = ProgressCallback(console, show_tree=False, get_time=clock, enabled=True)
+    with pytest.raises(Exception, match="bad item 1"):
+        Runner(callbacks=[cb]).run(graph, {"x": 1})
+    text = output(console)
+    assert table_rows(text) == [["add_one", "1", "0", "1", "100.0ms", "100.0%"]]
+    assert "1 item · 0 ok · 1 failed · 100.0ms wall" in text
+    assert text.endswith("stopped by ValueError: bad item 1\n")
+
+
+def test_a_map_that_raises_closes_its_display_and_says_why():
+    clock = MockClock()
+    graph = make_graph(clock, fail_on=1)
+    console = text_console()
+    cb = ProgressCallback(console, show_tree=False, get_time=clock, enabled=True)
+    runner = Runner(callbacks=[cb])
+    with pytest.raises(Exception, match="bad item 1"):
+        runner.map(graph, {"x": [0, 1]}, map_over="x")
+    assert cb._view is None  # MapFinished carried the error and closed the bars
+    text = output(console)
+    assert "stopped by NodeError: node 'add_one' for item 1 failed with ValueError" in text
+    assert text.count("chain: summary") == 1
+    runner.map(graph, {"x": [5, 6]}, map_over="x")
+    assert output(console).count("chain: summary") == 2
+    cb.close()  # nothing left to stop: a no-op
+
+
+def test_leaving_the_with_block_stops_the_bars_and_shows_the_cursor():
+    clock = MockClock()
+    graph = make_graph(clock, fail_on=1)
+    console = text_console(terminal=True)
+    with ProgressCallback(console, get_time=clock) as cb:
+        with pytest.raises(Exception, match="bad item 1"):
+            Runner(callbacks=[cb]).map(graph, {"x": [0, 1]}, map_over="x")
+    assert cb._view is None
+    assert not console._live_stack
+    assert "\x1b[?25h" in console.file.getvalue()  # the cursor is shown again
+
+
+def test_nested_graph_rows_sit_under_their_node():
+    clock = MockClock()
+    inner = make_graph(clock)
+
+    @node(output_name="c")
+    def report(b: int) -> str:
+        return str(b)
+
+    outer = Graph([inner.as_node(name="inner"), report], name="outer")
+    console = text_console()
+    cb = ProgressCallback(console, graph=outer, get_time=clock, enabled=True)
+    Runner(callbacks=[cb]).map(outer, {"x": [1, 2, 3]}, map_over="x", batch_size=2)
+    text = output(console)
+    assert text.startswith(
+        "outer\n"
+        "├── inputs: x\n"
+        "├── inner(x) → a, b  [graph]\n"
+        "│   ├── add_one(x) → a\n"
+        "│   └── double(a) → b\n"
+        "└── report(b) → c\n"
+    )
+    assert "  inner/add_one " in text  # nested bars: a count and a rate, no total
+    rows = table_rows(text)
+    assert [r[:4] for r in rows] == [
+        ["inner", "3", "0", "0"],
+        ["add_one", "3", "0", "0"],
+        ["double", "3", "0", "0"],
+        ["report", "3", "0", "0"],
+    ]
+    assert [r[4:] for r in rows] == [
+        ["1.20s", "100.0%"],
+        ["300.0ms", "25.0%"],
+        ["900.0ms", "75.0%"],
+        ["0µs", "0.0%"],
+    ]
+
+
+def test_async_runner_events_from_tasks_and_threads():
+    clock = MockClock()
+    graph = make_graph(clock)
+    console = text_console()
+    cb = ProgressCallback(console, graph=graph, get_time=clock, enabled=True)
+    runner = AsyncRunner(callbacks=[cb], max_concurrency=4)
+    out = asyncio.run(runner.map(graph, {"x": list(range(8))}, map_over="x", batch_size=4))
+    assert len(out) == 8
+    text = output(console)
+    assert text.startswith(TREE)
+    rows = table_rows(text)
+    assert [r[:4] for r in rows] == [["add_one", "8", "0", "0"], ["double", "8", "0", "0"]]
+    assert all(re.fullmatch(r"[\d.]+(µs|ms|s)", r[4]) for r in rows)
+    assert text.endswith(" items/s\n")
+    assert "8 items · 8 ok · 0 failed · " in text
+
+
+def test_quiet_when_the_console_is_not_a_terminal():
+    clock = MockClock()
+    graph = make_graph(clock)
+    console = text_console()
+    cb = ProgressCallback(console, graph=graph, get_time=clock)
+    assert cb.enabled is False
+    Runner(callbacks=[cb]).map(graph, {"x": [1, 2]}, map_over="x")
+    Runner(callbacks=[cb]).run(graph, {"x": 1})
+    assert console.file.getvalue() == ""
+    assert cb._view is None
+
+
+def test_enabled_in_a_terminal_and_in_jupyter():
+    assert ProgressCallback(text_console(terminal=True)).enabled is True
+    jupyter = Console(file=io.StringIO(), force_jupyter=True)
+    assert ProgressCallback(jupyter).enabled is True
+    assert ProgressCallback(text_console(terminal=True), enabled=False).enabled is False
+
+
+def test_live_display_in_a_terminal():
+    clock = MockClock()
+    graph = make_graph(clock)
+    console = text_console(terminal=True)
+    cb = ProgressCallback(console, graph=graph, get_time=clock, transient=True)
+    Runner(callbacks=[cb]).map(graph, {"x": list(range(10))}, map_over="x", batch_size=5)
+    raw = console.file.getvalue()
+    assert "\x1b[?25l" in raw  # the cursor is hidden while the bars are live
+    text = console.export_text()
+    assert text.startswith(TREE)
+    assert text.rstrip().endswith("10 items · 10 ok · 0 failed · 4.00s wall · 2.5 items/s")
+    assert table_rows(text)[0] == ["add_one", "10", "0", "0", "1.00s", "25.0%"]
+
+
+def test_tree_from_the_event_when_it_carries_the_graph():
+    clock = MockClock()
+    graph = make_graph(clock)
+    console = text_console()
+    cb = ProgressCallback(console, get_time=clock, enabled=True)
+
+    # what GraphStarted would look like with a ``graph_obj`` field
+    event = SimpleNamespace(path=("chain",), graph="chain", graph_obj=graph)
+    cb.on_graph_started(event)  # type: ignore[arg-type]
+    cb.close()  # stops the (empty) bars of a run that will not finish
+    assert output(console).rstrip("\n") == TREE.rstrip("\n")
+
+
+def test_the_running_graph_wins_and_the_tree_can_be_turned_off():
+    clock = MockClock()
+    graph = make_graph(clock)
+    other = Graph(list(graph.nodes), name="other")
+    console = text_console()
+    cb = ProgressCallback(console, get_time=clock, enabled=True, graph=other)
+    Runner(callbacks=[cb]).run(graph, {"x": 1})
+    assert output(console).startswith("chain\n├── inputs: x")  # from the event, not `other`
+    console = text_console()
+    cb = ProgressCallback(console, get_time=clock, enabled=True, graph=graph, show_tree=False)
+    Runner(callbacks=[cb]).run(graph, {"x": 1})
+    assert output(console).startswith(f"add_one {BAR} 1/1")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.0004, "400µs"), (0.25, "250.0ms"), (3.5, "3.50s"), (75, "1m15s"), (7300, "2h01m")],
+)
+def test_format_seconds(seconds, text):
+    assert format_seconds(seconds) == text
