@@ -150,8 +150,11 @@ class StreamWriter:
             include_inputs=self.include_inputs,
             flatten=self.flatten,
         )
-        manifest = self._previous(folder, fresh) if self.resume else self._refuse_old(folder)
-        manifest = manifest or fresh
+        if self.resume:
+            manifest = self._previous(folder, fresh) or fresh
+        else:
+            self._refuse_old(folder)
+            manifest = fresh
         remove_stale_files(folder, manifest)
         manifest.finished = False
         manifest.save(folder)
