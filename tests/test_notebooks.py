@@ -1,11 +1,12 @@
 """Every notebook under notebooks/ runs top to bottom on a real Jupyter kernel.
 
-The kernel is the ``python3`` kernelspec; the test first checks that it launches this
+The kernel is the ``python3`` kernelspec, checked (and if need be re-pointed) to launch this
 interpreter (``sys.executable``), so the notebook sees the package under test.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -27,30 +28,47 @@ JUPYTER_WARNINGS = [
 ]
 
 
+def _launches_this_python() -> bool:
+    from jupyter_client.kernelspec import NoSuchKernel
+    from jupyter_client.manager import KernelManager
+
+    try:
+        cmd = KernelManager(kernel_name="python3").format_kernel_cmd()
+    except NoSuchKernel:
+        return False
+    # jupyter_client swaps a kernelspec's bare "python" for sys.executable. Paths are compared
+    # unresolved: a venv's python is a symlink to the base interpreter, which lacks the venv.
+    return os.path.abspath(cmd[0]) == os.path.abspath(sys.executable)
+
+
 @pytest.fixture(scope="module")
-def kernel_name() -> Iterator[str]:
-    """The ``python3`` kernelspec, checked to launch this very interpreter."""
+def kernel_name(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The ``python3`` kernelspec, made to launch this very interpreter.
+
+    If the ``python3`` spec that Jupyter finds runs another interpreter (a user-wide spec for
+    a system Python, say), a private spec bound to ``sys.executable`` goes first on
+    ``JUPYTER_PATH`` for the duration of the module.
+    """
     pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
     pytest.importorskip("nbformat")
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-    from jupyter_client.manager import KernelManager
 
     with pytest.MonkeyPatch.context() as mp:
         if "JUPYTER_PLATFORM_DIRS" not in os.environ:
             mp.setenv("JUPYTER_PLATFORM_DIRS", "1")
-        try:
-            KernelSpecManager().get_kernel_spec("python3")
-        except NoSuchKernel:
-            pytest.skip("no python3 kernelspec (pip install ipykernel)")
-        # jupyter_client swaps a kernelspec's bare "python" for sys.executable; any other
-        # interpreter would import another installation of hypernodes_chain (or none)
-        cmd = KernelManager(kernel_name="python3").format_kernel_cmd()
-        if Path(cmd[0]).resolve() != Path(sys.executable).resolve():
-            pytest.skip(
-                f"the python3 kernelspec launches {cmd[0]}, not this interpreter "
-                f"{sys.executable}; run `{sys.executable} -m ipykernel install --sys-prefix`"
-            )
+        if not _launches_this_python():
+            root = tmp_path_factory.mktemp("jupyter")
+            spec_dir = root / "kernels" / "python3"
+            spec_dir.mkdir(parents=True)
+            spec = {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "Python 3 (hypernodes_chain tests)",
+                "language": "python",
+            }
+            (spec_dir / "kernel.json").write_text(json.dumps(spec))
+            paths = [str(root), *filter(None, [os.environ.get("JUPYTER_PATH")])]
+            mp.setenv("JUPYTER_PATH", os.pathsep.join(paths))
+            assert _launches_this_python(), "the private python3 kernelspec was not picked up"
         yield "python3"
 
 

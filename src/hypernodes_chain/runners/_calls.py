@@ -19,12 +19,20 @@ from ..events import EventBus, StreamingChunkEvent
 from ..interrupts import Scope
 from ..plan import Step
 
-__all__ = ["Call", "ColumnCall", "Failed", "join_chunks", "run_coroutine"]
+__all__ = ["Call", "ColumnCall", "Failed", "Limiter", "join_chunks", "run_coroutine"]
 
 Flow = Generator[Any, Any, Any]
 Drive = Callable[[Flow], Any]
 ADrive = Callable[[Flow], Awaitable[Any]]
 _END = object()
+
+
+class Limiter(asyncio.Semaphore):
+    """The semaphore that caps calls in flight, knowing its own size."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
 
 
 class Failed:
@@ -203,7 +211,7 @@ class Call(_Interactive):
         return chunks
 
     # -- async -----------------------------------------------------------------
-    async def run_async(self, adrive: ADrive, limiter: asyncio.Semaphore) -> Call:
+    async def run_async(self, adrive: ADrive, limiter: Limiter) -> Call:
         """Invoke the node from the event loop: coroutines awaited, sync code in a thread."""
         try:
             if self.step.node.kind == "graph":
@@ -316,6 +324,9 @@ class ColumnCall(_Interactive):
             self.results = self._run_batch()
         elif node.kind == "sync":
             self.results = self._run_plain(self.rows)
+        elif node.kind == "async" and self.ctx is None:
+            # one trip into an event loop for the column, items awaited one after another
+            self.results = run_coroutine(self._await_rows(Limiter(1)))
         else:
             self.results = [self._one(i, drive) for i in range(len(self.rows))]
         if node.batch or node.kind != "sync":
@@ -371,14 +382,15 @@ class ColumnCall(_Interactive):
             return [Failed(exc)] * n
 
     # -- async -----------------------------------------------------------------
-    async def run_async(
-        self, adrive: ADrive, limiter: asyncio.Semaphore, threads: int = 8
-    ) -> ColumnCall:
+    async def run_async(self, adrive: ADrive, limiter: Limiter, threads: int = 8) -> ColumnCall:
         """Items run concurrently, each holding a ``limiter`` slot while it runs."""
         node = self.step.node
         if node.batch:
             async with limiter:
                 self.results = await self._run_batch_async()
+            self.n_failed = sum(type(r) is Failed for r in self.results)
+        elif node.kind == "async" and self.ctx is None:
+            self.results = await self._await_rows(limiter)
             self.n_failed = sum(type(r) is Failed for r in self.results)
         elif node.kind == "sync" and self.ctx is None:
             parts = self.split(threads)
@@ -390,6 +402,32 @@ class ColumnCall(_Interactive):
             self.results = [Failed(c.error) if c.error is not None else c.result for c in calls]
             self.n_failed = sum(c.error is not None for c in calls)
         return self
+
+    async def _await_rows(self, limiter: Limiter) -> list[Any]:
+        """Await an async function over every row with at most ``limiter.size`` workers.
+
+        A worker holds one limiter slot and takes rows from a shared iterator: far fewer
+        tasks than one per item, and the cap on calls in flight holds all the same.
+        """
+        step = self.step
+        rows = self.rows
+        results: list[Any] = [None] * len(rows)
+        todo = iter(range(len(rows)))
+
+        async def worker() -> None:
+            async with limiter:
+                for i in todo:
+                    try:
+                        results[i] = await _call_function(step, rows[i])
+                    except Exception as exc:
+                        results[i] = Failed(exc)
+
+        n_workers = min(len(rows), limiter.size)
+        if n_workers == 1:
+            await worker()
+        else:
+            await asyncio.gather(*(worker() for _ in range(n_workers)))
+        return results
 
     @staticmethod
     async def _run_part(part: ColumnCall, limiter: asyncio.Semaphore) -> None:

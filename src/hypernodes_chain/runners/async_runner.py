@@ -18,6 +18,7 @@ from ..events import Subscriber
 from ..graph import Graph
 from ..results import MapResult, Writer
 from ._base import BaseRunner
+from ._calls import Limiter
 from ._core import Flow
 from ._map import BatchRows
 from .graph_run import GraphRun
@@ -65,7 +66,7 @@ class AsyncRunner(BaseRunner):
         """Run ``graph`` once; returns every output, or those named by ``output_name``."""
         loop = asyncio.get_running_loop()
         flow, outputs = self._run_flow(graph, inputs, output_name, handlers, loop=loop, **context)
-        values, _ = await self._adrive(flow, asyncio.Semaphore(self.max_concurrency))
+        values, _ = await self._adrive(flow, Limiter(self.max_concurrency))
         return {name: values[name] for name in outputs}
 
     @overload
@@ -123,7 +124,7 @@ class AsyncRunner(BaseRunner):
             handlers, loop=loop, **context,
         )  # fmt: skip
         rows: list[Any] = []
-        limiter = asyncio.Semaphore(self.max_concurrency)
+        limiter = Limiter(self.max_concurrency)
         result: MapResult = await self._adrive(flow, limiter, on_rows=rows.extend)
         return result if writer is not None else rows
 
@@ -135,7 +136,7 @@ class AsyncRunner(BaseRunner):
         """
         return GraphRun(self, graph, inputs, kwargs)
 
-    async def _adrive(self, flow: Flow, limiter: asyncio.Semaphore, on_rows: Any = None) -> Any:
+    async def _adrive(self, flow: Flow, limiter: Limiter, on_rows: Any = None) -> Any:
         adrive = partial(self._adrive, limiter=limiter)
         in_flight: dict[asyncio.Future[Any], Any] = {}
         sent: Any = None
