@@ -165,13 +165,7 @@ class StreamWriter:
 
     def write_batch(self, items: Sequence[Item], failures: Sequence[ItemFailure]) -> None:
         """Buffer one batch of results (in index order) and its failures; commit full shards."""
-        if self._manifest is None or self._result is not None:
-            msg = f"{self!r} is not open: the runner calls open() before write_batch()"
-            raise RuntimeError(msg)
-        if self._done:
-            self._refuse_done(index for index, _, _ in items)
-        self._failures.extend(failures)
-        self._pending_failures.extend(failures)  # committed with the next shard
+        self._accept((index for index, _, _ in items), failures)
         columns = self._plain_columns(items) if isinstance(self._buffer, ParquetBuffer) else None
         if columns is None:
             rows = [self._row(index, inputs, outputs) for index, inputs, outputs in items]
@@ -180,6 +174,48 @@ class StreamWriter:
             self._fill(len(items), lambda start, stop: self._add_slice(columns, start, stop))
         if len(self._pending_failures) >= self.max_lines_per_file:
             self._commit()
+
+    def write_columns(
+        self,
+        indices: Sequence[int],
+        inputs: Mapping[str, Sequence[Any]],
+        outputs: Mapping[str, Sequence[Any]],
+        failures: Sequence[ItemFailure],
+    ) -> None:
+        """The columnar twin of `write_batch`: one list per mapped input and per output.
+
+        Parquet batches of plain values go into the buffer as they are, with no row built
+        per item; anything else (jsonl, values to flatten) takes the row path.
+        """
+        columns: dict[str, Sequence[Any]] = {"_index": indices}
+        for part in (inputs, outputs) if self.include_inputs else (outputs,):
+            columns.update(part)
+        plain = isinstance(self._buffer, ParquetBuffer) and all(
+            set(map(type, values)) <= _PLAIN for values in columns.values()
+        )
+        if not plain:
+            rows = zip(*inputs.values()) if inputs else ((),) * len(indices)
+            outs = list(zip(*outputs.values()))
+            items = [
+                (index, dict(zip(inputs, ins)), dict(zip(outputs, out)))
+                for index, ins, out in zip(indices, rows, outs)
+            ]
+            self.write_batch(items, failures)
+            return
+        self._accept(indices, failures)
+        full = {k: list(v) for k, v in columns.items()}
+        self._fill(len(indices), lambda start, stop: self._add_slice(full, start, stop))
+        if len(self._pending_failures) >= self.max_lines_per_file:
+            self._commit()
+
+    def _accept(self, indices: Iterable[int], failures: Sequence[ItemFailure]) -> None:
+        if self._manifest is None or self._result is not None:
+            msg = f"{self!r} is not open: the runner calls open() before writing"
+            raise RuntimeError(msg)
+        if self._done:
+            self._refuse_done(indices)
+        self._failures.extend(failures)
+        self._pending_failures.extend(failures)  # committed with the next shard
 
     def close(self, *, finished: bool = True) -> MapResult:
         """Commit what is buffered (a short last shard), mark the manifest, summarise.

@@ -163,22 +163,22 @@ def map_flow(
                 if len(keep) < n_read:
                     indices = [indices[pos] for pos in keep]
                     batch = [[col[pos] for pos in keep] for col in batch]
-            rows: list[Any] = []
+            n_done = n_failed = 0
             if indices:
                 columns = dict(zip(map_over, batch))
                 outcome = yield from batch_flow(
                     plan, columns, constants, ctx, indices=indices, constant_keys=constant_keys
                 )
-                rows = _rows(plan.outputs, outcome, len(indices))
-                _count(result, rows, list(outcome.failures.values()))
+                failures = list(outcome.failures.values())
+                n_done, n_failed = len(indices), len(failures)
+                _count(result, n_done, failures)
                 if writer is not None:
-                    _write(writer, map_over, indices, columns, rows)
+                    _write(writer, plan.outputs, indices, columns, outcome)
                 else:
-                    yield BatchRows(rows)
+                    yield BatchRows(_rows(plan.outputs, outcome, len(indices)))
             if bus is not None:
-                n_failed = len(outcome.failures) if indices else 0
                 bus.publish(
-                    BatchFinished(path, plan.graph.name, first, len(rows), n_failed, result.n_items)
+                    BatchFinished(path, plan.graph.name, first, n_done, n_failed, result.n_items)
                 )
         finished = True
     except BaseException as exc:  # the map stops here: say so to listeners, then re-raise
@@ -227,28 +227,37 @@ def _row_builder(outputs: tuple[str, ...]) -> Any:
     return builder
 
 
-def _count(result: MapResult, rows: list[Any], failures: list[ItemFailure]) -> None:
-    result.n_items += len(rows)
+def _count(result: MapResult, n: int, failures: list[ItemFailure]) -> None:
+    result.n_items += n
     result.n_failed += len(failures)
-    result.n_ok += len(rows) - len(failures)
+    result.n_ok += n - len(failures)
     result.failures.extend(failures)
 
 
 def _write(
     writer: Any,
-    map_over: Sequence[str],
+    outputs: Sequence[str],
     indices: list[int],
     columns: dict[str, list[Any]],
-    rows: list[Any],
+    outcome: Any,
 ) -> None:
-    items = []
-    failures = []
-    input_columns = [columns[name] for name in map_over]
-    for pos, (index, row) in enumerate(zip(indices, rows)):
-        if isinstance(row, ItemFailure):
-            failures.append(row)
-            continue
-        items.append((index, {n: c[pos] for n, c in zip(map_over, input_columns)}, row))
+    """Hand a batch to the writer column by column, leaving failed items to its errors."""
+    n = len(indices)
+    failures = [outcome.failures[pos] for pos in sorted(outcome.failures)]
+    out_columns = {o: outcome.column(o, n) for o in outputs}
+    if failures:
+        keep = [pos for pos in range(n) if pos not in outcome.failures]
+        indices = [indices[pos] for pos in keep]
+        columns = {k: [v[pos] for pos in keep] for k, v in columns.items()}
+        out_columns = {k: [v[pos] for pos in keep] for k, v in out_columns.items()}
+    if hasattr(writer, "write_columns"):
+        writer.write_columns(indices, columns, out_columns, failures)
+        return
+    names = list(columns)
+    items = [
+        (index, dict(zip(names, ins)), dict(zip(outputs, outs)))
+        for index, ins, outs in zip(indices, zip(*columns.values()), zip(*out_columns.values()))
+    ]
     writer.write_batch(items, failures)
 
 
