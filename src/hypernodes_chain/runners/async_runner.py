@@ -61,9 +61,18 @@ class AsyncRunner(BaseRunner):
         inputs: Mapping[str, Any],
         output_name: str | Iterable[str] | None = None,
         handlers: Mapping[str, Any] | None = None,
-        **context: Any,
     ) -> dict[str, Any]:
         """Run ``graph`` once; returns every output, or those named by ``output_name``."""
+        return await self._run(graph, inputs, output_name, handlers)
+
+    async def _run(
+        self,
+        graph: Graph,
+        inputs: Mapping[str, Any],
+        output_name: str | Iterable[str] | None = None,
+        handlers: Mapping[str, Any] | None = None,
+        **context: Any,  # an iter() session and its event sink
+    ) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         flow, outputs = self._run_flow(graph, inputs, output_name, handlers, loop=loop, **context)
         values, _ = await self._adrive(flow, Limiter(self.max_concurrency))
@@ -81,7 +90,6 @@ class AsyncRunner(BaseRunner):
         writer: None = ...,
         on_error: str = ...,
         handlers: Mapping[str, Any] | None = ...,
-        **context: Any,
     ) -> list[Any]: ...
 
     @overload
@@ -97,7 +105,6 @@ class AsyncRunner(BaseRunner):
         writer: Writer,
         on_error: str = ...,
         handlers: Mapping[str, Any] | None = ...,
-        **context: Any,
     ) -> MapResult: ...
 
     async def map(
@@ -111,13 +118,30 @@ class AsyncRunner(BaseRunner):
         writer: Writer | None = None,
         on_error: str = "raise",
         handlers: Mapping[str, Any] | None = None,
-        **context: Any,
     ) -> list[Any] | MapResult:
         """Run ``graph`` once per item of the ``map_over`` inputs, items concurrently.
 
         Returns a list in input order (an `ItemFailure` in a failed item's place under
         ``on_error="collect"``), or a `MapResult` when ``writer`` is given.
         """
+        return await self._map(
+            graph, inputs, map_over, map_mode, output_name, batch_size, writer, on_error,
+            handlers,
+        )  # fmt: skip
+
+    async def _map(
+        self,
+        graph: Graph,
+        inputs: Mapping[str, Any],
+        map_over: str | Iterable[str],
+        map_mode: str = "zip",
+        output_name: str | Iterable[str] | None = None,
+        batch_size: int = 1024,
+        writer: Writer | None = None,
+        on_error: str = "raise",
+        handlers: Mapping[str, Any] | None = None,
+        **context: Any,  # an iter() session and its event sink
+    ) -> list[Any] | MapResult:
         loop = asyncio.get_running_loop()
         flow = self._map_flow(
             graph, inputs, map_over, map_mode, output_name, batch_size, writer, on_error,

@@ -60,9 +60,9 @@ class GraphRun:
         kwargs: dict[str, Any] = dict(self._kwargs)
         context: dict[str, Any] = {"session": self, "extra": (self._publish,)}
         if "map_over" in kwargs:
-            self._result = await self._runner.map(self._graph, self._inputs, **kwargs, **context)
+            self._result = await self._runner._map(self._graph, self._inputs, **kwargs, **context)
         else:
-            self._result = await self._runner.run(self._graph, self._inputs, **kwargs, **context)
+            self._result = await self._runner._run(self._graph, self._inputs, **kwargs, **context)
 
     def _publish(self, event: Event) -> None:
         assert self.loop is not None and self._queue is not None
