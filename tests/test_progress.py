@@ -177,9 +177,9 @@ def test_leaving_the_with_block_stops_the_bars_and_shows_the_cursor():
     clock = MockClock()
     graph = make_graph(clock, fail_on=1)
     console = text_console(terminal=True)
-    with ProgressCallback(console, get_time=clock) as cb:
-        with pytest.raises(Exception, match="bad item 1"):
-            Runner(callbacks=[cb]).map(graph, {"x": [0, 1]}, map_over="x")
+    cb = ProgressCallback(console, get_time=clock)
+    with cb, pytest.raises(Exception, match="bad item 1"):
+        Runner(callbacks=[cb]).map(graph, {"x": [0, 1]}, map_over="x")
     assert cb._view is None
     assert not console._live_stack
     assert "\x1b[?25h" in console.file.getvalue()  # the cursor is shown again

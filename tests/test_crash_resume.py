@@ -1,0 +1,154 @@
+"""A real crash: a map streaming into a `StreamWriter` is killed with SIGKILL mid-run, twice,
+then resumed to completion; every item must be stored exactly once (data or errors shard),
+with no temporary or uncommitted file left and a finished manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+N_ITEMS = 20_000
+SHARD = 500
+BATCH = 100
+
+CHILD = """
+import json, sys, time
+from hypernodes_chain import Graph, Runner, node
+from hypernodes_chain.io import StreamWriter
+
+out, fmt, pause = sys.argv[1], sys.argv[2], float(sys.argv[3])
+
+
+@node(output_name="y", batch=True)
+def double(x: list[int]) -> list[int]:
+    time.sleep(pause)  # a tiny pause per batch, so the kill lands mid-run
+    return [2 * v for v in x]
+
+
+@node(output_name="z")
+def label(y: int) -> str:
+    if y % 1994 == 0:  # every 997th item fails: the errors shards take part in the crash too
+        raise ValueError(f"bad {y}")
+    return f"v{y}"
+
+
+graph = Graph(nodes=[double, label], name="crash")
+writer = StreamWriter(out, format=fmt, max_lines_per_file=__SHARD__, resume=True)
+result = Runner().map(
+    graph,
+    inputs={"x": range(__N__)},
+    map_over="x",
+    batch_size=__BATCH__,
+    writer=writer,
+    on_error="collect",
+)
+print(json.dumps({"n_items": result.n_items, "n_skipped": result.n_skipped}))
+"""
+CHILD = CHILD.replace("__SHARD__", str(SHARD)).replace("__N__", str(N_ITEMS))
+CHILD = CHILD.replace("__BATCH__", str(BATCH))
+
+
+def start(script: Path, out: Path, fmt: str, pause: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(script), str(out), fmt, str(pause)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def n_committed(out: Path) -> int:
+    try:
+        return len(json.loads((out / "manifest.json").read_text())["shards"])
+    except (OSError, ValueError, KeyError):
+        return 0  # not written yet
+
+
+def kill_mid_run(script: Path, out: Path, fmt: str, rng: random.Random) -> None:
+    """Start a run, wait for one more committed shard, sleep a random delay, SIGKILL it."""
+    before = n_committed(out)
+    proc = start(script, out, fmt, pause=0.005)
+    try:
+        deadline = time.monotonic() + 60
+        while n_committed(out) <= before:
+            assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr}"
+            assert time.monotonic() < deadline, "no shard committed within 60 s"
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.25))
+        assert proc.poll() is None, "the run finished before the kill; lengthen the pause"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+    assert proc.returncode == -signal.SIGKILL
+
+
+def read_indices(file: Path) -> list[int]:
+    if file.suffix == ".parquet":
+        return pq.read_table(file, columns=["_index"]).column(0).to_pylist()
+    with open(file) as f:
+        return [json.loads(line)["_index"] for line in f if line.strip()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_sigkill_then_resume_stores_every_item_once(tmp_path: Path, fmt: str) -> None:
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    out = tmp_path / "out"
+
+    kill_mid_run(script, out, fmt, rng)
+    assert 0 < n_committed(out) < N_ITEMS // SHARD, f"seed {seed}"
+    kill_mid_run(script, out, fmt, rng)  # killed again, during the first resumed run
+    assert not json.loads((out / "manifest.json").read_text())["finished"]
+
+    done = subprocess.run(
+        [sys.executable, str(script), str(out), fmt, "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert 0 < summary["n_skipped"] < N_ITEMS, f"seed {seed}: {summary}"
+    assert summary["n_items"] + summary["n_skipped"] == N_ITEMS
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["finished"] is True
+    listed = {s["file"] for s in manifest["shards"]} | {e["file"] for e in manifest["errors"]}
+    on_disk = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    # no temporary files, and no shard written but never committed
+    assert on_disk == listed | {"manifest.json"}, f"seed {seed}"
+
+    data = Counter(i for s in manifest["shards"] for i in read_indices(out / s["file"]))
+    errors = Counter(i for e in manifest["errors"] for i in read_indices(out / e["file"]))
+    assert max(data.values()) == 1, f"seed {seed}: duplicate rows"
+    assert max(errors.values()) == 1, f"seed {seed}: duplicate failures"
+    assert not set(data) & set(errors)
+    assert set(data) | set(errors) == set(range(N_ITEMS)), f"seed {seed}: gaps"
+    assert set(errors) == {i for i in range(N_ITEMS) if (2 * i) % 1994 == 0}
+    assert manifest["n_rows"] == len(data)
+    assert manifest["n_failed"] == len(errors)
+    assert all(s["rows"] <= SHARD for s in manifest["shards"])
+
+    # the rows hold the right values, whichever run wrote them
+    from hypernodes_chain.io import read_jsonl, read_parquet
+
+    reader = read_parquet(out) if fmt == "parquet" else read_jsonl(out)
+    for row in reader:
+        assert row["y"] == 2 * row["x"]
+        assert row["z"] == f"v{row['y']}"
+        assert row["_index"] == row["x"]
