@@ -82,43 +82,50 @@ def test_two_hundred_sleeps_are_far_faster_than_serial():
 
 
 def test_independent_nodes_overlap_in_run():
-    @node
-    async def left(x: int) -> int:
-        await asyncio.sleep(0.2)
-        return x
+    left_started = threading.Event()
+    right_started = threading.Event()
 
     @node
-    def right(x: int) -> int:  # sync: runs in a worker thread, never blocks the loop
-        time.sleep(0.2)
+    async def left(x: int) -> int:
+        left_started.set()
+        for _ in range(500):  # waits for `right`, which can only start if they overlap
+            if right_started.is_set():
+                return x
+            await asyncio.sleep(0.01)
+        raise AssertionError("right never started while left was running")
+
+    @node
+    def right(x: int) -> int:  # sync: runs in a worker thread
+        right_started.set()
+        assert left_started.wait(5), "left never started while right was running"
         return x
 
     @node
     def both(left: int, right: int) -> int:
         return left + right
 
-    t0 = time.perf_counter()
     assert asyncio.run(AsyncRunner().run(Graph([left, right, both]), {"x": 1}))["both"] == 2
-    assert time.perf_counter() - t0 < 0.35
 
 
 def test_sync_nodes_do_not_block_the_loop():
-    ticks = []
+    ticked = threading.Event()
 
     @node
-    def slow(x: int) -> int:
-        time.sleep(0.2)
+    def blocking(x: int) -> int:
+        # only returns once the event loop has ticked while this node was running
+        assert ticked.wait(5), "the event loop was blocked by a sync node"
         return x
 
     async def main():
         async def ticker():
             for _ in range(5):
-                ticks.append(time.perf_counter())
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.001)
+            ticked.set()
 
-        await asyncio.gather(AsyncRunner().run(Graph([slow]), {"x": 1}), ticker())
+        await asyncio.gather(AsyncRunner().run(Graph([blocking]), {"x": 1}), ticker())
 
     asyncio.run(main())
-    assert ticks[-1] - ticks[0] < 0.15
+    assert ticked.is_set()
 
 
 def test_batch_nodes_get_whole_batches():
