@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["flatten_into", "json_default", "to_plain"]
+__all__ = ["flatten_columns", "flatten_into", "json_default", "to_plain"]
 
 # Values of these exact types are stored as they are: the hot path of a million-row map.
 _PLAIN = frozenset({int, float, str, bool, type(None), bytes})
@@ -53,6 +53,33 @@ def flatten_into(row: dict[str, Any], name: str, value: object, depth: int = 0) 
         return
     for key, sub in fields.items():
         flatten_into(row, f"{name}.{key}", sub, depth + 1)
+
+
+def flatten_columns(
+    columns: Mapping[str, Sequence[Any]], depth: int = 0
+) -> dict[str, Sequence[Any]] | None:
+    """Whole columns flattened at once: a column of plain dicts sharing the same keys
+    becomes one column per key (recursively), as `flatten_into` would do row by row.
+
+    None when a column holds anything else that needs flattening (dataclasses, models,
+    dicts with differing keys): the caller then takes the row path.
+    """
+    out: dict[str, Sequence[Any]] = {}
+    for name, values in columns.items():
+        types = set(map(type, values))
+        if types <= _PLAIN:
+            out[name] = values
+            continue
+        if types != {dict} or depth >= _MAX_DEPTH:
+            return None
+        keys = tuple(values[0])
+        if any(tuple(v) != keys for v in values):
+            return None
+        nested = flatten_columns({f"{name}.{k}": [v[k] for v in values] for k in keys}, depth + 1)
+        if nested is None:
+            return None
+        out.update(nested)
+    return out
 
 
 def to_plain(value: object, depth: int = 0) -> Any:

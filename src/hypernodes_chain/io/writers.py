@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from ..results import ItemFailure, MapResult
 from ._buffers import JsonlBuffer, ParquetBuffer, dumps
-from ._flatten import flatten_into
+from ._flatten import flatten_columns, flatten_into
 from ._intervals import IndexSet
 from ._manifest import (
     ERRORS_DIR,
@@ -187,13 +187,16 @@ class StreamWriter:
         Parquet batches of plain values go into the buffer as they are, with no row built
         per item; anything else (jsonl, values to flatten) takes the row path.
         """
-        columns: dict[str, Sequence[Any]] = {"_index": indices}
+        given: dict[str, Sequence[Any]] = {"_index": indices}
         for part in (inputs, outputs) if self.include_inputs else (outputs,):
-            columns.update(part)
-        plain = isinstance(self._buffer, ParquetBuffer) and all(
-            set(map(type, values)) <= _PLAIN for values in columns.values()
+            given.update(part)
+        columns = flatten_columns(given) if self.flatten and indices else given
+        plain = (
+            columns is not None
+            and isinstance(self._buffer, ParquetBuffer)
+            and all(set(map(type, values)) <= _PLAIN for values in columns.values())
         )
-        if not plain:
+        if not plain or columns is None:
             rows = zip(*inputs.values()) if inputs else ((),) * len(indices)
             outs = list(zip(*outputs.values()))
             items = [
