@@ -47,15 +47,17 @@ class Graph:
     )
 
     name: str
-    nodes: tuple[Node[Any], ...]
+    nodes: tuple[Node[..., Any], ...]
     inputs: tuple[str, ...]
     optional_inputs: tuple[str, ...]
     outputs: tuple[str, ...]
-    _producer: dict[str, Node[Any]]
+    _producer: dict[str, Node[..., Any]]
 
-    def __init__(self, nodes: Iterable[Node[Any] | Callable[..., Any]], name: str | None = None):
+    def __init__(
+        self, nodes: Iterable[Node[..., Any] | Callable[..., Any]], name: str | None = None
+    ):
         given = [n if isinstance(n, Node) else node(n) for n in nodes]
-        producer: dict[str, Node[Any]] = {}
+        producer: dict[str, Node[..., Any]] = {}
         for n in given:
             for out in n.outputs:
                 if out in producer:
@@ -85,7 +87,7 @@ class Graph:
         msg = f"Graph is immutable; cannot set {key!r} (build a new Graph instead)"
         raise AttributeError(msg)
 
-    def producer_of(self, output: str) -> Node[Any] | None:
+    def producer_of(self, output: str) -> Node[..., Any] | None:
         """The node that produces ``output`` (None for a root input)."""
         return self._producer.get(output)
 
@@ -132,7 +134,7 @@ class Graph:
         )
 
 
-class GraphNode(Node[Any]):
+class GraphNode(Node[..., Any]):
     """A graph used as one node of an outer graph (built by `Graph.as_node`)."""
 
     def __init__(
@@ -145,7 +147,7 @@ class GraphNode(Node[Any]):
         output_mapping: Mapping[str, str] | None = None,
     ) -> None:
         self.graph = graph
-        self.func = graph
+        self.func = self._not_callable
         self.name = name or graph.name
         self.kind = "graph"
         self.cache = True
@@ -203,9 +205,11 @@ class GraphNode(Node[Any]):
         types_ = [n.input_type(inner) for n in self.graph.nodes if inner in n.inputs]
         return types_[0] if len(types_) == 1 else Any
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def _not_callable(self, *args: Any, **kwargs: Any) -> Any:
         msg = f"graph node {self.name!r} is not callable; run its graph with a runner"
         raise TypeError(msg)
+
+    __call__ = _not_callable
 
     def __repr__(self) -> str:
         over = f", map_over={list(self.map_over)}" if self.map_over else ""
@@ -214,12 +218,14 @@ class GraphNode(Node[Any]):
         )
 
 
-def _topological(nodes: list[Node[Any]], producer: Mapping[str, Node[Any]]) -> list[Node[Any]]:
+def _topological(
+    nodes: list[Node[..., Any]], producer: Mapping[str, Node[..., Any]]
+) -> list[Node[..., Any]]:
     """Kahn's algorithm, stable in the given order; a cycle is reported as a path."""
     deps = {id(n): {id(producer[i]) for i in n.inputs if i in producer} for n in nodes}
     by_id = {id(n): n for n in nodes}
     done: set[int] = set()
-    ordered: list[Node[Any]] = []
+    ordered: list[Node[..., Any]] = []
     pending = list(nodes)
     while pending:
         ready = [n for n in pending if deps[id(n)] <= done]
@@ -233,7 +239,7 @@ def _topological(nodes: list[Node[Any]], producer: Mapping[str, Node[Any]]) -> l
 
 
 def _cycle_message(
-    pending: list[Node[Any]], deps: Mapping[int, set[int]], by_id: Mapping[int, Node[Any]]
+    pending: list[Node[..., Any]], deps: Mapping[int, set[int]], by_id: Mapping[int, Node[..., Any]]
 ) -> str:
     start = pending[0]
     seen: list[int] = []
@@ -247,7 +253,7 @@ def _cycle_message(
     return "the graph has a cycle: " + " -> ".join(names)
 
 
-def _check_types(ordered: list[Node[Any]], producer: Mapping[str, Node[Any]]) -> None:
+def _check_types(ordered: list[Node[..., Any]], producer: Mapping[str, Node[..., Any]]) -> None:
     for consumer in ordered:
         for inp in consumer.inputs:
             prod = producer.get(inp)

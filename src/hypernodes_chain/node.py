@@ -10,11 +10,12 @@ import functools
 import inspect
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any, Generic, Literal, TypeVar, overload
+from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 __all__ = ["Node", "node"]
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 Kind = Literal["sync", "async", "gen", "agen", "graph"]
 _EMPTY = inspect.Parameter.empty
@@ -38,7 +39,7 @@ def _type_hints(func: Callable[..., Any]) -> dict[str, Any]:
         return {}
 
 
-class Node(Generic[F]):
+class Node(Generic[P, R]):
     """A function with named inputs (its parameters) and named outputs.
 
     Calling the node calls the plain function, so ``double(3) == 6`` still holds.
@@ -48,7 +49,7 @@ class Node(Generic[F]):
 
     def __init__(
         self,
-        func: F,
+        func: Callable[P, R],
         *,
         output_name: str | tuple[str, ...] | None = None,
         name: str | None = None,
@@ -137,7 +138,7 @@ class Node(Generic[F]):
         return Any
 
     # -- copies ---------------------------------------------------------------
-    def _copy(self) -> Node[F]:
+    def _copy(self) -> Node[P, R]:
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
         new.__dict__.pop("hints", None)
@@ -151,7 +152,7 @@ class Node(Generic[F]):
         inputs: Mapping[str, str] | None = None,
         outputs: Mapping[str, str] | None = None,
         name: str | None = None,
-    ) -> Node[F]:
+    ) -> Node[P, R]:
         """A copy whose inputs and outputs are renamed (``{"old": "new"}``).
 
         Use it to put one function twice into a graph.
@@ -179,11 +180,14 @@ class Node(Generic[F]):
         return new
 
     # -- behaving like the function ---------------------------------------------
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.func(*args, **kwargs)
 
     def __get__(self, obj: object, objtype: type | None = None) -> Any:
-        return self if obj is None else functools.partial(self.func, obj)
+        if obj is None:
+            return self
+        func: Callable[..., R] = self.func
+        return functools.partial(func, obj)
 
     def __repr__(self) -> str:
         ins = ", ".join(self.inputs)
@@ -192,7 +196,7 @@ class Node(Generic[F]):
 
 
 @overload
-def node(func: F, /) -> Node[F]: ...
+def node(func: Callable[P, R], /) -> Node[P, R]: ...
 
 
 @overload
@@ -202,18 +206,18 @@ def node(
     name: str | None = None,
     cache: bool = True,
     batch: bool = False,
-) -> Callable[[F], Node[F]]: ...
+) -> Callable[[Callable[P, R]], Node[P, R]]: ...
 
 
 def node(
-    func: F | None = None,
+    func: Callable[P, R] | None = None,
     /,
     *,
     output_name: str | tuple[str, ...] | None = None,
     name: str | None = None,
     cache: bool = True,
     batch: bool = False,
-) -> Node[F] | Callable[[F], Node[F]]:
+) -> Node[P, R] | Callable[[Callable[P, R]], Node[P, R]]:
     """Turn a function into a graph node.
 
     Parameters
@@ -230,7 +234,7 @@ def node(
         values for constants, and returns a list of the same length.
     """
 
-    def wrap(f: F) -> Node[F]:
+    def wrap(f: Callable[P, R]) -> Node[P, R]:
         return Node(f, output_name=output_name, name=name, cache=cache, batch=batch)
 
     return wrap(func) if func is not None else wrap

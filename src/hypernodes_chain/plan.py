@@ -24,7 +24,7 @@ __all__ = ["Plan", "Step", "build_plan", "normalize_outputs"]
 class Step:
     """One node of a plan with the value names bound to its parameters."""
 
-    node: Node[Any]
+    node: Node[..., Any]
     params: tuple[str, ...]  # the function's parameter names that receive a value
     sources: tuple[str, ...]  # the value name each of those parameters reads
     positional: bool  # params are exactly the leading positional parameters
@@ -152,7 +152,7 @@ def _build(graph: Graph, outputs: tuple[str, ...] | None, given: frozenset[str])
     )
 
 
-def _step(node: Node[Any], available: frozenset[str] | set[str]) -> Step:
+def _step(node: Node[..., Any], available: frozenset[str] | set[str]) -> Step:
     params: list[str] = []
     sources: list[str] = []
     for param in node.parameters:

@@ -20,7 +20,7 @@ from .node import Node
 __all__ = ["Diagram", "rich_tree", "to_dot", "visualize"]
 
 
-def _node_label(node: Node[Any]) -> Text:
+def _node_label(node: Node[..., Any]) -> Text:
     text = Text()
     text.append(node.name, style="bold cyan")
     text.append("(" + ", ".join(node.inputs) + ")", style="dim")

@@ -71,11 +71,11 @@ class Context:
         return self if self.handlers is not None or self.session is not None else None
 
 
-_NODE_FP: weakref.WeakKeyDictionary[Node[Any], str | None] = weakref.WeakKeyDictionary()
+_NODE_FP: weakref.WeakKeyDictionary[Node[..., Any], str | None] = weakref.WeakKeyDictionary()
 _UNKNOWN = object()
 
 
-def node_fingerprint(node: Node[Any]) -> str | None:
+def node_fingerprint(node: Node[..., Any]) -> str | None:
     """Identity of a node's computation: its code, closure values and defaults.
 
     None when some part cannot be fingerprinted; such a node is never cached.
