@@ -17,7 +17,6 @@ from rich import box
 from rich.console import Console, Group
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     ProgressColumn,
     Task,
@@ -68,6 +67,14 @@ class RateColumn(ProgressColumn):
 
     def render(self, task: Task) -> Text:
         return Text(format_rate(task.speed), style="progress.data.speed")
+
+
+class DoneColumn(ProgressColumn):
+    """``12,000/1,000,000``: done over total, with thousands separators like the summary."""
+
+    def render(self, task: Task) -> Text:
+        total = "?" if task.total is None else f"{int(task.total):,}"
+        return Text(f"{int(task.completed):,}/{total}", style="progress.download")
 
 
 class CountsColumn(ProgressColumn):
@@ -310,7 +317,7 @@ class ProgressCallback(Callback):
         progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
-            MofNCompleteColumn(),
+            DoneColumn(),
             RateColumn(),
             TimeRemainingColumn(),
             CountsColumn(),
