@@ -15,6 +15,7 @@ from hypernodes_chain import (
     Runner,
     node,
 )
+from resources.words import clean, count
 
 
 class Front:
@@ -38,16 +39,6 @@ class Front:
 @pytest.fixture(params=["sync", "async"])
 def front(request):
     return lambda **kw: Front(request.param, **kw)
-
-
-@node(output_name="cleaned")
-def clean(text: str) -> str:
-    return text.strip().lower()
-
-
-@node(output_name="n_words")
-def count(cleaned: str) -> int:
-    return len(cleaned.split())
 
 
 @node

@@ -5,17 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hypernodes_chain import Graph, MemoryCache, NodeError, NodeFinished, Runner, node
-
-
-@node(output_name="cleaned")
-def clean(text: str) -> str:
-    return text.strip().lower()
-
-
-@node(output_name="n_words")
-def count(cleaned: str) -> int:
-    return len(cleaned.split())
-
+from resources.words import clean, count
 
 INNER = Graph([clean, count], name="inner")
 

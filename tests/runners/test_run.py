@@ -17,17 +17,7 @@ from hypernodes_chain import (
     StreamingChunkEvent,
     node,
 )
-
-
-@node(output_name="cleaned")
-def clean(text: str) -> str:
-    return text.strip().lower()
-
-
-@node(output_name="n_words")
-def count(cleaned: str) -> int:
-    return len(cleaned.split())
-
+from resources.words import clean, count
 
 GRAPH = Graph(nodes=[clean, count], name="words")
 
