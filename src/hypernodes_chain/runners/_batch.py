@@ -223,9 +223,8 @@ def _prepare_column(
             call.flow = _graph_flow(call, node, ctx, item_keys)
             calls.append(call)
         return calls, positions, hits
-    column = ColumnCall(
-        step, rows, [indices[p] for p in positions], path, bus, constant_flags, ctx.interactive
-    )
+    item_indices = indices if len(positions) == st.n else [indices[p] for p in positions]
+    column = ColumnCall(step, rows, item_indices, path, bus, constant_flags, ctx.interactive)
     return [column], positions, hits
 
 
