@@ -15,6 +15,7 @@ import os
 import pickle
 import threading
 import warnings
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
@@ -246,6 +247,9 @@ class DiskCache:
             with self._open_lock:
                 if self._store is None:
                     self._store = diskcache.Cache(os.fspath(self.path), **self.settings)
+                    # a DiskCache dropped without close() still closes its SQLite
+                    # connection (Python 3.13 warns about unclosed ones)
+                    weakref.finalize(self, _close_quietly, self._store)
                 store = self._store
         return store
 
@@ -271,6 +275,13 @@ class DiskCache:
     def _warn_io(self, action: str, exc: Exception) -> None:
         msg = f"Could not {action} the cache at {str(self.path)!r} ({exc!r}); going on without it."
         _warn_once(action, type(exc), msg)
+
+
+def _close_quietly(store: diskcache.Cache) -> None:
+    try:
+        store.close()
+    except Exception:
+        pass  # closing at garbage collection is best effort
 
 
 def _encode(value: object) -> object:
