@@ -271,3 +271,27 @@ def test_async_and_generator_nodes_in_map():
 
     out = Runner().map(Graph([aplus, spell]), {"x": [9, 41]}, map_over="x")
     assert out == [{"aplus": 10, "spell": "10"}, {"aplus": 42, "spell": "42"}]
+
+
+def test_collect_when_every_item_fails(tmp_path):
+    from hypernodes_chain.io import StreamWriter
+
+    @node
+    def boom(x: int) -> int:
+        raise ValueError(f"no {x}")
+
+    @node
+    def after(boom: int) -> int:
+        return boom
+
+    graph = Graph([boom, after])
+    out = Runner().map(graph, {"x": [1, 2]}, map_over="x", on_error="collect")
+    assert [(f.index, f.node) for f in out] == [(0, "boom"), (1, "boom")]
+    result = Runner().map(
+        graph,
+        {"x": [1, 2]},
+        map_over="x",
+        on_error="collect",
+        writer=StreamWriter(tmp_path / "out"),
+    )
+    assert (result.n_items, result.n_ok, result.n_failed) == (2, 0, 2)

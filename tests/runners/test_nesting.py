@@ -86,3 +86,8 @@ def test_error_inside_nested_names_inner_node():
         Runner().run(outer, {"text": "x"})
     assert info.value.node == "boom"
     assert info.value.path == ("outer", "sub")
+
+
+def test_nested_map_over_an_empty_list():
+    gn = INNER.as_node(name="per_doc", map_over="docs", input_mapping={"docs": "text"})
+    assert Runner().run(Graph([gn]), {"docs": []}) == {"cleaned": [], "n_words": []}

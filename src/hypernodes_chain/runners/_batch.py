@@ -56,7 +56,9 @@ class BatchOutcome:
     def column(self, name: str, n: int) -> list[Any]:
         if name in self.columns:
             return self.columns[name]
-        return [self.constants[name]] * n
+        if name in self.constants:
+            return [self.constants[name]] * n
+        return [None] * n  # never computed: every item failed earlier (or there are none)
 
 
 class _State:
