@@ -1,0 +1,25 @@
+"""The README opens with the two commands that work on a fresh machine; CI runs the second."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bash_blocks(text: str) -> list[str]:
+    return [b.strip() for b in re.findall(r"```bash\n(.*?)```", text, flags=re.S)]
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    blocks = bash_blocks((ROOT / "README.md").read_text())
+    main_job, tests = blocks[0], blocks[1]
+    assert "runners/huge_batch_demo.py" in main_job
+    assert "pytest" in tests
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-1] == tests
+
+
+def test_main_job_program_exists():
+    assert (ROOT / "runners" / "huge_batch_demo.py").is_file()
