@@ -24,6 +24,7 @@ from ._core import (
     _graph_flow,
     _store,
     _unpack,
+    chain_key,
     node_error,
     node_fingerprint,
     output_key,
@@ -79,7 +80,6 @@ class _State:
         self.constant_keys = constant_keys
         self.alive = list(range(n))
         self.failures: dict[int, ItemFailure] = {}
-        self.step_keys: list[str | None] | None = None  # chain keys of the column in flight
 
 
 def batch_flow(
@@ -119,7 +119,7 @@ def batch_flow(
         if all(s in st.constants for s in step.sources):
             yield from _constant_step(step, st, ctx, path, raise_errors, indices)
             continue
-        calls, positions, hits = _prepare_column(step, st, ctx, path, bus, indices)
+        calls, positions, hits, keys = _prepare_column(step, st, ctx, path, bus, indices)
         if bus is not None:
             bus.publish(NodeStarted(path, step.node.name, None, len(positions) + len(hits)))
         t0 = _perf()
@@ -129,7 +129,7 @@ def batch_flow(
             yield from _wait_all(calls)
             results, any_failed = _collect(calls)
         n_failed = _finish_column(
-            step, st, ctx, path, positions, results, any_failed, raise_errors, indices
+            step, st, ctx, path, positions, keys, results, any_failed, raise_errors, indices
         )
         if bus is not None:
             bus.publish(
@@ -182,8 +182,11 @@ def _source_keys(st: _State, step: Step, pos: int) -> list[str | None]:
 
 def _prepare_column(
     step: Step, st: _State, ctx: Context, path: tuple[str, ...], bus: Any, indices: list[int]
-) -> tuple[list[Any], list[int], list[int]]:
-    """Cache look-ups, then the calls for the misses: (calls, miss positions, hit positions)."""
+) -> tuple[list[Any], list[int], list[int], list[str | None] | None]:
+    """Cache look-ups, then the calls for the misses.
+
+    Returns the calls, the miss positions, the hit positions and the column's cache keys.
+    """
     node = step.node
     alive = st.alive
     keys: list[str | None] | None = None
@@ -192,9 +195,7 @@ def _prepare_column(
         fp = node_fingerprint(node)
         keys = [None] * st.n
         for pos in alive:
-            src = _source_keys(st, step, pos)
-            if fp is not None and None not in src:
-                keys[pos] = hashing.combine(fp, *src)  # type: ignore[arg-type]
+            keys[pos] = chain_key(fp, _source_keys(st, step, pos))
         looked = [pos for pos in alive if keys[pos] is not None]
         if looked and ctx.cache is not None and node.kind != "graph":
             found = ctx.cache.get_many([keys[p] for p in looked])  # type: ignore[misc]
@@ -204,7 +205,6 @@ def _prepare_column(
                     _put(step, st, pos, value, keys[pos])
     hit_set = set(hits)
     positions = [p for p in alive if p not in hit_set] if hits else list(alive)
-    st.step_keys = keys
     sources = [st.columns.get(s) for s in step.sources]
     consts = [st.constants.get(s) for s in step.sources]
     constant_flags = tuple(col is None for col in sources)
@@ -214,7 +214,7 @@ def _prepare_column(
         pairs = list(zip(sources, consts))
         rows = [tuple(c if col is None else col[p] for col, c in pairs) for p in positions]
     if not positions:
-        return [], positions, hits
+        return [], positions, hits, keys
     if isinstance(node, GraphNode):
         calls: list[Any] = []
         for pos, row in zip(positions, rows):
@@ -224,10 +224,10 @@ def _prepare_column(
                 item_keys = dict(zip(step.sources, _source_keys(st, step, pos)))
             call.flow = _graph_flow(call, node, ctx, item_keys)
             calls.append(call)
-        return calls, positions, hits
+        return calls, positions, hits, keys
     item_indices = indices if len(positions) == st.n else [indices[p] for p in positions]
     column = ColumnCall(step, rows, item_indices, path, bus, constant_flags, ctx.interactive)
-    return [column], positions, hits
+    return [column], positions, hits, keys
 
 
 def _put(step: Step, st: _State, pos: int, result: Any, key: str | None) -> None:
@@ -240,10 +240,7 @@ def _put(step: Step, st: _State, pos: int, result: Any, key: str | None) -> None
             kcol = st.key_columns.get(name)
             if kcol is None:
                 kcol = st.key_columns[name] = [None] * st.n
-            if key is None and not step.node.cache:
-                kcol[pos] = hashing.fingerprint(value)
-            else:
-                kcol[pos] = output_key(key, name, len(step.node.outputs))
+            kcol[pos] = output_key(step, key, name, value)
 
 
 def _fail(
@@ -270,13 +267,13 @@ def _finish_column(
     ctx: Context,
     path: tuple[str, ...],
     positions: list[int],
+    keys: list[str | None] | None,
     results: list[Any],
     any_failed: bool,
     raise_errors: bool,
     indices: list[int],
 ) -> int:
     bus = ctx.bus if ctx.bus.active else None
-    keys, st.step_keys = st.step_keys, None
     failed: set[int] = set()
     to_cache: list[tuple[str, Any]] = []
     fast = len(positions) == st.n and len(step.node.outputs) == 1 and st.key_columns is None
@@ -319,9 +316,8 @@ def _constant_step(
     src_keys = None
     if st.constant_keys is not None:
         src_keys = {s: st.constant_keys.get(s) for s in step.sources}
-        fp = node_fingerprint(node) if node.cache else None
-        if fp is not None and None not in src_keys.values():
-            call.key = hashing.combine(fp, *src_keys.values())  # type: ignore[arg-type]
+        if node.cache:
+            call.key = chain_key(node_fingerprint(node), src_keys.values())
     if bus is not None:
         bus.publish(NodeStarted(path, node.name, None, len(st.alive)))
     t0 = _perf()

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,18 +112,26 @@ def node_fingerprint(node: Node[..., Any]) -> str | None:
     return fp
 
 
-def output_key(key: str | None, name: str, n_outputs: int) -> str | None:
-    """The provenance key of one output: the node's key itself when it has one output."""
-    if key is None or n_outputs == 1:
+def chain_key(fp: str | None, source_keys: Iterable[str | None]) -> str | None:
+    """A node's cache key: its fingerprint chained with the keys of its inputs."""
+    keys = list(source_keys)
+    if fp is None or None in keys:
+        return None
+    return hashing.combine(fp, *keys)  # type: ignore[arg-type]
+
+
+def output_key(step: Step, key: str | None, name: str, value: Any) -> str | None:
+    """The provenance key of one output value.
+
+    An uncached node's outputs are keyed by their content, so that its consumers can
+    still be cached when the value is the same; otherwise the node's key (itself for a
+    single output).
+    """
+    if key is None and not step.node.cache:
+        return hashing.fingerprint(value)
+    if key is None or len(step.node.outputs) == 1:
         return key
     return hashing.combine(key, name)
-
-
-def _chain_key(step: Step, source_keys: list[str | None]) -> str | None:
-    fp = node_fingerprint(step.node)
-    if fp is None or None in source_keys:
-        return None
-    return hashing.combine(fp, *source_keys)  # type: ignore[arg-type]
 
 
 def _unpack(step: Step, result: Any) -> tuple[Any, ...]:
@@ -324,7 +332,7 @@ def _cached(call: Call, ctx: Context, values: dict[str, Any], keys: dict[str, st
         if s not in keys:
             keys[s] = hashing.fingerprint(v)
     if node.cache:
-        call.key = _chain_key(step, [keys[s] for s in step.sources])
+        call.key = chain_key(node_fingerprint(node), [keys[s] for s in step.sources])
     if call.key is None or ctx.cache is None or node.kind == "graph":
         return False
     hit = ctx.cache.get(call.key)
@@ -359,19 +367,10 @@ def _store(
     keys: dict[str, str | None] | None,
     key: str | None,
 ) -> None:
-    outputs = step.node.outputs
-    unpacked = _unpack(step, result)
-    for name, value in zip(outputs, unpacked):
+    for name, value in zip(step.node.outputs, _unpack(step, result)):
         values[name] = value
-    if keys is not None:
-        if key is None and not step.node.cache:
-            # an uncached node's outputs are keyed by their content, so that its
-            # consumers can still be cached when the value is the same
-            for name, value in zip(outputs, unpacked):
-                keys[name] = hashing.fingerprint(value)
-        else:
-            for name in outputs:
-                keys[name] = output_key(key, name, len(outputs))
+        if keys is not None:
+            keys[name] = output_key(step, key, name, value)
 
 
 from ._batch import batch_flow  # noqa: E402  (batch_flow builds on the helpers above)
