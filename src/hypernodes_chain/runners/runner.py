@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, overload
 
@@ -137,20 +137,8 @@ class Runner(BaseRunner):
         flow = self._map_flow(
             graph, inputs, map_over, map_mode, output_name, batch_size, None, on_error, handlers
         )
-        sent: Any = None
-        try:
-            while True:
-                try:
-                    step = flow.send(sent)
-                except StopIteration:
-                    return
-                if type(step) is BatchRows:
-                    sent = None
-                    yield from step.rows
-                else:
-                    sent = self._execute(step)
-        finally:
-            flow.close()
+        for rows in self._batches(flow):
+            yield from rows
 
     def close(self) -> None:
         """Shut the thread pool down (if one was started)."""
@@ -166,18 +154,32 @@ class Runner(BaseRunner):
 
     # -- driving ------------------------------------------------------------------
     def _drive(self, flow: Flow, on_rows: Any = None) -> Any:
-        sent: Any = None
+        """Drive ``flow`` to its end; returns its value (rows of batches go to ``on_rows``)."""
+        batches = self._batches(flow)
         while True:
             try:
-                step = flow.send(sent)
+                rows = next(batches)
             except StopIteration as stop:
                 return stop.value
-            if type(step) is BatchRows:
-                sent = None
-                if on_rows is not None:
-                    on_rows(step.rows)
-            else:
-                sent = self._execute(step)
+            if on_rows is not None:
+                on_rows(rows)
+
+    def _batches(self, flow: Flow) -> Generator[list[Any], None, Any]:
+        """The one driving loop: run what the flow asks for, yield each finished batch."""
+        sent: Any = None
+        try:
+            while True:
+                try:
+                    step = flow.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+                if type(step) is BatchRows:
+                    sent = None
+                    yield step.rows
+                else:
+                    sent = self._execute(step)
+        finally:
+            flow.close()
 
     def _execute(self, calls: list[Any]) -> list[Any]:
         if self.max_workers is None or self.max_workers <= 1:
