@@ -75,13 +75,6 @@ class Scope:
         if self.bus is not None:
             self.bus.publish(event)
 
-    def _no_answer(self, name: str) -> InterruptError:
-        msg = (
-            f"interrupt {name!r} has no handler: pass handlers={{{name!r}: fn}} to run/map, "
-            f"or run under AsyncRunner.iter and answer with run.respond()"
-        )
-        return InterruptError(msg)
-
     def ask(self, value: Any, name: str) -> Any:
         """Answer from a thread (sync node): call the handler or wait for ``respond``."""
         handler = self.handlers.get(name) if self.handlers else None
@@ -104,7 +97,7 @@ class Scope:
                 return await waiting
 
             return asyncio.run_coroutine_threadsafe(wait(), self.loop).result()
-        raise self._no_answer(name)
+        raise _no_answer(name)
 
     async def aask(self, value: Any, name: str) -> Any:
         """Answer inside the event loop (async node)."""
@@ -120,7 +113,7 @@ class Scope:
             waiting = self.session.park(event)
             self._announce(event)
             return await waiting
-        raise self._no_answer(name)
+        raise _no_answer(name)
 
     def _resolve(self, awaitable: Any) -> Any:
         if self.loop is not None and _running_loop() is None:
@@ -142,6 +135,14 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
+def _no_answer(name: str) -> InterruptError:
+    msg = (
+        f"interrupt {name!r} has no handler: pass handlers={{{name!r}: fn}} to run/map, "
+        f"or run under AsyncRunner.iter and answer with run.respond()"
+    )
+    return InterruptError(msg)
+
+
 def interrupt(value: Any, name: str = "interrupt") -> Any:
     """Ask a question from inside a sync node and return the answer.
 
@@ -159,11 +160,7 @@ def interrupt(value: Any, name: str = "interrupt") -> Any:
     """
     scope = _SCOPE.get()
     if scope is None:
-        msg = (
-            f"interrupt {name!r} has no handler: pass handlers={{{name!r}: fn}} to run/map, "
-            f"or run under AsyncRunner.iter and answer with run.respond()"
-        )
-        raise InterruptError(msg)
+        raise _no_answer(name)
     return scope.ask(value, name)
 
 
@@ -171,5 +168,5 @@ async def ainterrupt(value: Any, name: str = "interrupt") -> Any:
     """The async twin of `interrupt`, for ``async def`` nodes."""
     scope = _SCOPE.get()
     if scope is None:
-        return interrupt(value, name)  # raises the same clear error
+        raise _no_answer(name)
     return await scope.aask(value, name)

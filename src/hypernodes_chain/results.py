@@ -6,7 +6,7 @@ import traceback as _tb
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = ["ItemFailure", "MapResult", "Writer"]
 
@@ -78,12 +78,15 @@ class Writer(Protocol):
         """Prepare the destination; return the item indices already written (to skip)."""
         ...
 
-    def write_batch(
+    def write_columns(
         self,
-        items: Sequence[tuple[int, Mapping[str, object], Mapping[str, object]]],
+        indices: Sequence[int],
+        inputs: Mapping[str, Sequence[Any]],
+        outputs: Mapping[str, Sequence[Any]],
         failures: Sequence[ItemFailure],
     ) -> None:
-        """Write one batch: ``(index, mapped inputs, outputs)`` per item, and its failures."""
+        """Write one batch of successful items, one list per mapped input and output,
+        and the batch's failures."""
         ...
 
     def close(self, *, finished: bool = True) -> MapResult:

@@ -169,11 +169,11 @@ def map_flow(
                 outcome = yield from batch_flow(
                     plan, columns, constants, ctx, indices=indices, constant_keys=constant_keys
                 )
-                failures = list(outcome.failures.values())
+                failures = [outcome.failures[pos] for pos in sorted(outcome.failures)]
                 n_done, n_failed = len(indices), len(failures)
                 _count(result, n_done, failures)
                 if writer is not None:
-                    _write(writer, plan.outputs, indices, columns, outcome)
+                    _write(writer, plan.outputs, indices, columns, outcome, failures)
                 else:
                     yield BatchRows(_rows(plan.outputs, outcome, len(indices)))
             if bus is not None:
@@ -240,25 +240,17 @@ def _write(
     indices: list[int],
     columns: dict[str, list[Any]],
     outcome: Any,
+    failures: list[ItemFailure],
 ) -> None:
     """Hand a batch to the writer column by column, leaving failed items to its errors."""
     n = len(indices)
-    failures = [outcome.failures[pos] for pos in sorted(outcome.failures)]
     out_columns = {o: outcome.column(o, n) for o in outputs}
     if failures:
         keep = [pos for pos in range(n) if pos not in outcome.failures]
         indices = [indices[pos] for pos in keep]
         columns = {k: [v[pos] for pos in keep] for k, v in columns.items()}
         out_columns = {k: [v[pos] for pos in keep] for k, v in out_columns.items()}
-    if hasattr(writer, "write_columns"):
-        writer.write_columns(indices, columns, out_columns, failures)
-        return
-    names = list(columns)
-    items = [
-        (index, dict(zip(names, ins)), dict(zip(outputs, outs)))
-        for index, ins, outs in zip(indices, zip(*columns.values()), zip(*out_columns.values()))
-    ]
-    writer.write_batch(items, failures)
+    writer.write_columns(indices, columns, out_columns, failures)
 
 
 def normalize_map_over(map_over: str | Iterable[str]) -> tuple[str, ...]:
