@@ -166,7 +166,9 @@ class Call(_Interactive):
         return [[a] if p in wrap else a for p, a in zip(self.step.params, self.args)]
 
     def _finish(self, value: Any) -> Any:
-        return _single(self.step.node.name, value) if self.step.node.batch else value
+        if self.step.node.batch:
+            return check_batch_result(self.step.node.name, value, 1)[0]
+        return value
 
     # -- sync ------------------------------------------------------------------
     def run_sync(self, drive: Drive) -> Call:
@@ -245,17 +247,6 @@ class Call(_Interactive):
                 gen.close()
             value = join_chunks(chunks)
         return self._finish(value)
-
-
-def _single(name: str, value: Any) -> Any:
-    if not isinstance(value, (list, tuple)) or len(value) != 1:
-        size = f" of length {len(value)}" if hasattr(value, "__len__") else ""
-        msg = (
-            f"batch node {name!r} must return a list with one result per item: "
-            f"got {type(value).__name__}{size} for 1 item"
-        )
-        raise TypeError(msg)
-    return value[0]
 
 
 class ColumnCall(_Interactive):
@@ -457,7 +448,7 @@ def check_batch_result(name: str, values: Any, n: int) -> list[Any]:
         size = f" of length {len(values)}" if hasattr(values, "__len__") else ""
         msg = (
             f"batch node {name!r} must return a list with one result per item: "
-            f"got {type(values).__name__}{size} for {n} items"
+            f"got {type(values).__name__}{size} for {n} item{'s' if n != 1 else ''}"
         )
         raise TypeError(msg)
     return list(values)
