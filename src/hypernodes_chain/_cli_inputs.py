@@ -47,9 +47,11 @@ def is_shard_format(value: object) -> TypeGuard[ShardFormat]:
 
 def manifest_format(folder: Path) -> ShardFormat | None:
     """The shard format in ``folder/manifest.json``; None without a readable, known one."""
+    from .io._manifest import Manifest  # late: `inspect` needs no pyarrow
+
     try:
-        fmt = json.loads((folder / "manifest.json").read_text(encoding="utf-8")).get("format")
-    except (OSError, ValueError, AttributeError):
+        fmt = Manifest.load(folder).format
+    except (OSError, ValueError):
         return None
     return fmt if is_shard_format(fmt) else None
 
