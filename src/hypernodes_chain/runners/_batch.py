@@ -317,7 +317,7 @@ def _constant_step(
     if st.constant_keys is not None:
         src_keys = {s: st.constant_keys.get(s) for s in step.sources}
         if node.cache:
-            call.key = chain_key(node_fingerprint(node), src_keys.values())
+            call.key = chain_key(node_fingerprint(node), list(src_keys.values()))
     if bus is not None:
         bus.publish(NodeStarted(path, node.name, None, len(st.alive)))
     t0 = _perf()

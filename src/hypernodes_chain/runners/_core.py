@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,12 +112,11 @@ def node_fingerprint(node: Node[..., Any]) -> str | None:
     return fp
 
 
-def chain_key(fp: str | None, source_keys: Iterable[str | None]) -> str | None:
+def chain_key(fp: str | None, source_keys: Sequence[str | None]) -> str | None:
     """A node's cache key: its fingerprint chained with the keys of its inputs."""
-    keys = list(source_keys)
-    if fp is None or None in keys:
+    if fp is None or None in source_keys:
         return None
-    return hashing.combine(fp, *keys)  # type: ignore[arg-type]
+    return hashing.combine(fp, *source_keys)  # type: ignore[arg-type]
 
 
 def output_key(step: Step, key: str | None, name: str, value: Any) -> str | None:
