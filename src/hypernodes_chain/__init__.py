@@ -21,6 +21,7 @@ from .events import (
 )
 from .exceptions import (
     CacheWarning,
+    CallbackError,
     CycleError,
     DuplicateOutputError,
     GraphError,
@@ -31,7 +32,10 @@ from .exceptions import (
     MissingInputError,
     NodeError,
     PlanError,
+    ResumeError,
+    ResumeWarning,
     UnknownInputError,
+    WriterLockedError,
 )
 from .graph import Graph, GraphNode
 from .interrupts import ainterrupt, interrupt
@@ -47,6 +51,7 @@ __all__ = [
     "AsyncRunner",
     "BatchFinished",
     "CacheWarning",
+    "CallbackError",
     "Callback",
     "CycleError",
     "DiskCache",
@@ -76,10 +81,13 @@ __all__ = [
     "NodeFinished",
     "NodeStarted",
     "PlanError",
+    "ResumeError",
+    "ResumeWarning",
     "ProgressCallback",
     "Runner",
     "StreamingChunkEvent",
     "UnknownInputError",
+    "WriterLockedError",
     "__version__",
     "ainterrupt",
     "interrupt",

@@ -13,15 +13,20 @@ mistake, so ``except ValueError`` keeps working around graph construction::
     │   ├── UnknownInputError            an input (or output) name the graph does not know
     │   └── MapInputError                map inputs of unequal length, or not iterable
     ├── NodeError                        (also RuntimeError) a node raised; chained to its error
-    └── InterruptError                   (also RuntimeError) an interrupt nobody can answer
+    ├── InterruptError                   (also RuntimeError) an interrupt nobody can answer
+    ├── CallbackError                    (also RuntimeError) a callback raised on an event
+    ├── ResumeError                      (also ValueError) a folder a writer must not resume
+    └── WriterLockedError                (also RuntimeError) another writer holds the folder
 
     CacheWarning                         (UserWarning) a value that cannot be hashed or stored
+    ResumeWarning                        (UserWarning) resume found damaged shards to redo
 """
 
 from __future__ import annotations
 
 __all__ = [
     "CacheWarning",
+    "CallbackError",
     "CycleError",
     "DuplicateOutputError",
     "GraphError",
@@ -32,7 +37,10 @@ __all__ = [
     "MissingInputError",
     "NodeError",
     "PlanError",
+    "ResumeError",
+    "ResumeWarning",
     "UnknownInputError",
+    "WriterLockedError",
 ]
 
 
@@ -95,3 +103,19 @@ class InterruptError(HypernodesError, RuntimeError):
 
 class CacheWarning(UserWarning):
     """A value could not be hashed or stored, so it is not cached."""
+
+
+class CallbackError(HypernodesError, RuntimeError):
+    """A callback raised while handling an event; its own exception is chained."""
+
+
+class ResumeError(HypernodesError, ValueError):
+    """A writer's folder cannot be resumed as asked (other code, other settings)."""
+
+
+class WriterLockedError(HypernodesError, RuntimeError):
+    """Another writer (this process or another) holds the lock on an output folder."""
+
+
+class ResumeWarning(UserWarning):
+    """Resume found shards that do not match the manifest; their items are computed again."""
