@@ -78,7 +78,7 @@ def work(tmp_path: Path) -> Path:
 
 
 def manifest(folder: Path) -> dict:
-    return json.loads((folder / "manifest.json").read_text())
+    return json.loads((folder / "_manifest.json").read_text())
 
 
 def indices(folder: Path, fmt: str) -> list[int]:
@@ -124,7 +124,7 @@ def test_run_demo_graph_into_shards(tmp_path: Path, in_format: str, out_format: 
     assert "Traceback" not in proc.stderr
     shards = sorted(p.name for p in out.iterdir() if p.is_file())
     suffix = "." + out_format
-    assert shards == [f"00{k}{suffix}" for k in range(4)] + ["manifest.json"]
+    assert shards == [f"00{k}{suffix}" for k in range(4)] + ["_manifest.json"]
     meta = manifest(out)
     assert meta["finished"] is True
     assert meta["format"] == out_format
@@ -228,7 +228,7 @@ def test_on_error_collect_writes_errors_shard(work: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "(199 ok, 1 failed)" in proc.stdout
-    errors = list(read_jsonl(work / "out" / "errors"))
+    errors = list(read_jsonl(work / "out" / "_errors"))
     assert [(e["_index"], e["node"], e["error_type"]) for e in errors] == [(7, "inc", "ValueError")]
     assert 7 not in indices(work / "out", "jsonl")
 

@@ -69,7 +69,7 @@ def start(script: Path, out: Path, fmt: str, pause: float) -> subprocess.Popen[s
 
 def n_committed(out: Path) -> int:
     try:
-        return len(json.loads((out / "manifest.json").read_text())["shards"])
+        return len(json.loads((out / "_manifest.json").read_text())["shards"])
     except (OSError, ValueError, KeyError):
         return 0  # not written yet
 
@@ -113,7 +113,7 @@ def test_sigkill_then_resume_stores_every_item_once(tmp_path: Path, fmt: str) ->
     kill_mid_run(script, out, fmt, rng)
     assert 0 < n_committed(out) < N_ITEMS // SHARD, f"seed {seed}"
     kill_mid_run(script, out, fmt, rng)  # killed again, during the first resumed run
-    assert not json.loads((out / "manifest.json").read_text())["finished"]
+    assert not json.loads((out / "_manifest.json").read_text())["finished"]
 
     done = subprocess.run(
         [sys.executable, str(script), str(out), fmt, "0"],
@@ -126,12 +126,12 @@ def test_sigkill_then_resume_stores_every_item_once(tmp_path: Path, fmt: str) ->
     assert 0 < summary["n_skipped"] < N_ITEMS, f"seed {seed}: {summary}"
     assert summary["n_items"] + summary["n_skipped"] == N_ITEMS
 
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["finished"] is True
     listed = {s["file"] for s in manifest["shards"]} | {e["file"] for e in manifest["errors"]}
     on_disk = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     # no temporary files, and no shard written but never committed
-    assert on_disk == listed | {"manifest.json"}, f"seed {seed}"
+    assert on_disk == listed | {"_manifest.json"}, f"seed {seed}"
 
     data = Counter(i for s in manifest["shards"] for i in read_indices(out / s["file"]))
     errors = Counter(i for e in manifest["errors"] for i in read_indices(out / e["file"]))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import traceback as _tb
 from collections.abc import Container, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +25,8 @@ class ItemFailure:
     error: BaseException
     traceback: str = ""
     path: tuple[str, ...] = ()
+    inputs: Mapping[str, Any] | None = field(default=None, compare=False)
+    """The item's mapped inputs, so that the failure can be reproduced."""
 
     @classmethod
     def from_exception(
@@ -43,9 +46,14 @@ class ItemFailure:
     def message(self) -> str:
         return str(self.error)
 
+    def with_inputs(self, inputs: Mapping[str, Any]) -> ItemFailure:
+        """This record with the item's mapped inputs attached."""
+        return replace(self, inputs=inputs)
+
     def to_record(self) -> dict[str, object]:
-        """A JSON-ready dict: ``_index``, node, error type, message, traceback."""
-        return {
+        """A JSON-ready dict: ``_index``, node, error type, message, traceback, and the
+        item's inputs (each cut to `INPUT_LIMIT` characters of JSON when longer)."""
+        record: dict[str, object] = {
             "_index": self.index,
             "node": self.node,
             "path": list(self.path),
@@ -53,11 +61,39 @@ class ItemFailure:
             "message": self.message,
             "traceback": self.traceback,
         }
+        if self.inputs is not None:
+            record["inputs"] = {k: _clip(v) for k, v in self.inputs.items()}
+        return record
+
+
+INPUT_LIMIT = 2_000
+"""Characters of JSON an error record keeps of each input value."""
+
+
+def _clip(value: object) -> object:
+    """``value`` when it is small plain JSON; else its JSON (or repr) cut to the limit."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        text = repr(value)
+        plain = False
+    else:
+        plain = True
+    if len(text) <= INPUT_LIMIT:
+        return value if plain else text
+    return f"{text[:INPUT_LIMIT]}... [truncated: {len(text):,} characters]"
 
 
 @dataclass
 class MapResult:
-    """What ``map(..., writer=...)`` returns instead of a list."""
+    """What ``map(..., writer=...)`` returns instead of a list.
+
+    ``n_items``, ``n_ok``, ``n_failed`` and ``failures`` count the items this run computed
+    (``n_items == n_ok + n_failed``); ``n_skipped`` the items a resumed run found already
+    stored and skipped. ``total_ok`` and ``total_failed`` describe the whole folder after
+    the run, earlier runs included (`total_items` is their sum); ``files`` are all its data
+    shards.
+    """
 
     n_items: int = 0
     n_ok: int = 0
@@ -67,15 +103,30 @@ class MapResult:
     duration_s: float = 0.0
     path: Path | None = None
     n_skipped: int = 0
+    total_ok: int = 0
+    total_failed: int = 0
+
+    @property
+    def total_items(self) -> int:
+        """Items the folder holds, as rows or as failure records."""
+        return self.total_ok + self.total_failed
 
 
 class Writer(Protocol):
     """What ``map(..., writer=...)`` needs; `hypernodes_chain.io.StreamWriter` is one."""
 
     def open(
-        self, *, graph_name: str, input_names: Sequence[str], output_names: Sequence[str]
+        self,
+        *,
+        graph_name: str,
+        input_names: Sequence[str],
+        output_names: Sequence[str],
+        fingerprints: Mapping[str, str | None] | None = None,
     ) -> Container[int]:
-        """Prepare the destination; return the item indices already written (to skip)."""
+        """Prepare the destination; return the item indices already written (to skip).
+
+        ``fingerprints`` (node name -> code fingerprint) lets a writer refuse to resume
+        output written by other code."""
         ...
 
     def write_columns(
@@ -84,9 +135,10 @@ class Writer(Protocol):
         inputs: Mapping[str, Sequence[Any]],
         outputs: Mapping[str, Sequence[Any]],
         failures: Sequence[ItemFailure],
-    ) -> None:
+    ) -> Sequence[ItemFailure] | None:
         """Write one batch of successful items, one list per mapped input and output,
-        and the batch's failures."""
+        and the batch's failures. Return the items it could not store (a value that
+        does not fit the format), recorded as failures of their own."""
         ...
 
     def close(self, *, finished: bool = True) -> MapResult:

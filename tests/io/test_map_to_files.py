@@ -56,7 +56,7 @@ def test_flattened_rows_and_errors_on_disk(tmp_path, fmt, runner):
     assert [f.name for f in result.files] == [f"00{i}.{fmt}" for i in range(3)]
     rows = list(READ[fmt](tmp_path / "out"))
     assert rows == [expected_row(x) for x in range(60) if x != 13]
-    errors = list(read_jsonl(tmp_path / "out" / "errors"))
+    errors = list(read_jsonl(tmp_path / "out" / "_errors"))
     assert [(e["_index"], e["node"], e["error_type"]) for e in errors] == [
         (13, "summary", "ValueError")
     ]

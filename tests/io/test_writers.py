@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -16,12 +17,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hypernodes_chain.io as hio
+from hypernodes_chain import ResumeWarning
 from hypernodes_chain.io import IndexSet, StreamWriter, read_jsonl, read_parquet
 from hypernodes_chain.io._intervals import ranges_of
 from hypernodes_chain.io._manifest import atomic_write
@@ -51,7 +54,7 @@ def read(path: Path, fmt: str) -> list[dict]:
 
 
 def manifest(path: Path) -> dict:
-    return json.loads((path / "manifest.json").read_text())
+    return json.loads((path / "_manifest.json").read_text())
 
 
 def failure(index: int, node: str = "boom") -> ItemFailure:
@@ -62,12 +65,14 @@ def failure(index: int, node: str = "boom") -> ItemFailure:
 
 
 def error_records(path: Path) -> list[dict]:
-    shards = sorted((path / "errors").iterdir())
+    shards = sorted((path / "_errors").iterdir())
     return [json.loads(line) for p in shards for line in p.read_text().splitlines()]
 
 
 def all_files(path: Path) -> list[str]:
-    return sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+    """The files of a writer's folder, less its lock file (kept: see test_lock_file_stays)."""
+    files = (p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+    return sorted(f for f in files if f != "_writer.lock")
 
 
 # -- shards and manifest ---------------------------------------------------------------
@@ -82,7 +87,7 @@ def test_shards_roll_at_max_lines_and_manifest_agrees(tmp_path: Path, fmt: str) 
     result = writer.close()
 
     names = [f"000.{fmt}", f"001.{fmt}", f"002.{fmt}"]
-    assert all_files(out) == sorted([*names, "manifest.json"])
+    assert all_files(out) == sorted([*names, "_manifest.json"])
     assert result.files == [out / n for n in names]
     assert (result.n_items, result.n_ok, result.n_failed, result.n_skipped) == (2500, 2500, 0, 0)
     assert result.path == out
@@ -126,7 +131,7 @@ def test_no_temporary_file_is_left(tmp_path: Path, fmt: str) -> None:
     writer.close()
     assert not [n for n in all_files(tmp_path) if Path(n).name.startswith(".")]
     assert all_files(tmp_path) == sorted(
-        ["errors/000.jsonl", "manifest.json"] + [f"{i:03d}.{fmt}" for i in range(5)]
+        ["_errors/000.jsonl", "_manifest.json"] + [f"{i:03d}.{fmt}" for i in range(5)]
     )
 
 
@@ -245,18 +250,55 @@ def test_structured_inputs_are_flattened_too(tmp_path: Path) -> None:
     assert read(tmp_path, "parquet") == [{"_index": 0, "x.id": 7, "x.text": "a", "y": 1}]
 
 
-def test_jsonl_encodes_what_json_cannot_as_documented(tmp_path: Path) -> None:
+def test_jsonl_encodes_what_json_can_hold_as_documented(tmp_path: Path) -> None:
+    writer, _ = open_writer(tmp_path, flatten=False, outputs=["when", "tags", "pair"])
+    value = {"when": dt.date(2024, 5, 1), "tags": {"b"}, "pair": (1, 2)}
+    assert writer.write_batch([(0, {"x": 1}, value)], []) == []
+    writer.close()
+    assert read(tmp_path, "jsonl") == [
+        {"_index": 0, "x": 1, "when": "2024-05-01", "tags": ["b"], "pair": [1, 2]}
+    ]
+
+
+def test_jsonl_refuses_unknown_objects_and_nan_as_item_failures(tmp_path: Path) -> None:
     class Opaque:
         def __str__(self) -> str:
             return "opaque!"
 
-    writer, _ = open_writer(tmp_path, flatten=False, outputs=["when", "tags", "obj", "pair"])
-    value = {"when": dt.date(2024, 5, 1), "tags": {"b"}, "obj": Opaque(), "pair": (1, 2)}
-    writer.write_batch([(0, {"x": 1}, value)], [])
-    writer.close()
-    assert read(tmp_path, "jsonl") == [
-        {"_index": 0, "x": 1, "when": "2024-05-01", "tags": ["b"], "obj": "opaque!", "pair": [1, 2]}
+    writer, _ = open_writer(tmp_path, flatten=False, outputs=["y"])
+    batch = [
+        (0, {"x": 0}, {"y": 1.5}),
+        (1, {"x": 1}, {"y": Opaque()}),
+        (2, {"x": 2}, {"y": float("nan")}),
+        (3, {"x": 3}, {"y": {"deep": [float("-inf")]}}),
+        (4, {"x": 4}, {"y": 2}),
     ]
+    refused = writer.write_batch(batch, [])
+    result = writer.close()
+    assert [f.index for f in refused] == [1, 2, 3]
+    assert isinstance(refused[0].error, TypeError)
+    assert "jsonl column 'y', item 1" in str(refused[0].error)
+    assert isinstance(refused[1].error, ValueError)
+    assert "NaN or an infinity" in str(refused[1].error)
+    assert refused[2].inputs == {"x": 3}
+    assert [r["_index"] for r in read(tmp_path, "jsonl")] == [0, 4]
+    text = "\n".join(p.read_text() for p in tmp_path.glob("*.jsonl"))
+    assert "NaN" not in text and "Infinity" not in text and "opaque" not in text
+    assert [r["_index"] for r in error_records(tmp_path)] == [1, 2, 3]
+    assert error_records(tmp_path)[0]["inputs"] == {"x": 1}
+    assert (result.n_ok, result.n_failed) == (2, 3)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_colliding_flattened_columns_fail_the_item(tmp_path: Path, fmt: str) -> None:
+    writer, _ = open_writer(tmp_path, format=fmt, outputs=["a", "a.b"])
+    refused = writer.write_columns(
+        [0, 1], {"x": [0, 1]}, {"a": [{"b": 1}, {"c": 1}], "a.b": [2, 2]}, []
+    )
+    writer.close()
+    assert [f.index for f in refused] == [0]
+    assert "two values flatten to the column 'a.b'" in str(refused[0].error)
+    assert read(tmp_path, fmt) == [{"_index": 1, "x": 1, "a.c": 1, "a.b": 2}]
 
 
 def test_index_as_a_name_is_refused(tmp_path: Path) -> None:
@@ -346,21 +388,45 @@ def test_parquet_ints_fit_a_float_column(tmp_path: Path) -> None:
     assert [r["y"] for r in read_parquet(tmp_path)] == [0.5, 1.5, 2.0, 3.0]
 
 
+def refused_errors(refused: list[ItemFailure]) -> list[tuple[int, str]]:
+    assert all(isinstance(f.error, TypeError) and f.node == "StreamWriter" for f in refused)
+    return [(f.index, str(f.error)) for f in refused]
+
+
 def test_parquet_value_that_does_not_fit_names_column_item_and_types(tmp_path: Path) -> None:
     writer = write_values(tmp_path, [1, 2])
-    with pytest.raises(TypeError, match=r"column 'y', item 3: value 'three' of type str .*int64"):
-        writer.write_batch([(2, {"x": 2}, {"y": 2}), (3, {"x": 3}, {"y": "three"})], [])
+    refused = writer.write_batch([(2, {"x": 2}, {"y": 2}), (3, {"x": 3}, {"y": "three"})], [])
+    [(index, message)] = refused_errors(refused)
+    assert index == 3
+    assert re.search(r"column 'y', item 3: value 'three' of type str .*int64", message)
+    writer.close()
+    assert [r["y"] for r in read(tmp_path, "parquet")] == [1, 2, 2]
 
 
 def test_parquet_float_in_int_column_is_not_truncated(tmp_path: Path) -> None:
     writer = write_values(tmp_path, [1, 2])
-    with pytest.raises(TypeError, match=r"item 2: value 2.5 of type float"):
-        writer.write_batch([(2, {"x": 2}, {"y": 2.5}), (3, {"x": 3}, {"y": 4})], [])
+    refused = writer.write_batch([(2, {"x": 2}, {"y": 2.5}), (3, {"x": 3}, {"y": 4})], [])
+    assert [i for i, m in refused_errors(refused) if "item 2: value 2.5 of type float" in m] == [2]
+    writer.close()
+    assert [r["y"] for r in read(tmp_path, "parquet")] == [1, 2, 4]
 
 
 def test_parquet_mixed_types_inside_the_first_shard(tmp_path: Path) -> None:
-    with pytest.raises(TypeError, match=r"item 1: value 'b' of type str"):
-        write_values(tmp_path, [1, "b"])
+    writer, _ = open_writer(tmp_path, format="parquet")
+    refused = writer.write_batch([(0, {"x": 0}, {"y": 1}), (1, {"x": 1}, {"y": "b"})], [])
+    assert [i for i, m in refused_errors(refused) if "item 1: value 'b' of type str" in m] == [1]
+
+
+def test_parquet_declared_schema_types_columns_and_refuses_misfits(tmp_path: Path) -> None:
+    schema = pa.schema([("_index", pa.int64()), ("x", pa.int32()), ("y", pa.float32())])
+    writer, _ = open_writer(tmp_path, format="parquet", schema=schema)
+    refused = writer.write_batch([(0, {"x": 0}, {"y": 1}), (1, {"x": 1}, {"y": "b"})], [])
+    assert [i for i, m in refused_errors(refused) if "(declared)" in m] == [1]
+    writer.close()
+    assert pq.read_schema(tmp_path / "000.parquet").types == [pa.int64(), pa.int32(), pa.float32()]
+    writer, _ = open_writer(tmp_path / "other", format="parquet", schema=schema, outputs=["z"])
+    with pytest.raises(ValueError, match="column 'z' is not in the StreamWriter's declared schema"):
+        writer.write_batch([(0, {"x": 0}, {"z": 1})], [])
 
 
 def test_parquet_new_column_is_appended_and_known_ones_kept(tmp_path: Path) -> None:
@@ -423,38 +489,41 @@ def test_resume_after_an_abandoned_writer_writes_every_index_once(tmp_path: Path
     writer.write_batch([], [failure(400)])  # a buffered failure is lost too
     del writer  # the process died: no close
     committed = [f"000.{fmt}", f"001.{fmt}"]
-    assert all_files(tmp_path) == sorted([*committed, "manifest.json"])
+    assert all_files(tmp_path) == sorted([*committed, "_manifest.json"])
     (tmp_path / f".002.{fmt}.tmp").write_bytes(b"torn")  # killed while writing shard 2
     (tmp_path / f"002.{fmt}").write_bytes(b"renamed, never committed")
 
     writer, skip = open_writer(tmp_path, format=fmt, max_lines_per_file=100, resume=True)
     assert isinstance(skip, IndexSet)
     assert sorted(skip) == list(range(200))
-    assert all_files(tmp_path) == sorted([*committed, "manifest.json"])
+    assert all_files(tmp_path) == sorted([*committed, "_manifest.json"])
     write_all(writer, 500, batch=30, skip=skip)
     result = writer.close()
 
     indices = [r["_index"] for r in read(tmp_path, fmt)]
     assert sorted(indices) == list(range(500)) == indices
     assert result.n_skipped == 200
-    assert (result.n_items, result.n_ok) == (500, 500)
+    assert (result.n_items, result.n_ok, result.total_ok) == (300, 300, 500)
     assert [p.name for p in result.files] == [f"{i:03d}.{fmt}" for i in range(5)]
     assert manifest(tmp_path)["finished"] is True
 
 
-def test_resume_skips_failed_items_and_keeps_their_records(tmp_path: Path) -> None:
+def test_resume_computes_failed_items_again_and_replaces_their_records(tmp_path: Path) -> None:
     writer, _ = open_writer(tmp_path, max_lines_per_file=5)
     writer.write_batch(items(0, 5, skip={2}), [failure(2)])
     writer.write_batch(items(5, 7), [])
     writer.close(finished=False)
     assert manifest(tmp_path)["finished"] is False
+    assert [r["_index"] for r in error_records(tmp_path)] == [2]
 
     writer, skip = open_writer(tmp_path, max_lines_per_file=5, resume=True)
-    assert sorted(skip) == list(range(7))  # 5-6 went out as a short shard on close
-    write_all(writer, 10, batch=4, skip=skip)
+    assert sorted(skip) == [0, 1, 3, 4, 5, 6]  # 5-6 went out as a short shard on close
+    write_all(writer, 10, batch=4, skip=skip)  # item 2 succeeds this time
     result = writer.close()
-    assert sorted(r["_index"] for r in read_jsonl(tmp_path)) == [i for i in range(10) if i != 2]
-    assert (result.n_items, result.n_ok, result.n_failed, result.failures) == (10, 9, 1, [])
+    assert sorted(r["_index"] for r in read_jsonl(tmp_path)) == list(range(10))
+    assert not (tmp_path / "_errors").exists() or error_records(tmp_path) == []
+    assert (result.n_items, result.n_ok, result.n_failed, result.n_skipped) == (4, 4, 0, 6)
+    assert (result.total_ok, result.total_failed, result.total_items) == (10, 0, 10)
 
 
 def test_resume_with_nothing_left_to_do(tmp_path: Path) -> None:
@@ -464,7 +533,8 @@ def test_resume_with_nothing_left_to_do(tmp_path: Path) -> None:
     writer, skip = open_writer(tmp_path, resume=True)
     assert list(skip) == [0, 1, 2]
     result = writer.close()
-    assert (result.n_items, result.n_skipped, len(result.files)) == (3, 3, 1)
+    assert (result.n_items, result.n_skipped, len(result.files)) == (0, 3, 1)
+    assert result.total_items == 3
 
 
 def test_resume_of_a_new_folder_starts_fresh(tmp_path: Path) -> None:
@@ -490,13 +560,20 @@ def test_resume_refuses_shards_without_a_manifest(tmp_path: Path) -> None:
     assert (tmp_path / "000.jsonl").exists()
 
 
-def test_resume_refuses_when_a_listed_shard_is_gone(tmp_path: Path) -> None:
+def test_resume_redoes_the_items_of_a_listed_shard_that_is_gone(tmp_path: Path) -> None:
     writer, _ = open_writer(tmp_path, max_lines_per_file=2)
-    writer.write_batch(items(0, 4), [])
+    writer.write_batch(items(0, 6), [])
     writer.close()
     (tmp_path / "001.jsonl").unlink()
-    with pytest.raises(FileNotFoundError, match=r"lists '001\.jsonl', which is gone"):
-        open_writer(tmp_path, resume=True)
+    with pytest.warns(ResumeWarning, match=r"001\.jsonl.*the file is gone.*indices 2\.\.3"):
+        writer, skip = open_writer(tmp_path, max_lines_per_file=2, resume=True)
+    assert sorted(skip) == [0, 1, 4, 5]
+    write_all(writer, 6, batch=4, skip=skip)
+    writer.close()
+    assert sorted(r["_index"] for r in read_jsonl(tmp_path)) == list(range(6))
+    assert sorted(s["file"] for s in manifest(tmp_path)["shards"]) == [
+        "000.jsonl", "002.jsonl", "003.jsonl"
+    ]
 
 
 def test_writing_an_index_already_stored_raises(tmp_path: Path) -> None:
@@ -518,24 +595,16 @@ def test_close_after_a_crash_keeps_computed_rows(tmp_path: Path, fmt: str) -> No
     assert len(read(tmp_path, fmt)) == 42
 
 
-def test_close_after_a_schema_error_still_commits_failures(tmp_path: Path) -> None:
+def test_misfit_items_are_recorded_and_computed_again_on_resume(tmp_path: Path) -> None:
     writer = write_values(tmp_path, [1, 2])
     writer.write_batch([], [failure(5)])
-    with pytest.raises(TypeError):
-        writer.write_batch([(2, {"x": 2}, {"y": "a"}), (3, {"x": 3}, {"y": "b"})], [])
+    refused = writer.write_batch([(2, {"x": 2}, {"y": "a"}), (3, {"x": 3}, {"y": "b"})], [])
     result = writer.close(finished=False)
-    assert (result.n_ok, result.n_failed) == (2, 1)
+    assert [f.index for f in refused] == [2, 3]
+    assert (result.n_ok, result.n_failed) == (2, 3)
+    assert [r["_index"] for r in error_records(tmp_path)] == [5, 2, 3]
     writer, skip = open_writer(tmp_path, format="parquet", resume=True)
-    assert list(skip) == [0, 1, 5]  # items 2 and 3 were never stored: computed again
-
-
-def test_failures_of_a_batch_that_raised_are_still_recorded(tmp_path: Path) -> None:
-    writer = write_values(tmp_path, [1, 2])
-    with pytest.raises(TypeError):
-        writer.write_batch([(2, {"x": 2}, {"y": "a"}), (3, {"x": 3}, {"y": "b"})], [failure(4)])
-    result = writer.close(finished=False)
-    assert [f.index for f in result.failures] == [4]
-    assert [r["_index"] for r in error_records(tmp_path)] == [4]
+    assert list(skip) == [0, 1]  # failed items (5, 2, 3) are computed again
 
 
 def test_writer_lifecycle_errors(tmp_path: Path) -> None:
@@ -636,11 +705,11 @@ def run_until_killed(script: Path, out: Path, fmt: str, resume: bool, rng: rando
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, str(script), str(out), fmt, "1" if resume else "0"]
     proc = subprocess.Popen(cmd, env=env)
-    before = len(json.loads((out / "manifest.json").read_text())["shards"]) if resume else 0
+    before = len(json.loads((out / "_manifest.json").read_text())["shards"]) if resume else 0
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and proc.poll() is None:  # wait for a new shard
         try:
-            if len(json.loads((out / "manifest.json").read_text())["shards"]) > before:
+            if len(json.loads((out / "_manifest.json").read_text())["shards"]) > before:
                 break
         except (FileNotFoundError, ValueError):
             pass

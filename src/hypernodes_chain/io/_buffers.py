@@ -1,8 +1,10 @@
-"""Row buffers that become one shard: JSON lines, or columns for a parquet table.
+"""Row buffers that become one shard: JSON lines, or Arrow columns for a parquet table.
 
-Both take flat rows (``_index`` first) and keep at most one shard's worth of them. The
-parquet buffer stores columns, not row dicts, and holds the schema that every shard of the
-folder keeps (see ``ParquetBuffer``).
+Both take flat rows (``_index`` first) and keep at most one shard's worth of them. A batch
+is checked when it is added, not when the shard is written: an item whose value cannot be
+stored (NaN or an unknown object in JSON, a value that misfits its parquet column) is
+handed back as ``(index, error)`` and left out, so it becomes that item's failure while the
+other items go on. Adding a batch changes the buffer only once every row is encoded.
 """
 
 from __future__ import annotations
@@ -10,20 +12,26 @@ from __future__ import annotations
 import array
 import base64
 import json
-from collections.abc import Callable
+from collections.abc import Iterable, Mapping, Sequence
 from operator import itemgetter
-from typing import IO, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ._flatten import json_default, to_plain
 
-__all__ = ["JsonlBuffer", "ParquetBuffer", "dumps"]
+__all__ = ["JsonlBuffer", "ParquetBuffer", "Rejected", "dumps", "dumps_lenient"]
+
+Rejected = list[tuple[int, Exception]]  # (item index, why it cannot be stored)
 
 # One encoder for every row: ``json.dumps`` with options builds a new one per call.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, default=json_default)
+# Strict: NaN and infinities are not JSON (duckdb, polars and jq reject them).
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=json_default, allow_nan=False)
 dumps = _ENCODER.encode
+# For error records only, which must always be written: anything goes, through repr.
+_LENIENT = json.JSONEncoder(ensure_ascii=False, default=repr)
+dumps_lenient = _LENIENT.encode
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
 
 
@@ -41,6 +49,32 @@ def _json_type(value: object) -> str:
     return "object" if isinstance(value, dict) else type(value).__name__
 
 
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _json_error(row: Mapping[str, Any]) -> Exception:
+    """Why one row cannot be JSON, naming its column."""
+    index = row.get("_index")
+    for key, value in row.items():
+        try:
+            _ENCODER.encode(value)
+        except ValueError:
+            return ValueError(
+                f"jsonl column {key!r}, item {index}: {_short(value)} holds NaN or an "
+                f"infinity, which JSON cannot hold; return None or a finite number, or use "
+                f"format='parquet', which stores them"
+            )
+        except TypeError as exc:
+            return TypeError(
+                f"jsonl column {key!r}, item {index}: {_short(value)} cannot be written as "
+                f"JSON ({exc}); return plain values (str, numbers, lists, dicts), a dataclass "
+                f"or a pydantic model"
+            )
+    return ValueError(f"item {index}: the row cannot be written as JSON")
+
+
 class JsonlBuffer:
     """One JSON object per line; values JSON cannot encode go through ``json_default``."""
 
@@ -55,9 +89,23 @@ class JsonlBuffer:
     def __len__(self) -> int:
         return len(self._lines)
 
-    def add_rows(self, rows: list[dict[str, Any]]) -> None:
-        self.indices.extend(map(itemgetter("_index"), rows))
-        self._lines.extend(map(_ENCODER.encode, rows))
+    def add_rows(self, rows: list[dict[str, Any]]) -> Rejected:
+        """Encode the rows, then add them; rows that are not valid JSON are handed back."""
+        rejected: Rejected = []
+        try:
+            lines = list(map(_ENCODER.encode, rows))
+        except (ValueError, TypeError, RecursionError):
+            lines, kept = [], []
+            for row in rows:
+                try:
+                    lines.append(_ENCODER.encode(row))
+                    kept.append(row)
+                except (ValueError, TypeError, RecursionError):
+                    rejected.append((row["_index"], _json_error(row)))
+            rows = kept
+        indices = list(map(itemgetter("_index"), rows))
+        self._lines.extend(lines)
+        self.indices.extend(indices)
         types, typed = self._types, self._typed
         for row in rows:
             if row.keys() <= typed:  # the usual row: every column's type already known
@@ -67,11 +115,11 @@ class JsonlBuffer:
                     types[key] = None if value is None else _json_type(value)
                     if value is not None:
                         typed.add(key)
+        return rejected
 
-    def freeze(self) -> Callable[[IO[bytes]], object]:
-        """The buffered rows as a function that writes them to a file."""
-        data = ("\n".join(self._lines) + "\n").encode()
-        return lambda f: f.write(data)
+    def freeze(self) -> bytes:
+        """The buffered rows as the bytes of one shard."""
+        return ("\n".join(self._lines) + "\n").encode()
 
     def clear(self) -> None:
         self._lines, self.indices = [], []
@@ -87,108 +135,125 @@ class JsonlBuffer:
                 self._typed.add(column["name"])
 
 
-class ParquetBuffer:
-    """Columns of python values turned into one parquet table per shard.
+class _Misfit(Exception):
+    """A column's values do not fit its type (raised inside the buffer only)."""
 
-    Schema policy: a column's type is inferred from its first non-null values and then kept
-    for every later shard. A column that was all null so far (type ``null``, also nested as in
-    ``list<null>``) takes its type when a later shard knows it; ints fit a float column. A
-    value that fits neither raises ``TypeError`` naming the column, the item and both types.
-    A column first seen in a later shard is added at the end of the schema; a known column
-    missing from a shard is written as nulls, so every shard has every column seen before it.
+
+class ParquetBuffer:
+    """Columns turned into Arrow arrays batch by batch, written as one parquet table a shard.
+
+    Schema policy: with a declared ``schema`` every column has its declared type (and a
+    column it does not declare is an error). Otherwise a column's type is inferred from its
+    first non-null values and then kept for every later shard. A column that was all null so
+    far (type ``null``, also nested as in ``list<null>``) takes its type when a later batch
+    knows it; ints fit a float column. A value that fits neither is its item's rejection,
+    naming the column, the item and both types. A column first seen later is added at the
+    end of the schema; a known column missing from a batch is written as nulls.
     """
 
     suffix = "parquet"
 
-    def __init__(self) -> None:
-        self._cols: dict[str, list[Any]] = {}
+    def __init__(self, schema: pa.Schema | None = None) -> None:
+        self._declared: dict[str, pa.DataType] | None = (
+            None if schema is None else {f.name: f.type for f in schema}
+        )
+        self._types: dict[str, pa.DataType] = dict(self._declared or {})
+        self._chunks: list[tuple[int, dict[str, pa.Array]]] = []
         self._n = 0
-        self._types: dict[str, pa.DataType] = {}
+        self.indices: list[int] = []
 
     def __len__(self) -> int:
         return self._n
 
-    @property
-    def indices(self) -> list[int]:
-        return self._cols.get("_index", [])
+    def add_rows(self, rows: list[dict[str, Any]]) -> Rejected:
+        """Add rows (their keys may differ: a key missing from a row is null there)."""
+        keys: dict[str, None] = {}
+        for row in rows:
+            keys.update(dict.fromkeys(row))
+        columns = {key: [row.get(key) for row in rows] for key in keys}
+        return self.extend(columns, len(rows))
 
-    def add_rows(self, rows: list[dict[str, Any]]) -> None:
-        """Append rows: as whole columns when they share their keys, else one by one."""
-        first = rows[0].keys() if rows else None
-        if first is not None and all(row.keys() == first for row in rows):
-            self.extend({key: list(map(itemgetter(key), rows)) for key in first}, len(rows))
-        else:
-            for row in rows:
-                self.add(row)
-
-    def add(self, row: dict[str, Any]) -> None:
-        n = self._n
-        cols = self._cols
-        for key, value in row.items():
-            col = cols.get(key)
-            if col is None:
-                cols[key] = col = [None] * n
-            elif len(col) != n:  # the key was missing from some earlier rows
-                col.extend([None] * (n - len(col)))
-            col.append(value)
-        self._n = n + 1
-
-    def extend(self, columns: dict[str, list[Any]], n: int) -> None:
-        """Append ``n`` rows given as columns (every list of length ``n``)."""
-        cols, have = self._cols, self._n
-        for key, values in columns.items():
-            col = cols.get(key)
-            if col is None:
-                cols[key] = col = [None] * have
-            elif len(col) != have:
-                col.extend([None] * (have - len(col)))
-            col.extend(values)
-        self._n = have + n
+    def extend(self, columns: Mapping[str, Sequence[Any]], n: int) -> Rejected:
+        """Add ``n`` rows given as columns (every list of length ``n``, ``_index`` first)."""
+        if n == 0:
+            return []
+        types = dict(self._types)
+        arrays: dict[str, pa.Array] = {}
+        bad: dict[int, Exception] = {}
+        for name, values in columns.items():
+            try:
+                arrays[name] = arr = self._array(name, values, types.get(name))
+                types[name] = arr.type
+            except _Misfit:
+                bad.update(self._misfits(name, values, types.get(name), columns["_index"]))
+        if bad:
+            indices = columns["_index"]
+            rejected: Rejected = [(indices[pos], exc) for pos, exc in sorted(bad.items())]
+            keep = [pos for pos in range(n) if pos not in bad]
+            rest = {k: [v[pos] for pos in keep] for k, v in columns.items()}
+            return rejected + self.extend(rest, len(keep))
+        self._types = types  # every column fitted: now the buffer changes
+        self._chunks.append((n, arrays))
+        self.indices.extend(columns["_index"])
+        self._n += n
+        return []
 
     def clear(self) -> None:
-        self._cols, self._n = {}, 0
+        self._chunks, self._n, self.indices = [], 0, []
 
-    def freeze(self) -> Callable[[IO[bytes]], object]:
-        """The buffered rows as a function that writes them; raises if a value misfits."""
-        table = self.table()
-        return lambda f: pq.write_table(table, f)
+    def freeze(self) -> bytes:
+        """The buffered rows as the bytes of one parquet file, under the folder's schema."""
+        schema = pa.schema(list(self._types.items()))
+        batches = []
+        for n, arrays in self._chunks:
+            columns = []
+            for field in schema:
+                arr = arrays.get(field.name)
+                if arr is None:
+                    arr = pa.nulls(n, field.type)
+                elif arr.type != field.type:
+                    arr = arr.cast(field.type)  # null -> T, list<null> -> list<T>, int -> float
+                columns.append(arr)
+            batches.append(pa.RecordBatch.from_arrays(columns, schema=schema))
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_batches(batches, schema=schema), sink)
+        return sink.getvalue().to_pybytes()  # type: ignore[no-any-return]
 
     def table(self) -> pa.Table:
-        """The buffered rows under the folder's schema (which this may extend or refine)."""
-        n, types = self._n, dict(self._types)
-        names = list(types) + [k for k in self._cols if k not in types]
-        arrays = []
-        for name in names:
-            values = self._cols.get(name) or [None] * n
-            if len(values) != n:
-                values.extend([None] * (n - len(values)))
-            arr = self._array(name, values, types.get(name))
-            types[name] = arr.type
-            arrays.append(arr)
-        table = pa.Table.from_arrays(arrays, names=names)
-        self._types = types  # committed only once every column fitted
-        return table
+        """The buffered rows as a table (for tests and tools)."""
+        return pq.read_table(pa.py_buffer(self.freeze()))
 
-    def _array(self, name: str, values: list[Any], known: pa.DataType | None) -> pa.Array:
+    def _array(self, name: str, values: Sequence[Any], known: pa.DataType | None) -> pa.Array:
+        declared = self._declared
+        if declared is not None:
+            if name not in declared:
+                msg = (
+                    f"column {name!r} is not in the StreamWriter's declared schema (columns: "
+                    f"{', '.join(declared)}); add it to the schema or leave schema=None"
+                )
+                raise ValueError(msg)
+            try:
+                return pa.array(values, type=known)
+            except _ARROW_ERRORS:
+                try:
+                    return pa.array([to_plain(v) for v in values], type=known)
+                except _ARROW_ERRORS:
+                    raise _Misfit from None
         try:
             arr = _numeric_array(values) or pa.array(values)
         except _ARROW_ERRORS:
             try:
                 arr = pa.array([to_plain(v) for v in values])
             except _ARROW_ERRORS:
-                raise self._misfit(name, values, known) from None
+                raise _Misfit from None
         if known is None or arr.type == known:
             return arr
         try:
-            merged = (
-                pa.unify_schemas(
-                    [pa.schema([("c", known)]), pa.schema([("c", arr.type)])],
-                    promote_options="default",
-                )
-                .field("c")
-                .type
-            )
-            return arr.cast(merged)  # null -> T, list<null> -> list<T>, ...
+            merged = pa.unify_schemas(
+                [pa.schema([("c", known)]), pa.schema([("c", arr.type)])],
+                promote_options="default",
+            ).field("c").type  # fmt: skip
+            return arr.cast(merged)
         except _ARROW_ERRORS:
             pass
         if pa.types.is_integer(arr.type) and pa.types.is_floating(known):
@@ -196,32 +261,32 @@ class ParquetBuffer:
                 return arr.cast(known, safe=True)
             except _ARROW_ERRORS:
                 pass
-        raise self._misfit(name, values, known)
+        raise _Misfit
 
-    def _misfit(self, name: str, values: list[Any], known: pa.DataType | None) -> TypeError:
-        indices = self.indices
-        for i, value in enumerate(values):
+    def _misfits(
+        self, name: str, values: Sequence[Any], known: pa.DataType | None, indices: Sequence[int]
+    ) -> dict[int, Exception]:
+        """The positions whose value misfits the column (the first fitting value sets an
+        unknown type), each with an error that names the column, item and types."""
+        bad: dict[int, Exception] = {}
+        how = "declared" if self._declared is not None else "inferred from earlier values"
+        for pos, value in enumerate(values):
             if value is None:
                 continue
             try:
-                got = pa.array([to_plain(value)]).type
-            except _ARROW_ERRORS:
-                got = None
-            if known is None:
-                known = got
-                continue
-            if got is None or (got != known and not _fits(got, known)):
-                got_text = (
-                    f"{type(value).__name__} (arrow type {got})" if got else type(value).__name__
-                )
-                msg = (
-                    f"parquet column {name!r}, item {indices[i]}: value {_short(value)} of type "
-                    f"{got_text} does not fit the column's type {known}, inferred from earlier "
-                    f"values. Return one type for every item (e.g. float(...)), or use "
+                arr = self._array(name, [value], known)
+            except _Misfit:
+                bad[pos] = TypeError(
+                    f"parquet column {name!r}, item {indices[pos]}: value {_short(value)} of "
+                    f"type {type(value).__name__}{_arrow_type(value)} does not fit the "
+                    f"column's type {known} ({how}). Return one type for every item "
+                    f"(e.g. float(...)), declare StreamWriter(schema=...), or use "
                     f"format='jsonl'."
                 )
-                return TypeError(msg)
-        return TypeError(f"parquet column {name!r}: values do not fit the type {known}")
+                continue
+            if (known is None or pa.types.is_null(known)) and not pa.types.is_null(arr.type):
+                known = arr.type
+        return bad
 
     def schema_json(self) -> dict[str, Any]:
         schema = pa.schema(list(self._types.items()))
@@ -231,17 +296,25 @@ class ParquetBuffer:
         }
 
     def restore(self, schema: dict[str, Any]) -> None:
-        if "arrow" in schema:
+        if "arrow" in schema and self._declared is None:
             raw = base64.b64decode(schema["arrow"])
             self._types = {f.name: f.type for f in pa.ipc.read_schema(pa.py_buffer(raw))}
 
 
-def _numeric_array(values: list[Any]) -> pa.Array | None:
+def _arrow_type(value: object) -> str:
+    try:
+        return f" (arrow type {pa.array([to_plain(value)]).type})"
+    except _ARROW_ERRORS:
+        return ""
+
+
+def _numeric_array(values: Iterable[Any]) -> pa.Array | None:
     """Plain int or float columns without nulls, built from a C buffer.
 
     Faster than ``pa.array``'s inference, and it does not make pyarrow import pandas (which
     ``pa.array`` does on its first call when pandas is installed: ~50 MB and half a second).
     """
+    values = values if isinstance(values, list) else list(values)
     kinds = set(map(type, values))
     try:
         if kinds == {int}:
@@ -255,18 +328,3 @@ def _numeric_array(values: list[Any]) -> pa.Array | None:
 
 def _buf(code: str, values: list[Any]) -> pa.Buffer:
     return pa.py_buffer(array.array(code, values))
-
-
-def _fits(got: pa.DataType, known: pa.DataType) -> bool:
-    if pa.types.is_integer(got) and pa.types.is_floating(known):
-        return True
-    try:
-        pa.unify_schemas([pa.schema([("c", known)]), pa.schema([("c", got)])])
-    except _ARROW_ERRORS:
-        return False
-    return True
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

@@ -42,17 +42,30 @@ def _fields(value: object) -> Mapping[Any, Any] | None:
 def flatten_into(row: dict[str, Any], name: str, value: object, depth: int = 0) -> None:
     """Store ``value`` in ``row`` under ``name``, one dotted column per structured field.
 
-    An empty dict (or a dataclass without fields) adds no column.
+    An empty dict (or a dataclass without fields) adds no column. Two values that flatten
+    to one column name (an output ``a`` holding key ``b`` beside an output ``a.b``) raise
+    ``ValueError`` naming the column: one of them would be lost otherwise.
     """
     if type(value) in _PLAIN or depth >= _MAX_DEPTH:
-        row[name] = value
+        _put(row, name, value)
         return
     fields = _fields(value)
     if fields is None:
-        row[name] = value
+        _put(row, name, value)
         return
     for key, sub in fields.items():
         flatten_into(row, f"{name}.{key}", sub, depth + 1)
+
+
+def _put(row: dict[str, Any], name: str, value: object) -> None:
+    if name in row:
+        msg = (
+            f"two values flatten to the column {name!r} (a dict key or field with a dot, "
+            f"or an output named like a flattened field); rename one of them, or pass "
+            f"flatten=False"
+        )
+        raise ValueError(msg)
+    row[name] = value
 
 
 def flatten_columns(
@@ -67,6 +80,8 @@ def flatten_columns(
     out: dict[str, Sequence[Any]] = {}
     for name, values in columns.items():
         types = set(map(type, values))
+        if name in out:
+            return None  # a collision: the row path names it, item by item
         if types <= _PLAIN:
             out[name] = values
             continue
@@ -76,7 +91,7 @@ def flatten_columns(
         if any(tuple(v) != keys for v in values):
             return None
         nested = flatten_columns({f"{name}.{k}": [v[k] for v in values] for k in keys}, depth + 1)
-        if nested is None:
+        if nested is None or out.keys() & nested.keys():
             return None
         out.update(nested)
     return out
@@ -98,7 +113,8 @@ def json_default(value: object) -> Any:
     """``json.dumps`` fallback: what JSON cannot encode natively.
 
     Dataclasses and pydantic models become objects, sets and tuples arrays, numpy arrays and
-    scalars their ``tolist()``, dates and times ISO 8601 strings; anything else ``str(value)``.
+    scalars their ``tolist()``, dates and times ISO 8601 strings. Anything else raises
+    ``TypeError`` (never a silent ``str(value)``, which would store ``<Thing object at 0x..>``).
     """
     fields = _fields(value)
     if fields is not None:
@@ -110,4 +126,5 @@ def json_default(value: object) -> Any:
     tolist = getattr(value, "tolist", None)
     if callable(tolist):
         return tolist()
-    return str(value)
+    msg = f"Object of type {type(value).__name__} is not JSON serializable"
+    raise TypeError(msg)

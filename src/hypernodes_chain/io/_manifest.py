@@ -1,20 +1,27 @@
 """The on-disk layout of a writer's folder: atomic files and the manifest that commits them.
 
 Commit rule (what makes ``resume=True`` exactly-once): a shard is written whole under a
-temporary name, fsynced and renamed into place, and only *then* listed in ``manifest.json``,
+temporary name, fsynced and renamed into place, and only *then* listed in ``_manifest.json``,
 which is itself replaced atomically. A shard file that the manifest does not list was never
 committed (the process died between the rename and the manifest update): on resume it is
 deleted and its items are computed again. The manifest is therefore the single source of
-truth for which indices are done.
+truth for which indices are done; it records each shard's rows, index ranges, size and
+blake2b digest, so resume can tell a damaged shard (`ShardEntry.damage`) and redo its items.
+
+Everything that is not data starts with ``_`` or ``.`` (the Hive/Spark convention that
+pyarrow, pandas, polars, duckdb and ``datasets`` skip), so the folder itself reads as a
+dataset. Folders of the first layout (``manifest.json``, ``errors/``) are moved to this one
+by `migrate_old_layout`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,14 +32,18 @@ __all__ = [
     "Manifest",
     "ShardEntry",
     "atomic_write",
+    "digest",
     "is_shard_name",
+    "migrate_old_layout",
     "natural_key",
     "remove_stale_files",
 ]
 
-MANIFEST = "manifest.json"
-ERRORS_DIR = "errors"
-_VERSION = 1
+MANIFEST = "_manifest.json"
+ERRORS_DIR = "_errors"
+OLD_MANIFEST = "manifest.json"  # the first layout, before the Hive/Spark convention
+OLD_ERRORS_DIR = "errors"
+_VERSION = 2
 _SHARD_RE = re.compile(r"^\d{3,}\.(jsonl|parquet)$")
 _ERRORS_RE = re.compile(r"^\d{3,}\.jsonl$")
 
@@ -61,34 +72,97 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write ``path`` whole or not at all: into ``.NAME.tmp`` beside it, fsync, rename."""
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object] | bytes) -> None:
+    """Write ``path`` whole or not at all: into ``.NAME.tmp`` beside it, fsync, rename.
+
+    Once the rename is done the file is in place, whatever happens after (the folder's
+    fsync is best effort), so a caller may rely on "raised" meaning "not written".
+    """
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as f:
-            write(f)
+            if isinstance(write, bytes):
+                f.write(write)
+            else:
+                write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    try:
+        _fsync_dir(path.parent)
+    except OSError:
+        pass
+
+
+def digest(data: bytes) -> str:
+    """The checksum the manifest records for a shard: blake2b, 16 bytes, hex."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 @dataclass
 class ShardEntry:
-    """One committed file: its name relative to the folder, rows and the indices it holds."""
+    """One committed file: its name relative to the folder, rows, the indices it holds,
+    and its size and digest (absent, -1 and "", in manifests of the first layout)."""
 
     file: str
     rows: int
     first_index: int
     last_index: int
     ranges: list[list[int]]
+    size: int = -1
+    blake2b: str = ""
 
     @classmethod
-    def of(cls, file: str, indices: list[int]) -> ShardEntry:
-        return cls(file, len(indices), min(indices), max(indices), ranges_of(indices))
+    def of(cls, file: str, indices: list[int], data: bytes) -> ShardEntry:
+        return cls(
+            file, len(indices), min(indices), max(indices), ranges_of(indices),
+            len(data), digest(data),
+        )  # fmt: skip
+
+    @property
+    def number(self) -> int:
+        """The shard's number: 7 for ``007.parquet`` and ``_errors/007.jsonl``."""
+        return int(Path(self.file).name.split(".")[0])
+
+    def damage(self, folder: Path) -> str | None:
+        """Why the file does not match this entry (gone, other size or digest), or None."""
+        path = folder / self.file
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return "the file is gone"
+        except OSError as exc:
+            return f"it cannot be read ({exc})"
+        if self.size < 0:  # first layout: no checksum, count the rows instead
+            return _count_damage(path, data, self.rows)
+        if len(data) != self.size:
+            return f"it holds {len(data):,} bytes, the manifest says {self.size:,}"
+        if digest(data) != self.blake2b:
+            return "its checksum does not match the manifest's"
+        return None
+
+
+def _count_damage(path: Path, data: bytes, rows: int) -> str | None:
+    if path.suffix == ".jsonl":
+        n = 0
+        try:
+            for line in data.decode("utf-8").splitlines():
+                json.loads(line)
+                n += 1
+        except ValueError:
+            return "it holds a line that is not JSON"
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            n = pq.read_metadata(pa.py_buffer(data)).num_rows
+        except (OSError, pa.ArrowException):
+            return "it is not a readable parquet file"
+    return None if n == rows else f"it holds {n:,} rows, the manifest says {rows:,}"
 
 
 @dataclass
@@ -105,6 +179,7 @@ class Manifest:
     shards: list[ShardEntry] = field(default_factory=list)
     errors: list[ShardEntry] = field(default_factory=list)
     schema: dict[str, Any] = field(default_factory=dict)
+    fingerprints: dict[str, str | None] = field(default_factory=dict)
     version: int = _VERSION
 
     @property
@@ -116,8 +191,18 @@ class Manifest:
         return sum(s.rows for s in self.errors)
 
     def done(self) -> IndexSet:
-        """Every index stored in a committed data or errors shard."""
-        return IndexSet(r for s in [*self.shards, *self.errors] for r in s.ranges)
+        """Every index stored in a committed data shard (failed items are not done)."""
+        return IndexSet(r for s in self.shards for r in s.ranges)
+
+    def failed(self) -> IndexSet:
+        """Every index with a failure record in a committed errors shard."""
+        return IndexSet(r for s in self.errors for r in s.ranges)
+
+    def next_name(self, errors: bool, suffix: str) -> str:
+        """The name of the next data (or errors) shard: one past the highest listed."""
+        entries = self.errors if errors else self.shards
+        number = max((e.number for e in entries), default=-1) + 1
+        return f"{ERRORS_DIR}/{number:03d}.jsonl" if errors else f"{number:03d}.{suffix}"
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -126,12 +211,15 @@ class Manifest:
         return {**head, **counts, **data}
 
     def save(self, folder: Path) -> None:
-        text = _encode(self.to_json()).encode()
-        atomic_write(folder / MANIFEST, lambda f: f.write(text))
+        atomic_write(folder / MANIFEST, _encode(self.to_json()).encode())
+
+    def copy(self) -> Manifest:
+        """A copy whose shard lists can grow without touching this one."""
+        return replace(self, shards=list(self.shards), errors=list(self.errors))
 
     @classmethod
-    def load(cls, folder: Path) -> Manifest:
-        path = folder / MANIFEST
+    def load(cls, folder: Path, name: str = MANIFEST) -> Manifest:
+        path = folder / name
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             data.pop("n_rows", None)
@@ -142,6 +230,39 @@ class Manifest:
         except (ValueError, KeyError, TypeError) as exc:
             msg = f"{path} is not a hypernodes_chain manifest ({exc}); use a new writer path"
             raise ValueError(msg) from exc
+
+
+def migrate_old_layout(folder: Path) -> bool:
+    """Move a folder of the first layout (``manifest.json``, ``errors/``) to this one.
+
+    Each step is a rename, and the new manifest is written before the old one goes, so a
+    crash halfway leaves a folder that the next call finishes. True when it moved something.
+    """
+    old = folder / OLD_MANIFEST
+    if not old.is_file():
+        return False
+    manifest = Manifest.load(folder, OLD_MANIFEST)
+    (folder / ERRORS_DIR).mkdir(exist_ok=True)
+    for entry in manifest.errors:
+        if entry.file.startswith(f"{OLD_ERRORS_DIR}/"):
+            name = entry.file.split("/", 1)[1]
+            moved = folder / OLD_ERRORS_DIR / name
+            if moved.is_file():
+                os.replace(moved, folder / ERRORS_DIR / name)
+            entry.file = f"{ERRORS_DIR}/{name}"
+    manifest.version = _VERSION
+    manifest.save(folder)
+    old.unlink()
+    leftovers = folder / OLD_ERRORS_DIR
+    if leftovers.is_dir():  # uncommitted error shards and temporary files of the old layout
+        for p in leftovers.iterdir():
+            if is_temp_name(p.name) or _ERRORS_RE.match(p.name):
+                p.unlink(missing_ok=True)
+    try:
+        (folder / OLD_ERRORS_DIR).rmdir()
+    except OSError:
+        pass  # not empty (files of its own) or already gone
+    return True
 
 
 def _encode(data: dict[str, Any]) -> str:

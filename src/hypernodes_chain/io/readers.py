@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import reprlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ __all__ = [
     "read_jsonl",
     "read_parquet",
 ]
+
+_UNSET: Any = object()  # restkey / restval not given: a misfit row is an error
 
 
 class _Reader(Iterable[Any]):
@@ -146,7 +149,16 @@ class ParquetReader(_Reader):
 
 class CsvReader(_Reader):
     """Records of csv files with a header row; values are strings unless converted.
-    ``len()`` is a pass over the files."""
+
+    Empty lines are skipped. A row whose field count differs from the header's raises a
+    ``ValueError`` while iterating, naming the file, the row's first line, the missing
+    field names (or the extra values) and the header, e.g. ``reviews.csv line 7: 2 fields,
+    the header has 3 (missing 'score'); header: id, text, score``: a ``map`` reading the
+    file stops there (a writer commits what was done). Pass ``restval=`` (the value of
+    missing fields) or ``restkey=`` (the key of the list of extra values) to accept such
+    rows instead, as ``csv.DictReader`` does. ``fieldnames=`` names the columns of files
+    without a header row. ``len()`` is a pass over the files.
+    """
 
     suffixes = (".csv", ".tsv")
 
@@ -161,19 +173,60 @@ class CsvReader(_Reader):
         self.converters = dict(converters or {})
         self.encoding = encoding
         self.fmtparams = fmtparams
+        params = dict(fmtparams)  # csv.DictReader's own arguments; the rest go to csv.reader
+        names = params.pop("fieldnames", None)
+        self._fieldnames: list[str] | None = None if names is None else list(names)
+        self._restkey: Any = params.pop("restkey", _UNSET)
+        self._restval: Any = params.pop("restval", _UNSET)
+        self._csv_params = params
 
     def _records(self, file: Path) -> Iterator[Any]:
         converters = self.converters
         with open(file, newline="", encoding=self.encoding) as f:
-            for record in csv.DictReader(f, **self.fmtparams):
+            reader = csv.reader(f, **self._csv_params)
+            header = self._fieldnames
+            if header is None:
+                header = next((row for row in reader if row), None)
+                if header is None:
+                    return
+            n = len(header)
+            line = reader.line_num
+            for row in reader:
+                start, line = line + 1, reader.line_num  # a quoted field may span lines
+                if len(row) == n:
+                    record = dict(zip(header, row))
+                elif not row:
+                    continue
+                else:
+                    record = self._misfit(file, start, header, row)
                 for name, convert in converters.items():
                     if name in record:
                         record[name] = convert(record[name])
                 yield record
 
+    def _misfit(self, file: Path, line: int, header: list[str], row: list[str]) -> dict[Any, Any]:
+        """The record of a row with too few or too many fields, or the error that names it."""
+        n = len(header)
+        record: dict[Any, Any] = dict(zip(header, row))
+        if len(row) < n:
+            if self._restval is not _UNSET:
+                return record | dict.fromkeys(header[len(row) :], self._restval)
+            detail = "missing " + ", ".join(repr(name) for name in header[len(row) :])
+        else:
+            if self._restkey is not _UNSET:
+                record[self._restkey] = row[n:]
+                return record
+            detail = "extra: " + ", ".join(reprlib.repr(value) for value in row[n:])
+        msg = (
+            f"{file} line {line}: {len(row)} fields, the header has {n} ({detail}); "
+            f"header: {', '.join(header)}"
+        )
+        raise ValueError(msg)
+
     def _count(self, file: Path) -> int:
         with open(file, newline="", encoding=self.encoding) as f:
-            return max(sum(1 for _ in csv.reader(f, **self.fmtparams)) - 1, 0)
+            rows = sum(1 for row in csv.reader(f, **self._csv_params) if row)
+        return rows if self._fieldnames is not None else max(rows - 1, 0)
 
 
 def read_jsonl(path: str | Path) -> JsonlReader:
@@ -216,7 +269,15 @@ def read_csv(
     encoding
         Text encoding of the files.
     **fmtparams
-        Passed to ``csv.DictReader`` (``delimiter=";"``, ``quotechar``, ...).
+        ``csv.DictReader``'s options: ``fieldnames``, ``restkey``, ``restval``, and the
+        format ones (``delimiter=";"``, ``quotechar``, ``dialect``, ...).
+
+    Raises
+    ------
+    ValueError
+        While iterating: a row has more or fewer fields than the header (and no
+        ``restkey`` / ``restval`` says what to do with them). The message names the
+        file, the line, the missing fields (or extra values) and the header.
     """
     return CsvReader(path, converters=converters, encoding=encoding, **fmtparams)
 

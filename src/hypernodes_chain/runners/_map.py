@@ -20,7 +20,7 @@ from ..exceptions import MapInputError
 from ..plan import Plan
 from ..results import ItemFailure, MapResult
 from ._batch import batch_flow
-from ._core import Context, Flow
+from ._core import Context, Flow, node_fingerprint
 
 __all__ = ["BatchRows", "map_batches", "map_flow"]
 
@@ -140,7 +140,10 @@ def map_flow(
     skip: Container[int] = ()
     if writer is not None:
         skip = writer.open(
-            graph_name=plan.graph.name, input_names=list(map_over), output_names=list(plan.outputs)
+            graph_name=plan.graph.name,
+            input_names=list(map_over),
+            output_names=list(plan.outputs),
+            fingerprints={step.node.name: node_fingerprint(step.node) for step in plan.steps},
         )
     constant_keys = None
     if ctx.cache is not None:
@@ -169,13 +172,18 @@ def map_flow(
                 outcome = yield from batch_flow(
                     plan, columns, constants, ctx, indices=indices, constant_keys=constant_keys
                 )
-                failures = [outcome.failures[pos] for pos in sorted(outcome.failures)]
-                n_done, n_failed = len(indices), len(failures)
-                _count(result, n_done, failures)
+                failures = _failures(outcome, columns)
+                n_done = len(indices)
                 if writer is not None:
-                    _write(writer, plan.outputs, indices, columns, outcome, failures)
+                    refused = _write(writer, plan.outputs, indices, columns, outcome, failures)
+                    if refused and ctx.on_error != "collect":
+                        _count(result, n_done, [*failures, *refused])
+                        raise refused[0].error
+                    failures.extend(refused)
                 else:
-                    yield BatchRows(_rows(plan.outputs, outcome, len(indices)))
+                    yield BatchRows(_rows(plan.outputs, outcome, len(indices), failures))
+                n_failed = len(failures)
+                _count(result, n_done, failures)
             if bus is not None:
                 bus.publish(
                     BatchFinished(path, plan.graph.name, first, n_done, n_failed, result.n_items)
@@ -189,6 +197,8 @@ def map_flow(
             written = writer.close(finished=finished)
             result.files = list(written.files)
             result.path = written.path
+            result.total_ok = getattr(written, "total_ok", result.n_ok)
+            result.total_failed = getattr(written, "total_failed", result.n_failed)
         result.duration_s = time.perf_counter() - t_start
         if bus is not None:
             bus.publish(
@@ -205,10 +215,18 @@ def map_flow(
     return result
 
 
-def _rows(outputs: Sequence[str], outcome: Any, n: int) -> list[Any]:
+def _failures(outcome: Any, columns: Mapping[str, list[Any]]) -> list[ItemFailure]:
+    """The batch's failure records in item order, each with the item's mapped inputs."""
+    return [
+        outcome.failures[pos].with_inputs({k: v[pos] for k, v in columns.items()})
+        for pos in sorted(outcome.failures)
+    ]
+
+
+def _rows(outputs: Sequence[str], outcome: Any, n: int, failures: list[ItemFailure]) -> list[Any]:
     columns = [outcome.column(o, n) for o in outputs]
     rows: list[Any] = _row_builder(tuple(outputs))(columns)
-    for pos, failure in outcome.failures.items():
+    for pos, failure in zip(sorted(outcome.failures), failures):
         rows[pos] = failure
     return rows
 
@@ -241,8 +259,9 @@ def _write(
     columns: dict[str, list[Any]],
     outcome: Any,
     failures: list[ItemFailure],
-) -> None:
-    """Hand a batch to the writer column by column, leaving failed items to its errors."""
+) -> list[ItemFailure]:
+    """Hand a batch to the writer column by column, leaving failed items to its errors;
+    return the items the writer could not store."""
     n = len(indices)
     out_columns = {o: outcome.column(o, n) for o in outputs}
     if failures:
@@ -250,7 +269,7 @@ def _write(
         indices = [indices[pos] for pos in keep]
         columns = {k: [v[pos] for pos in keep] for k, v in columns.items()}
         out_columns = {k: [v[pos] for pos in keep] for k, v in out_columns.items()}
-    writer.write_columns(indices, columns, out_columns, failures)
+    return list(writer.write_columns(indices, columns, out_columns, failures) or ())
 
 
 def normalize_map_over(map_over: str | Iterable[str]) -> tuple[str, ...]:
