@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     if out.exists() and not args.resume:
-        if not (out / "manifest.json").is_file():
+        if not any((out / n).is_file() for n in ("_manifest.json", "manifest.json")):
             if any(out.iterdir()):
                 print(f"error: {out} exists and is not a demo output folder", file=sys.stderr)
                 return 2

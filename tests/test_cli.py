@@ -124,7 +124,7 @@ def test_run_demo_graph_into_shards(tmp_path: Path, in_format: str, out_format: 
     assert "Traceback" not in proc.stderr
     shards = sorted(p.name for p in out.iterdir() if p.is_file())
     suffix = "." + out_format
-    assert shards == [f"00{k}{suffix}" for k in range(4)] + ["_manifest.json"]
+    assert shards == [f"00{k}{suffix}" for k in range(4)] + ["_manifest.json", "_writer.lock"]
     meta = manifest(out)
     assert meta["finished"] is True
     assert meta["format"] == out_format

@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 ShardFormat = Literal["jsonl", "parquet"]
-"""The formats a `StreamWriter` writes (and records in its ``manifest.json``)."""
+"""The formats a `StreamWriter` writes (and records in its ``_manifest.json``)."""
 
 _FORMATS = {
     ".jsonl": "jsonl",
@@ -46,13 +46,14 @@ def is_shard_format(value: object) -> TypeGuard[ShardFormat]:
 
 
 def manifest_format(folder: Path) -> ShardFormat | None:
-    """The shard format in ``folder/manifest.json``; None without a readable, known one."""
-    from .io._manifest import Manifest  # late: `inspect` needs no pyarrow
+    """The shard format in ``folder/_manifest.json``; None without a readable, known one."""
+    from .io._manifest import find_manifest  # late: `inspect` needs no pyarrow
 
     try:
-        fmt = Manifest.load(folder).format
+        manifest = find_manifest(folder)
     except (OSError, ValueError):
         return None
+    fmt = manifest.format if manifest is not None else None
     return fmt if is_shard_format(fmt) else None
 
 

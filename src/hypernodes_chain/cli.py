@@ -16,8 +16,8 @@ otherwise silently go unused), except ``_index`` (the item index in an earlier r
 which can thus be read back); ``--map-over`` picks the fields to read and ignores the rest.
 ``--set name=value`` gives a constant input (the value parsed as JSON, else kept as text).
 
-Results stream into ``OUT_DIR`` through a `StreamWriter` (shards, ``manifest.json``,
-``errors/``). Exit codes: 0 done (also when ``--on-error collect`` recorded failures), 1 a node
+Results stream into ``OUT_DIR`` through a `StreamWriter` (shards, ``_manifest.json``,
+``_errors/``). Exit codes: 0 done (also when ``--on-error collect`` recorded failures), 1 a node
 failed (``--on-error raise``) or something unexpected broke, 2 a usage error (bad
 ``FILE.py:GRAPH``, a missing file or graph, unknown columns, an output folder that needs
 ``--resume``), 130 interrupted. Errors are one line on stderr; ``--verbose`` adds the traceback.
@@ -132,7 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError(f"output folder {str(out)!r} is a file")
     if out.resolve() == inputs_path.resolve():
         raise CliError(f"OUT_DIR {str(out)!r} is the INPUTS folder; write somewhere else")
-    if not args.resume and (out / "manifest.json").exists():
+    if not args.resume and any((out / n).exists() for n in ("_manifest.json", "manifest.json")):
         raise CliError(
             f"output folder {str(out)!r} already holds a run; pass --resume to continue it, "
             f"or choose a new folder"
@@ -152,7 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         out,
         format=out_format,
         max_lines_per_file=args.max_lines_per_file,
-        resume=args.resume,
+        resume="force" if args.resume == "force" else bool(args.resume),
     )
     inputs: dict[str, Any] = {**constants, **map_inputs(fmt, reader, chosen, args.batch_size)}
     kwargs = {
@@ -186,9 +186,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif not args.quiet:
         sys.stdout.write(summary_line(result, out) + "\n")
         if result.n_failed:
-            sys.stdout.write(f"failures: {out / 'errors'}\n")
+            sys.stdout.write(f"failures: {out / '_errors'}\n")
     elif result.n_failed:  # --quiet: still say that items failed
-        sys.stderr.write(f"{result.n_failed:,} items failed; see {out / 'errors'}\n")
+        sys.stderr.write(f"{result.n_failed:,} items failed; see {out / '_errors'}\n")
     sys.stdout.flush()
     return 0
 
@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("graph", metavar="FILE.py:GRAPH", help="the file and the Graph in it")
     run.add_argument("inputs", metavar="INPUTS", help="records: a jsonl/parquet/csv file or folder")
-    run.add_argument("out_dir", metavar="OUT_DIR", help="folder for the shards and manifest.json")
+    run.add_argument("out_dir", metavar="OUT_DIR", help="folder for the shards and _manifest.json")
     run.add_argument(
         "--map-over",
         metavar="A,B",
@@ -247,14 +247,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cache", metavar="DIR", help="cache node results in a DiskCache at DIR")
     run.add_argument(
         "--resume",
-        action="store_true",
-        help="continue OUT_DIR: skip the items already stored (written or failed)",
+        nargs="?",
+        const="yes",
+        choices=("yes", "force"),
+        metavar="force",
+        help=(
+            "continue OUT_DIR: skip the items already stored, compute failed ones again; "
+            "'--resume force' also continues a folder written by other node code"
+        ),
     )
     run.add_argument(
         "--on-error",
         choices=("raise", "collect"),
         default="raise",
-        help="raise: stop at the first failure (default); collect: record it in OUT_DIR/errors/",
+        help="raise: stop at the first failure (default); collect: record it in OUT_DIR/_errors/",
     )
     run.add_argument(
         "--runner",
@@ -306,7 +312,7 @@ def _fail(message: str, args: argparse.Namespace, code: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (see the module docstring)."""
-    from .exceptions import NodeError, PlanError
+    from .exceptions import NodeError, PlanError, ResumeError, WriterLockedError
 
     args = build_parser().parse_args(argv)
     try:
@@ -320,9 +326,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(one_line(exc) + hint, args, 1)
     except (InputRecordError, PlanError) as exc:
         return _fail(one_line(exc), args, 2)
-    except (FileExistsError, FileNotFoundError) as exc:
-        # The writer refusing a folder (or a resumed folder missing a shard).
-        return _fail(one_line(exc).replace("resume=True", "--resume"), args, 2)
+    except (FileExistsError, FileNotFoundError, ResumeError, WriterLockedError) as exc:
+        # The writer refusing a folder: not a run's, other code, or another writer's.
+        text = one_line(exc).replace("resume=True", "--resume")
+        return _fail(text.replace("resume='force'", "--resume force"), args, 2)
     except KeyboardInterrupt:
         sys.stderr.write(f"\n{PROG}: interrupted")
         if getattr(args, "command", None) == "run":

@@ -33,6 +33,7 @@ __all__ = [
     "ShardEntry",
     "atomic_write",
     "digest",
+    "find_manifest",
     "is_shard_name",
     "migrate_old_layout",
     "natural_key",
@@ -230,6 +231,14 @@ class Manifest:
         except (ValueError, KeyError, TypeError) as exc:
             msg = f"{path} is not a hypernodes_chain manifest ({exc}); use a new writer path"
             raise ValueError(msg) from exc
+
+
+def find_manifest(folder: Path) -> Manifest | None:
+    """The folder's manifest, of this layout or the first; None when it has none."""
+    for name in (MANIFEST, OLD_MANIFEST):
+        if (folder / name).is_file():
+            return Manifest.load(folder, name)
+    return None
 
 
 def migrate_old_layout(folder: Path) -> bool:

@@ -5,10 +5,11 @@ never held whole in memory. ``len()`` works where the count is cheap (parquet me
 writer's manifest, a line count); ``reader.column(name)`` yields one field's values, for
 ``map(graph, inputs={"text": read_jsonl("in.jsonl").column("text")}, map_over="text")``.
 
-A folder is read shard by shard: the shards listed in its ``manifest.json`` when a
+A folder is read shard by shard: the shards listed in its ``_manifest.json`` when a
 ``StreamWriter`` wrote it (so a file a crash left uncommitted is not read), otherwise every
-file with the format's extension in natural order (``9.jsonl`` before ``10.jsonl``); hidden
-and temporary files, ``manifest.json`` and the ``errors/`` folder are never read.
+file with the format's extension in natural order (``9.jsonl`` before ``10.jsonl``); hidden,
+temporary and ``_``-prefixed files and folders (``_manifest.json``, ``_errors/``) are never
+read.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from ._manifest import MANIFEST, Manifest, natural_key
+from ._manifest import find_manifest, natural_key
 
 __all__ = [
     "Column",
@@ -289,8 +290,8 @@ def _shard_files(path: Path, suffixes: tuple[str, ...]) -> tuple[list[Path], int
     if not path.is_dir():
         msg = f"no such file or folder: {str(path)!r}"
         raise FileNotFoundError(msg)
-    if (path / MANIFEST).is_file():
-        manifest = Manifest.load(path)
+    manifest = find_manifest(path)
+    if manifest is not None:
         if f".{manifest.format}" in suffixes:
             return [path / s.file for s in manifest.shards], manifest.n_rows
     files = [

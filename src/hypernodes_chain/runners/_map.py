@@ -137,24 +137,25 @@ def map_flow(
     path = (plan.graph.name,)
     constants = {k: v for k, v in inputs.items() if k not in map_over}
     batches, total = map_batches(inputs, map_over, map_mode, batch_size)
-    skip: Container[int] = ()
-    if writer is not None:
-        skip = writer.open(
-            graph_name=plan.graph.name,
-            input_names=list(map_over),
-            output_names=list(plan.outputs),
-            fingerprints={step.node.name: node_fingerprint(step.node) for step in plan.steps},
-        )
     constant_keys = None
     if ctx.cache is not None:
         constant_keys = {k: hashing.fingerprint(v) for k, v in constants.items()}
-    if bus is not None:
-        bus.publish(MapStarted(path, plan.graph.name, total, batch_size, plan.graph))
     result = MapResult(path=getattr(writer, "path", None))
     start = 0
     finished = False
     error: BaseException | None = None
+    skip: Container[int] = ()
+    if writer is not None:  # from here on, the writer is closed whatever happens
+        fingerprints = {step.node.name: node_fingerprint(step.node) for step in plan.steps}
+        skip = writer.open(
+            graph_name=plan.graph.name,
+            input_names=list(map_over),
+            output_names=list(plan.outputs),
+            fingerprints=fingerprints,
+        )
     try:
+        if bus is not None:
+            bus.publish(MapStarted(path, plan.graph.name, total, batch_size, plan.graph))
         for batch in batches:
             n_read = len(batch[0])
             first = start
