@@ -3,13 +3,22 @@
 Events are frozen dataclasses. The core builds one only when the bus has a subscriber
 (`EventBus.active`), so an unobserved run pays nothing for them. During ``map`` node
 events are per batch: ``n_items`` says how many items the event covers.
+
+A subscriber that raises (an ``Exception``) stops the run with a `CallbackError` naming it
+and the event, its exception chained; ``KeyboardInterrupt`` and ``SystemExit`` pass as
+they are. It is never an item failure, not even when it was raised inside a node's code
+(a `StreamingChunkEvent`, an `InterruptEvent`) and the node's error handling caught it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import reprlib
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from .exceptions import CallbackError
 
 __all__ = [
     "BatchFinished",
@@ -123,13 +132,20 @@ Subscriber = Callable[[Event], Any]
 
 
 class EventBus:
-    """Publishes events to subscribers in subscription order."""
+    """Publishes events to subscribers in subscription order.
 
-    __slots__ = ("active", "subscribers")
+    When a subscriber raises, the others still get the event, then `publish` raises a
+    `CallbackError`. The bus stays failed: every later `publish` delivers its event and
+    raises that same error again, so the run stops even where the first raise was caught
+    (in a node's code, which turns errors into item failures).
+    """
+
+    __slots__ = ("active", "error", "subscribers")
 
     def __init__(self, subscribers: Iterable[Subscriber] = ()) -> None:
         self.subscribers: list[Subscriber] = list(subscribers)
         self.active = bool(self.subscribers)
+        self.error: CallbackError | None = None  # set once a subscriber has raised
 
     def subscribe(self, subscriber: Subscriber) -> None:
         self.subscribers.append(subscriber)
@@ -140,5 +156,72 @@ class EventBus:
         self.active = bool(self.subscribers)
 
     def publish(self, event: Event) -> None:
-        for subscriber in self.subscribers:
-            subscriber(event)
+        if self.error is not None:
+            self._deliver_failed(event, iter(self.subscribers), self.error, again=True)
+            return
+        subscribers = iter(self.subscribers)
+        try:
+            for subscriber in subscribers:
+                subscriber(event)
+        except Exception as exc:  # the slow path; a try costs nothing while nothing raises
+            error = CallbackError(_describe(subscriber, event, exc))
+            error.__cause__ = exc
+            self.error = error
+            self._deliver_failed(event, subscribers, error)
+
+    @staticmethod
+    def _deliver_failed(
+        event: Event, rest: Iterator[Subscriber], error: CallbackError, again: bool = False
+    ) -> None:
+        """Hand ``event`` to the ``rest`` of the subscribers, then raise ``error``.
+
+        The run is already stopping on ``error``, so further failures are not raised; nor is
+        ``error`` raised ``again`` where it is the exception being handled (the events that
+        report the end of the run, published on the way out).
+        """
+        for subscriber in rest:
+            try:
+                subscriber(event)
+            except Exception:
+                pass
+        if not again or sys.exc_info()[1] is not error:
+            raise error
+
+
+def _describe(subscriber: Subscriber, event: Event, exc: BaseException) -> str:
+    """``callback Boom raised ValueError: boom on NodeFinished (node 'a', graph 'g')``."""
+    text = str(exc)
+    raised = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    details = []
+    node = getattr(event, "node", None)
+    if node is not None:
+        details.append(f"node {node!r}")
+    graph = getattr(event, "graph", None)
+    if graph is None and event.path:
+        graph = event.path[-1]
+    if graph is not None:
+        details.append(f"graph {graph!r}")
+    if len(event.path) > 1:
+        details.append(f"path {'/'.join(event.path)}")
+    index = getattr(event, "index", None)
+    if index is not None:
+        details.append(f"item {index}")
+    if isinstance(event, BatchFinished):
+        details.append(f"batch start {event.start}")
+    where = f" ({', '.join(details)})" if details else ""
+    return f"callback {_name(subscriber)} raised {raised} on {type(event).__name__}{where}"
+
+
+def _name(subscriber: Subscriber) -> str:
+    """A function's or method's qualified name, else the object's own repr, else its class."""
+    qualname = getattr(subscriber, "__qualname__", None)
+    if isinstance(qualname, str):
+        return qualname
+    cls = type(subscriber)
+    own_repr: object = cls.__repr__
+    if own_repr is object.__repr__:  # the default <... object at 0x...> says no more
+        return cls.__qualname__
+    try:
+        return reprlib.repr(subscriber)
+    except Exception:
+        return cls.__qualname__

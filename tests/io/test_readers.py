@@ -216,3 +216,63 @@ def test_reading_stops_early_without_reading_the_rest(tmp_path: Path) -> None:
     path = tmp_path / "a.jsonl"
     path.write_text('{"a": 1}\n{"a": 2}\nnot json at all\n')
     assert list(islice(read_jsonl(path), 2)) == [{"a": 1}, {"a": 2}]
+
+
+def test_read_csv_row_with_missing_fields_raises(tmp_path: Path) -> None:
+    path = tmp_path / "reviews.csv"
+    path.write_text("id,text,score\n1,good,5\n\n2,bad\n3,ok,4\n")
+    records = iter(read_csv(path))
+    assert next(records) == {"id": "1", "text": "good", "score": "5"}
+    with pytest.raises(ValueError) as info:
+        next(records)
+    message = str(info.value)
+    assert message.startswith(f"{path} line 4: 2 fields, the header has 3 (missing 'score')")
+    assert "header: id, text, score" in message
+    with pytest.raises(ValueError, match="line 4"):
+        list(read_csv(path).column("id"))
+
+
+def test_read_csv_row_with_extra_fields_raises(tmp_path: Path) -> None:
+    path = tmp_path / "reviews.csv"
+    path.write_text('id,text\n1,"two\nlines"\n2,b,x,"y"\n')
+    with pytest.raises(ValueError) as info:
+        list(read_csv(path))
+    message = str(info.value)
+    assert message.startswith(f"{path} line 4: 4 fields, the header has 2 (extra: 'x', 'y')")
+    assert "header: id, text" in message
+
+
+def test_read_csv_mismatch_in_a_map_stops_it_after_committing(tmp_path: Path) -> None:
+    from hypernodes_chain import Graph, Runner, node
+
+    @node(output_name="n")
+    def length(text: str) -> int:
+        return len(text)
+
+    path = tmp_path / "in.csv"
+    path.write_text("id,text\n" + "".join(f"{i},t{i}\n" for i in range(5)) + "5\n")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="line 7: 1 fields, the header has 2"):
+        Runner().map(
+            Graph([length]),
+            {"text": read_csv(path).column("text")},
+            map_over="text",
+            batch_size=2,
+            writer=StreamWriter(out, max_lines_per_file=2),
+        )
+    assert sorted(r["_index"] for r in read_jsonl(out)) == [0, 1, 2, 3]
+
+
+def test_read_csv_blank_lines_len_and_explicit_dictreader_options(tmp_path: Path) -> None:
+    path = tmp_path / "a.csv"
+    path.write_text("\nx,y\n\n1,2\n\n3\n4,5,6\n")
+    assert len(read_csv(tmp_path / "a.csv", restval="-", restkey="more")) == 3
+    assert list(read_csv(path, restval="-", restkey="more")) == [
+        {"x": "1", "y": "2"},
+        {"x": "3", "y": "-"},
+        {"x": "4", "y": "5", "more": ["6"]},
+    ]
+    (tmp_path / "b.csv").write_text("1;2\n\n3;4\n")
+    headless = read_csv(tmp_path / "b.csv", fieldnames=["x", "y"], delimiter=";")
+    assert list(headless) == [{"x": "1", "y": "2"}, {"x": "3", "y": "4"}]
+    assert len(headless) == 2

@@ -213,8 +213,8 @@ class StreamWriter:
         Returns the items that could not be stored (recorded as failures of their own)."""
         with deferred_interrupts():
             self._check_open(index for index, _, _ in items)
-            refused = self._add_items(items)
-            self._queue_failures(failures, refused)
+            self._queue_failures(failures)
+            self._queue_failures(refused := self._add_items(items))
         return refused
 
     def write_columns(
@@ -231,8 +231,8 @@ class StreamWriter:
         """
         with deferred_interrupts():
             self._check_open(indices)
-            refused = self._add_columns(indices, inputs, outputs)
-            self._queue_failures(failures, refused)
+            self._queue_failures(failures)
+            self._queue_failures(refused := self._add_columns(indices, inputs, outputs))
         return refused
 
     def close(self, *, finished: bool = True) -> MapResult:
@@ -388,11 +388,10 @@ class StreamWriter:
                     )
                     raise ValueError(msg)
 
-    def _queue_failures(self, failures: Sequence[ItemFailure], refused: list[ItemFailure]) -> None:
-        if failures or refused:
-            given = [*failures, *refused]
-            self._failures.extend(given)
-            self._pending_failures.extend(given)  # committed with the next shard
+    def _queue_failures(self, failures: Sequence[ItemFailure]) -> None:
+        if failures:
+            self._failures.extend(failures)
+            self._pending_failures.extend(failures)  # committed with the next shard
         if len(self._pending_failures) >= self.max_lines_per_file:
             self._commit()
 
