@@ -291,9 +291,8 @@ def _shard_files(path: Path, suffixes: tuple[str, ...]) -> tuple[list[Path], int
         msg = f"no such file or folder: {str(path)!r}"
         raise FileNotFoundError(msg)
     manifest = find_manifest(path)
-    if manifest is not None:
-        if f".{manifest.format}" in suffixes:
-            return [path / s.file for s in manifest.shards], manifest.n_rows
+    if manifest is not None and f".{manifest.format}" in suffixes:
+        return [path / s.file for s in manifest.shards], manifest.n_rows
     files = [
         p
         for p in path.iterdir()
