@@ -140,16 +140,105 @@ def test_unpicklable_values_are_skipped_with_one_warning_per_type(
         disk.set_many([("g", lambda: 1)])  # same type again: no second warning
 
 
+def _damage_warnings(record: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in record if issubclass(w.category, CacheWarning)]
+
+
 @pytest.mark.parametrize("garbage", [b"\x80\x05not a pickle", b"", b"text"])
 def test_a_corrupt_entry_is_a_miss_and_is_removed(tmp_path: pathlib.Path, garbage: object) -> None:
     disk = DiskCache(tmp_path)
     disk.set_many([("bad", 1), ("good", 2)])
     with diskcache.Cache(str(tmp_path)) as raw:
         raw.set("bad", garbage)
-    assert disk.get_many(["bad", "good"]) == [MISS, 2]
-    assert disk.get("bad") is MISS
+    with pytest.warns(CacheWarning, match="damaged.*recomputed") as rec:
+        assert disk.get_many(["bad", "good"]) == [MISS, 2]
+    assert len(rec) == 1
+    assert disk.get("bad") is MISS  # deleted: now simply absent, no second warning
     with diskcache.Cache(str(tmp_path)) as raw:
         assert "bad" not in raw
+
+
+def _flip(blob: bytes, at: int) -> bytes:
+    return blob[:at] + bytes([blob[at] ^ 0x01]) + blob[at + 1 :]
+
+
+@pytest.mark.parametrize("value", [{"a": [1, 2.5]}, "short text", 42, 1.5, b"raw", None])
+@pytest.mark.parametrize("where", ["first", "middle", "last", "truncated"])
+def test_a_small_entry_with_a_bad_frame_is_a_miss_with_one_warning(
+    tmp_path: pathlib.Path, value: object, where: str
+) -> None:
+    """A value kept inside SQLite, damaged through diskcache's own API."""
+    disk = DiskCache(tmp_path)
+    disk.set("k", value)
+    disk.set("other", [3])
+    with diskcache.Cache(str(tmp_path)) as raw:
+        blob = raw.get("k")
+        assert type(blob) is bytes  # every value is framed, natives included
+        damaged = {
+            "first": lambda b: _flip(b, 0),
+            "middle": lambda b: _flip(b, len(b) // 2),
+            "last": lambda b: _flip(b, len(b) - 1),
+            "truncated": lambda b: b[:-1],
+        }[where](blob)
+        raw.set("k", damaged)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert disk.get_many(["k", "other"]) == [MISS, [3]]
+    assert len(_damage_warnings(record)) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert disk.get("k") is MISS  # deleted on the first read
+    disk.set("k", value)
+    got = disk.get("k")
+    assert got == value and type(got) is type(value)
+
+
+@pytest.mark.parametrize(
+    "old", ["text", "x" * 40_000, 42, 1.5, pickle.dumps([1, 2]), pickle.dumps("t"), b"\x80"]
+)
+def test_entries_in_the_old_unframed_format_are_misses(tmp_path: pathlib.Path, old: object) -> None:
+    """Native str/int/float and bare pickles, as earlier versions wrote them, never read as
+    values: they are recomputed."""
+    with diskcache.Cache(str(tmp_path)) as raw:
+        raw.set("k", old)
+    disk = DiskCache(tmp_path)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert disk.get("k") is MISS
+    assert len(_damage_warnings(record)) == 1
+    with diskcache.Cache(str(tmp_path)) as raw:
+        assert "k" not in raw
+
+
+def test_a_damaged_value_file_is_a_miss(tmp_path: pathlib.Path) -> None:
+    disk = DiskCache(tmp_path)
+    disk.set_many([("big", "y" * 50_000), ("small", 1)])
+    (val,) = tmp_path.rglob("*.val")
+    val.write_bytes(val.read_bytes()[:-10])
+    with pytest.warns(CacheWarning, match="damaged") as rec:
+        assert disk.get_many(["big", "small"]) == [MISS, 1]
+    assert len(rec) == 1
+    assert not list(tmp_path.rglob("*.val"))  # the damaged file went with its entry
+
+
+def test_a_missing_value_file_is_a_miss(tmp_path: pathlib.Path) -> None:
+    disk = DiskCache(tmp_path)
+    disk.set("big", b"z" * 50_000)
+    (val,) = tmp_path.rglob("*.val")
+    val.unlink()
+    assert disk.get_many(["big"]) == [MISS]
+    assert disk.get("big") is MISS
+
+
+def test_many_keys_in_one_get_many(tmp_path: pathlib.Path) -> None:
+    """More keys than SQLite takes parameters in one statement."""
+    disk = DiskCache(tmp_path)
+    items = [(f"k{i}", i) for i in range(2500)]
+    disk.set_many(items)
+    keys = [f"k{i}" for i in range(0, 3000, 1)]
+    got = disk.get_many(keys)
+    assert got == [i if i < 2500 else MISS for i in range(3000)]
+    assert disk.get_many(["k1", "k1", "nope", "k0"]) == [1, 1, MISS, 0]
 
 
 @pytest.mark.parametrize(
@@ -277,3 +366,47 @@ def test_two_processes_write_concurrently(tmp_path: pathlib.Path) -> None:
     values = DiskCache(tmp_path).get_many(keys)
     assert MISS not in values
     assert [v["n"] for v in values] == list(range(200)) * 2  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"statistics": True}, {"eviction_policy": "least-recently-used"}, {}],
+    ids=["statistics", "lru", "default"],
+)
+def test_get_many_reads_the_same_under_every_setting(
+    tmp_path: pathlib.Path, settings: dict[str, object]
+) -> None:
+    disk = DiskCache(tmp_path, **settings)
+    disk.set_many([("a", 1), ("big", "q" * 40_000), ("c", [3])])
+    with diskcache.Cache(str(tmp_path)) as raw:
+        raw.set("bad", b"HNC\x01garbage")
+    with pytest.warns(CacheWarning, match="damaged") as rec:
+        got = disk.get_many(["c", "bad", "a", "absent", "big"])
+    assert got == [[3], MISS, 1, MISS, "q" * 40_000]
+    assert len(rec) == 1
+
+
+def test_an_expired_entry_is_a_miss(tmp_path: pathlib.Path) -> None:
+    disk = DiskCache(tmp_path)
+    disk.set("k", 1)
+    with diskcache.Cache(str(tmp_path)) as raw:
+        raw.touch("k", expire=-1)
+    assert disk.get_many(["k"]) == [MISS]
+
+
+def test_values_with_an_odd_eq_come_back(tmp_path: pathlib.Path) -> None:
+    """Looking for damaged entries compares by identity, never with a value's __eq__."""
+    disk = DiskCache(tmp_path)
+    disk.set_many([("a", Grumpy(1)), ("b", 2)])
+    got = disk.get_many(["a", "b"])
+    assert isinstance(got[0], Grumpy) and got[0].n == 1 and got[1] == 2
+
+
+class Grumpy:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __eq__(self, other: object) -> bool:
+        raise ValueError("ambiguous")
+
+    __hash__ = object.__hash__

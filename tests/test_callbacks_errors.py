@@ -45,14 +45,16 @@ GRAPH = Graph([half, plus_one], name="halves")
 
 
 class Boom(Callback):
-    """Raises ``error`` on the ``nth`` event of type ``on`` (1-based)."""
+    """Raises ``error`` on the ``nth`` event of type ``on`` (1-based), of ``node`` if given."""
 
-    def __init__(self, on: str, nth: int = 1, error: BaseException | None = None) -> None:
-        self.on, self.nth, self.seen = on, nth, 0
+    def __init__(
+        self, on: str, nth: int = 1, error: BaseException | None = None, node: str | None = None
+    ) -> None:
+        self.on, self.nth, self.seen, self.node = on, nth, 0, node
         self.error = error if error is not None else ValueError("boom")
 
     def on_event(self, event: Event) -> None:
-        if type(event).__name__ == self.on:
+        if type(event).__name__ == self.on and self.node in (None, getattr(event, "node", None)):
             self.seen += 1
             if self.seen == self.nth:
                 raise self.error
@@ -77,6 +79,8 @@ def run_map(kind: str, callbacks: list[Any], **kwargs: Any) -> Any:
 
 
 KINDS = ["sync", "pooled", "async"]
+# the third batch's 'half': by then every runner has handed the first batch on (AsyncRunner
+# keeps two batches out at once, and takes a third only once the first has left)
 EVENTS = [("BatchFinished", 2, "batch start 3"), ("NodeFinished", 3, "node 'half'")]
 
 
@@ -85,7 +89,7 @@ EVENTS = [("BatchFinished", 2, "batch start 3"), ("NodeFinished", 3, "node 'half
 def test_map_collect_stops_with_a_callback_error(
     kind: str, event: str, nth: int, detail: str
 ) -> None:
-    boom = Boom(event, nth)  # the second batch's event
+    boom = Boom(event, nth, node="half" if event == "NodeFinished" else None)
     with pytest.raises(CallbackError) as info:
         run_map(kind, [boom])
     message = str(info.value)
@@ -104,7 +108,8 @@ def test_writer_folder_stays_committed_and_resumes(
 ) -> None:
     out = tmp_path / "out"
     with pytest.raises(CallbackError):
-        run_map(kind, [Boom(event, nth)], writer=StreamWriter(out, max_lines_per_file=2))
+        boom = Boom(event, nth, node="half" if event == "NodeFinished" else None)
+        run_map(kind, [boom], writer=StreamWriter(out, max_lines_per_file=2))
     done = sorted(r["_index"] for r in read_jsonl(out))
     assert done and done == sorted(set(done))  # something was committed, nothing twice
     run_map(kind, [], writer=StreamWriter(out, max_lines_per_file=2, resume=True))

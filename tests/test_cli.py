@@ -1,4 +1,9 @@
-"""The command line through a real subprocess: ``python -m hypernodes_chain run / inspect``."""
+"""The command line: ``hypernodes-chain run / inspect``.
+
+Most tests call ``hypernodes_chain.cli.main(argv)`` in-process (the ``cli`` fixture: its own
+working directory, environment, ``sys.path`` and captured stdout/stderr). The tests marked
+"subprocess" run ``python -m hypernodes_chain`` for real, for what only a process shows: the
+exit status, ``python -m``, and that ``--quiet`` writes nothing to the real streams."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -54,7 +60,7 @@ not_a_graph = 3
 """
 
 
-def cli(*args: object, cwd: Path, env: dict[str, str] | None = None):
+def subprocess_cli(*args: object, cwd: Path, env: dict[str, str] | None = None):
     """Run ``python -m hypernodes_chain ARGS`` and return the completed process."""
     full_env = {k: v for k, v in os.environ.items() if k != "HNC_TEST_FAIL_AT"}
     full_env.update(COLUMNS="100", **(env or {}))
@@ -66,6 +72,47 @@ def cli(*args: object, cwd: Path, env: dict[str, str] | None = None):
         text=True,
         timeout=120,
     )
+
+
+class Ran(NamedTuple):
+    """What ``main`` returned (or exited with) and what it wrote, like a completed process."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    """``cli(*args, cwd=..., env=...)``: ``main(argv)`` in-process, as ``subprocess_cli`` would
+    run it: in ``cwd``, with ``COLUMNS=100`` and ``env``, without ``HNC_TEST_FAIL_AT`` otherwise.
+    The working directory, environment and ``sys.path`` are restored after each call, and the
+    graph files it imported are dropped from ``sys.modules`` (the next call imports them again)."""
+    from hypernodes_chain.cli import main
+
+    def run(*args: object, cwd: Path, env: dict[str, str] | None = None) -> Ran:
+        before = set(sys.modules)
+        with monkeypatch.context() as m:
+            m.chdir(cwd)
+            m.delenv("HNC_TEST_FAIL_AT", raising=False)
+            m.setenv("COLUMNS", "100")
+            for key, value in (env or {}).items():
+                m.setenv(key, value)
+            m.setattr(sys, "path", list(sys.path))
+            capsys.readouterr()
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exc:  # argparse: --version, usage errors
+                code = exc.code if isinstance(exc.code, int) else (exc.code is not None)
+            out, err = capsys.readouterr()
+        roots = (str(Path(cwd).resolve()), str(DEMO.parent))
+        for name in set(sys.modules) - before:
+            file = getattr(sys.modules[name], "__file__", None) or ""
+            if str(Path(file).resolve()).startswith(roots):
+                del sys.modules[name]
+        return Ran(int(code), out, err)
+
+    return run
 
 
 @pytest.fixture
@@ -86,7 +133,7 @@ def indices(folder: Path, fmt: str) -> list[int]:
     return list(reader.column("_index"))
 
 
-def error_line(proc: subprocess.CompletedProcess[str]) -> str:
+def error_line(proc: Ran | subprocess.CompletedProcess[str]) -> str:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -96,7 +143,7 @@ def error_line(proc: subprocess.CompletedProcess[str]) -> str:
 # --------------------------------------------------------------------------- run
 @pytest.mark.parametrize("out_format", ["jsonl", "parquet"])
 @pytest.mark.parametrize("in_format", ["jsonl", "parquet"])
-def test_run_demo_graph_into_shards(tmp_path: Path, in_format: str, out_format: str) -> None:
+def test_run_demo_graph_into_shards(cli, tmp_path: Path, in_format: str, out_format: str) -> None:
     if in_format == "jsonl":
         inputs = SAMPLE
     else:  # the sample as a folder of two parquet shards
@@ -140,7 +187,7 @@ def test_run_demo_graph_into_shards(tmp_path: Path, in_format: str, out_format: 
     assert {r["label"] for r in rows} <= {"positive", "neutral", "negative"}
 
 
-def test_run_csv_converts_annotated_columns(work: Path) -> None:
+def test_run_csv_converts_annotated_columns(cli, work: Path) -> None:
     (work / "in.csv").write_text("x,w\n1,2.5\n2,3\n")
     proc = cli("run", "pipe.py:graph", "in.csv", "out", "--format", "parquet", cwd=work)
     assert proc.returncode == 0, proc.stderr
@@ -151,7 +198,7 @@ def test_run_csv_converts_annotated_columns(work: Path) -> None:
     ]
 
 
-def test_map_over_and_set_constants(work: Path) -> None:
+def test_map_over_and_set_constants(cli, work: Path) -> None:
     proc = cli(
         "run",
         "pipe.py:graph",
@@ -172,19 +219,20 @@ def test_map_over_and_set_constants(work: Path) -> None:
 
 
 def test_quiet_prints_nothing(work: Path) -> None:
-    proc = cli("run", "pipe.py:graph", "numbers.jsonl", "out", "--quiet", cwd=work)
+    """A real process: nothing at all reaches its stdout and stderr file descriptors."""
+    proc = subprocess_cli("run", "pipe.py:graph", "numbers.jsonl", "out", "--quiet", cwd=work)
     assert proc.returncode == 0, proc.stderr
     assert (proc.stdout, proc.stderr) == ("", "")
     assert manifest(work / "out")["n_rows"] == 200
 
 
-def test_async_runner(work: Path) -> None:
+def test_async_runner(cli, work: Path) -> None:
     proc = cli("run", "pipe.py:graph", "numbers.jsonl", "out", "--runner", "async", "-q", cwd=work)
     assert proc.returncode == 0, proc.stderr
     assert indices(work / "out", "jsonl") == list(range(200))
 
 
-def test_cache_dir_is_used(work: Path) -> None:
+def test_cache_dir_is_used(cli, work: Path) -> None:
     for out in ("a", "b"):
         proc = cli("run", "pipe.py:graph", "numbers.jsonl", out, "--cache", "cache", cwd=work)
         assert proc.returncode == 0, proc.stderr
@@ -192,7 +240,7 @@ def test_cache_dir_is_used(work: Path) -> None:
     assert list(read_jsonl(work / "a")) == list(read_jsonl(work / "b"))
 
 
-def test_an_earlier_output_reads_back_as_input(work: Path) -> None:
+def test_an_earlier_output_reads_back_as_input(cli, work: Path) -> None:
     """Its ``_index`` column is skipped; its other columns must still be graph inputs."""
     first = cli("run", "pipe.py:other", "numbers.jsonl", "a", "--map-over", "x", "-q", cwd=work)
     assert first.returncode == 0, first.stderr
@@ -206,7 +254,8 @@ def test_an_earlier_output_reads_back_as_input(work: Path) -> None:
 
 # --------------------------------------------------------------------------- failures
 def test_node_failure_raises_one_line_exit_1(work: Path) -> None:
-    proc = cli(
+    """A real process: a failed node is exit status 1 of ``python -m hypernodes_chain``."""
+    proc = subprocess_cli(
         "run", "pipe.py:graph", "numbers.jsonl", "out", env={"HNC_TEST_FAIL_AT": "7"}, cwd=work
     )
     assert proc.returncode == 1
@@ -215,7 +264,7 @@ def test_node_failure_raises_one_line_exit_1(work: Path) -> None:
     assert "--resume" in line
 
 
-def test_on_error_collect_writes_errors_shard(work: Path) -> None:
+def test_on_error_collect_writes_errors_shard(cli, work: Path) -> None:
     proc = cli(
         "run",
         "pipe.py:graph",
@@ -233,7 +282,7 @@ def test_on_error_collect_writes_errors_shard(work: Path) -> None:
     assert 7 not in indices(work / "out", "jsonl")
 
 
-def test_resume_continues_after_a_failure(work: Path) -> None:
+def test_resume_continues_after_a_failure(cli, work: Path) -> None:
     args = ("run", "pipe.py:graph", "numbers.jsonl", "out", "--batch-size", 50)
     args += ("--max-lines-per-file", 50, "--format", "parquet")
     first = cli(*args, env={"HNC_TEST_FAIL_AT": "170"}, cwd=work)
@@ -251,7 +300,7 @@ def test_resume_continues_after_a_failure(work: Path) -> None:
     assert meta["format"] == "parquet"
 
 
-def test_json_logs_are_json_lines(work: Path) -> None:
+def test_json_logs_are_json_lines(cli, work: Path) -> None:
     proc = cli(
         "run",
         "pipe.py:graph",
@@ -278,7 +327,7 @@ def test_json_logs_are_json_lines(work: Path) -> None:
     assert summary["files"] == [str(Path("out") / "000.jsonl")]
 
 
-def test_json_logs_error_is_json(work: Path) -> None:
+def test_json_logs_error_is_json(cli, work: Path) -> None:
     proc = cli("run", "pipe.py:nope", "numbers.jsonl", "out", "--json-logs", cwd=work)
     assert proc.returncode == 2
     record = json.loads(error_line(proc))
@@ -322,7 +371,7 @@ def test_json_logs_error_is_json(work: Path) -> None:
         (("run", "pipe.py:graph", "holes.jsonl", "out"), "record 2 of 'holes.jsonl' has no field"),
     ],
 )
-def test_usage_errors_are_one_line_exit_2(work: Path, args: tuple[str, ...], expected: str):
+def test_usage_errors_are_one_line_exit_2(cli, work: Path, args: tuple[str, ...], expected: str):
     (work / "extra.jsonl").write_text('{"x": 1, "w": 2, "extra": 3, "colour": "red"}\n')
     (work / "holes.jsonl").write_text('{"x": 1, "w": 2}\n{"x": 2, "w": 2}\n{"x": 3}\n')
     proc = cli(*args, cwd=work)
@@ -334,13 +383,14 @@ def test_usage_errors_are_one_line_exit_2(work: Path, args: tuple[str, ...], exp
 
 
 def test_broken_graph_file_is_one_line(work: Path) -> None:
+    """A real process: a graph file that fails to import is exit status 2, one line."""
     (work / "broken.py").write_text("import does_not_exist_anywhere\n")
-    proc = cli("inspect", "broken.py:graph", cwd=work)
+    proc = subprocess_cli("inspect", "broken.py:graph", cwd=work)
     assert proc.returncode == 2
     assert "importing 'broken.py' failed: ModuleNotFoundError" in error_line(proc)
 
 
-def test_verbose_shows_the_traceback(work: Path) -> None:
+def test_verbose_shows_the_traceback(cli, work: Path) -> None:
     proc = cli("run", "pipe.py:grph", "numbers.jsonl", "out", "--verbose", cwd=work)
     assert proc.returncode == 2
     assert "Traceback (most recent call last)" in proc.stderr
@@ -354,14 +404,17 @@ def test_verbose_shows_the_traceback(work: Path) -> None:
 
 
 def test_argparse_errors_exit_2(work: Path) -> None:
-    proc = cli("run", "pipe.py:graph", "numbers.jsonl", "out", "--batch-size", "0", cwd=work)
+    """A real process: argparse's own errors are exit status 2."""
+    proc = subprocess_cli(
+        "run", "pipe.py:graph", "numbers.jsonl", "out", "--batch-size", "0", cwd=work
+    )
     assert proc.returncode == 2
     assert "must be at least 1" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 # --------------------------------------------------------------------------- inspect
-def test_inspect_prints_tree_inputs_outputs(work: Path) -> None:
+def test_inspect_prints_tree_inputs_outputs(cli, work: Path) -> None:
     proc = cli("inspect", "pipe.py:graph", cwd=work)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == textwrap.dedent(
@@ -382,7 +435,7 @@ def test_inspect_prints_tree_inputs_outputs(work: Path) -> None:
     ]
 
 
-def test_inspect_demo_graph() -> None:
+def test_inspect_demo_graph(cli) -> None:
     proc = cli("inspect", "runners/huge_batch_demo.py:graph", cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "score(features, stars) → score" in proc.stdout
@@ -390,7 +443,8 @@ def test_inspect_demo_graph() -> None:
 
 
 def test_version() -> None:
-    proc = cli("--version", cwd=ROOT)
+    """A real process: ``python -m hypernodes_chain --version``."""
+    proc = subprocess_cli("--version", cwd=ROOT)
     assert proc.returncode == 0
     assert proc.stdout.startswith("hypernodes-chain ")
 

@@ -388,3 +388,256 @@ def test_code_fingerprint_of_lambdas_partials_and_builtins() -> None:
     )
     assert code_fingerprint(len) == code_fingerprint(len) != code_fingerprint(print)
     assert code_fingerprint(Record) != code_fingerprint(OtherRecord)
+
+
+# --- helpers a function calls by name ---------------------------------------------------
+
+_counter = iter(range(10**6))
+
+
+def load_module(folder: pathlib.Path, source: str, stem: str = "helpers_mod") -> object:
+    """Write ``source`` to a fresh file and import it under a fresh module name."""
+    name = f"{stem}_{next(_counter)}"
+    path = folder / f"{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+HELPER_MODULE = """
+def helper(x):
+    return x * {factor}
+
+
+def g4(x):
+    return helper(x) + 1
+"""
+
+
+def test_editing_a_helper_changes_the_callers_fingerprint(tmp_path: pathlib.Path) -> None:
+    one = load_module(tmp_path, HELPER_MODULE.format(factor=10))
+    same = load_module(tmp_path, HELPER_MODULE.format(factor=10))
+    other = load_module(tmp_path, HELPER_MODULE.format(factor=20))
+    assert code_fingerprint(one.g4) == code_fingerprint(same.g4)  # type: ignore[attr-defined]
+    assert code_fingerprint(one.g4) != code_fingerprint(other.g4)  # type: ignore[attr-defined]
+
+
+def test_rebinding_a_helper_in_the_same_process_invalidates_the_memo(
+    tmp_path: pathlib.Path,
+) -> None:
+    mod = load_module(tmp_path, HELPER_MODULE.format(factor=10))
+    before = code_fingerprint(mod.g4)  # type: ignore[attr-defined]
+    old = mod.helper  # type: ignore[attr-defined]
+    exec("def helper(x):\n    return x * 20\n", vars(mod))  # a notebook cell, redefined
+    assert mod.g4(1) == 21  # type: ignore[attr-defined]
+    after = code_fingerprint(mod.g4)  # type: ignore[attr-defined]
+    assert after != before
+    mod.helper = old  # type: ignore[attr-defined]
+    assert code_fingerprint(mod.g4) == before  # type: ignore[attr-defined]
+    del mod.helper  # type: ignore[attr-defined]
+    assert code_fingerprint(mod.g4) not in (before, after)  # type: ignore[attr-defined]
+
+
+def test_notebook_cells_without_a_file_count_as_user_code() -> None:
+    ns: dict[str, object] = {"__name__": "__main__"}
+    exec(compile("def helper(x):\n    return x + 1\n", "<cell 1>", "exec"), ns)
+    exec(compile("def node_fn(x):\n    return helper(x)\n", "<cell 2>", "exec"), ns)
+    before = code_fingerprint(ns["node_fn"])  # type: ignore[arg-type]
+    exec(compile("def helper(x):\n    return x + 2\n", "<cell 3>", "exec"), ns)
+    assert code_fingerprint(ns["node_fn"]) != before  # type: ignore[arg-type]
+
+
+def test_helpers_named_in_nested_code_are_followed(tmp_path: pathlib.Path) -> None:
+    source = """
+import functools
+
+
+def helper(x):
+    return x * {factor}
+
+
+@functools.cache
+def cached_helper(x):
+    return x - {factor}
+
+
+def in_comprehension(xs):
+    return [helper(x) for x in xs]
+
+
+def in_inner_function(x):
+    def inner():
+        return helper(x)
+    return inner()
+
+
+def in_lambda(x):
+    return (lambda: helper(x))()
+
+
+def through_cache(x):
+    return cached_helper(x)
+"""
+    one = load_module(tmp_path, source.format(factor=1))
+    two = load_module(tmp_path, source.format(factor=2))
+    for name in ("in_comprehension", "in_inner_function", "in_lambda", "through_cache"):
+        assert code_fingerprint(getattr(one, name)) != code_fingerprint(getattr(two, name)), name
+
+
+def test_module_attributes_of_user_modules_are_followed(tmp_path: pathlib.Path) -> None:
+    util_one = load_module(tmp_path, "def scale(x):\n    return x * 1\n", "util")
+    util_two = load_module(tmp_path, "def scale(x):\n    return x * 2\n", "util")
+    caller = load_module(tmp_path, "import json\n\ndef run(x):\n    return util.scale(x)\n")
+    caller.util = util_one  # type: ignore[attr-defined]
+    first = code_fingerprint(caller.run)  # type: ignore[attr-defined]
+    caller.util = util_two  # type: ignore[attr-defined]
+    assert code_fingerprint(caller.run) != first  # type: ignore[attr-defined]
+    caller.util = util_one  # type: ignore[attr-defined]
+    assert code_fingerprint(caller.run) == first  # type: ignore[attr-defined]
+    exec("def scale(x):\n    return x * 3\n", vars(util_one))  # edited inside the module
+    assert code_fingerprint(caller.run) != first  # type: ignore[attr-defined]
+
+
+def test_standard_library_and_installed_packages_are_not_followed(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = """
+import json
+import os
+from json import dumps
+from os.path import join
+from hypothesis import given
+from hypernodes_chain import hashing
+
+
+def uses_json(x):
+    return json.dumps(x) + dumps(x)
+
+
+def uses_os_path(x):
+    return os.path.join(x, "a") + join(x, "b")
+
+
+def uses_packages(x):
+    return given, hashing.combine(x)
+"""
+    mod = load_module(tmp_path, source)
+    fps = {n: hashing.code_identity(getattr(mod, n)) for n in ("uses_json", "uses_os_path")}
+    fps["uses_packages"] = hashing.code_identity(mod.uses_packages)  # type: ignore[attr-defined]
+    assert all(refs == () for _, refs in fps.values())  # nothing followed, nothing to check
+    # whatever those library functions are, the fingerprints stay
+    monkeypatch.setattr(json, "dumps", lambda x: "patched")
+    monkeypatch.setattr(os.path, "join", lambda *a: "patched")
+    monkeypatch.setattr(hashing, "combine", lambda *a: "patched")
+    hashing._code_memo.clear()
+    for name, (fp, _) in fps.items():
+        assert code_fingerprint(getattr(mod, name)) == fp, name
+
+
+def test_mutual_recursion_terminates_and_both_sides_count(tmp_path: pathlib.Path) -> None:
+    source = """
+def helper_a(n):
+    return 0 if n <= 0 else helper_b(n - 1) + {a}
+
+
+def helper_b(n):
+    return 0 if n <= 0 else helper_a(n - 1) + {b}
+
+
+def caller(n):
+    return helper_a(n)
+"""
+    base = load_module(tmp_path, source.format(a=1, b=1))
+    assert base.caller(3) == 3  # type: ignore[attr-defined]
+    fp = code_fingerprint(base.caller)  # type: ignore[attr-defined]
+    assert fp == code_fingerprint(load_module(tmp_path, source.format(a=1, b=1)).caller)  # type: ignore[attr-defined]
+    assert fp != code_fingerprint(load_module(tmp_path, source.format(a=2, b=1)).caller)  # type: ignore[attr-defined]
+    assert fp != code_fingerprint(load_module(tmp_path, source.format(a=1, b=2)).caller)  # type: ignore[attr-defined]
+    assert code_fingerprint(base.helper_a) != code_fingerprint(base.helper_b)  # type: ignore[attr-defined]
+
+
+CHAIN_MODULE = """
+def h1(x):
+    return h2(x) + 1
+
+
+def h2(x):
+    return h3(x) + 1
+
+
+def h3(x):
+    return h4(x) + 1
+
+
+def h4(x):
+    return h5(x) + {h4}
+
+
+def h5(x):
+    return x + {h5}
+
+
+def caller(x):
+    return h1(x)
+"""
+
+
+def test_helpers_are_followed_four_calls_deep(tmp_path: pathlib.Path) -> None:
+    def fp(h4: int, h5: int) -> str:
+        mod = load_module(tmp_path, CHAIN_MODULE.format(h4=h4, h5=h5))
+        return code_fingerprint(mod.caller)  # type: ignore[attr-defined]
+
+    assert hashing._HELPER_DEPTH == 4
+    base = fp(1, 1)
+    assert fp(2, 1) != base  # h4 is four calls deep: followed
+    assert fp(1, 2) == base  # h5 is five calls deep: beyond the limit
+
+
+def test_a_function_without_helpers_records_nothing() -> None:
+    def plain(x: int) -> int:
+        return len(str(x)) + 1
+
+    fp, refs = hashing.code_identity(plain)
+    assert refs == ()
+    assert hashing.code_identity(plain) == (fp, ())
+
+
+def test_helper_fingerprints_are_stable_across_processes(tmp_path: pathlib.Path) -> None:
+    mod = load_module(tmp_path, HELPER_MODULE.format(factor=10), "stable")
+    path = pathlib.Path(mod.__file__)  # type: ignore[attr-defined]
+    code = f"""
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location({mod.__name__!r}, {str(path)!r})
+module = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = module
+spec.loader.exec_module(module)
+from hypernodes_chain.hashing import code_fingerprint
+print(code_fingerprint(module.g4))
+"""
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == code_fingerprint(mod.g4)  # type: ignore[attr-defined]
+
+
+def test_a_node_called_as_a_helper_is_followed(tmp_path: pathlib.Path) -> None:
+    source = """
+from hypernodes_chain import node
+
+
+@node(output_name="clean")
+def clean(text):
+    return text.strip() * {factor}
+
+
+def caller(text):
+    return clean(text) + clean.func(text)
+"""
+    one = load_module(tmp_path, source.format(factor=1))
+    two = load_module(tmp_path, source.format(factor=2))
+    assert code_fingerprint(one.caller) != code_fingerprint(two.caller)  # type: ignore[attr-defined]

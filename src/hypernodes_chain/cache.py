@@ -7,20 +7,30 @@ look keys up in batches (`Cache.get_many`) and store results in batches
 Degrade, don't crash: a value that cannot be pickled is not stored (one `CacheWarning`
 per type), and an entry that cannot be read back is a miss. A broken cache costs
 recomputation, never a failed run.
+
+`DiskCache` frames every value it stores: a magic and version prefix, a blake2b digest of
+the payload, then the pickled payload. Any damage to an entry (a truncated or garbled
+value file, a garbled row) fails the digest on read, so a damaged entry is never returned
+as a value: it is a miss, deleted, and recomputed by the runner, with one `CacheWarning`.
+Entries in an older format (native str/int/float, bare pickles) read the same way.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import pickle
 import threading
+import time
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
 
 import diskcache
+import diskcache.core
 
 from hypernodes_chain.exceptions import CacheWarning
 
@@ -145,8 +155,10 @@ class DiskCache:
     """A cache in a folder on disk, shared safely by threads and processes.
 
     Built on `diskcache.Cache` (SQLite plus files). Values are pickled here and stored as
-    bytes, so a value that cannot be pickled is skipped with one `CacheWarning` per type,
-    and an entry that cannot be unpickled is a miss (and is deleted). The store is opened
+    framed bytes (magic and version, blake2b digest, payload), so a value that cannot be
+    pickled is skipped with one `CacheWarning` per type, and an entry that is damaged
+    (truncated, garbled, or in an older format) is a miss: it is deleted and recomputed,
+    with one `CacheWarning` per look-up that met any. The store is opened
     on first use; a `DiskCache` pickles as its path and settings and reopens on the other
     side, so it can travel to subprocesses and Dask workers.
 
@@ -168,17 +180,23 @@ class DiskCache:
     def get_many(self, keys: Sequence[str]) -> list[object]:
         """The values for ``keys`` in order, with `MISS` where a key is absent or unreadable.
 
-        All look-ups run in one transaction. If the store itself cannot be read, every key
-        is a miss and one `CacheWarning` says why.
+        The look-ups take one SQLite query per 500 keys. A damaged entry is a miss and is
+        deleted (one `CacheWarning` per call says so). If the store itself cannot be read,
+        every key is a miss and one `CacheWarning` says why.
         """
+        if not keys:
+            return []
         try:
-            store = self._open()
-            with store.transact(retry=True):
-                raw = [store.get(key, default=_ABSENT, retry=True) for key in keys]
+            raw = self._fetch_many(self._open(), keys)
         except Exception as exc:
             self._warn_io("read", exc)
             return [MISS] * len(keys)
-        return [self._load(key, blob) for key, blob in zip(keys, raw)]
+        out = [_decode(blob) for blob in raw]
+        damaged = [key for key, value in zip(keys, out) if value is _DAMAGED]  # `is`: no __eq__
+        if damaged:
+            self._discard_damaged(set(damaged))
+            out = [MISS if value is _DAMAGED else value for value in out]
+        return out
 
     def set_many(self, items: Sequence[tuple[str, object]]) -> None:
         """Store ``(key, value)`` pairs in one transaction, skipping unpicklable values."""
@@ -194,13 +212,17 @@ class DiskCache:
             self._warn_io("write", exc)
 
     def get(self, key: str) -> object:
-        """The value for ``key``, or `MISS`."""
+        """The value for ``key``, or `MISS` (a damaged entry is deleted, with a warning)."""
         try:
             blob = self._open().get(key, default=_ABSENT, retry=True)
         except Exception as exc:
             self._warn_io("read", exc)
             return MISS
-        return self._load(key, blob)
+        value = _decode(blob)
+        if value is _DAMAGED:
+            self._discard_damaged({key})
+            return MISS
+        return value
 
     def set(self, key: str, value: object) -> None:
         """Store one value (skipped, with a warning, when it cannot be pickled)."""
@@ -253,24 +275,57 @@ class DiskCache:
                 store = self._store
         return store
 
-    def _load(self, key: str, blob: object) -> object:
-        if blob is _ABSENT:
-            return MISS
-        if type(blob) is not bytes:
-            return blob  # stored natively by _encode
-        try:
-            return pickle.loads(blob)
-        except (ImportError, AttributeError):
-            return MISS  # a class this process cannot import: unreadable here, not corrupt
-        except Exception:
-            self._discard(key)
-            return MISS
+    def _fetch_many(self, store: diskcache.Cache, keys: Sequence[str]) -> list[object]:
+        """The stored blobs for ``keys`` (`_ABSENT` where absent), without decoding.
 
-    def _discard(self, key: str) -> None:
+        One ``SELECT ... WHERE key IN (...)`` per chunk instead of one `diskcache.Cache.get`
+        per key: the same rows and the same `diskcache.Disk.fetch`, a fraction of the cost.
+        Takes the public path, key by key, whenever this store is not one it can read so
+        (statistics on, an eviction policy that updates rows on reads, a custom ``Disk``).
+        """
         try:
-            self._open().delete(key, retry=True)
+            plain = (
+                type(store._disk) is diskcache.Disk
+                and not store.statistics
+                and diskcache.core.EVICTION_POLICY[store.eviction_policy]["get"] is None
+            )
+            sql, fetch = store._sql, store._disk.fetch
+        except (AttributeError, KeyError, TypeError):  # another diskcache than 5.x
+            plain = False
+        if not plain:
+            with store.transact(retry=True):
+                return [store.get(key, default=_ABSENT, retry=True) for key in keys]
+        now = time.time()
+        found: dict[str, object] = {}
+        unique = list(dict.fromkeys(keys)) if len(keys) > 1 else list(keys)
+        for start in range(0, len(unique), _CHUNK):
+            chunk = unique[start : start + _CHUNK]
+            rows = sql(_select(len(chunk)), (*chunk, now)).fetchall()
+            for key, mode, filename, value in rows:
+                try:
+                    found[key] = fetch(mode, filename, value, False)
+                except OSError:
+                    pass  # its file went away (deleted or evicted meanwhile): absent
+        get = found.get
+        return [get(key, _ABSENT) for key in keys]
+
+    def _discard_damaged(self, keys: Collection[str]) -> None:
+        """Delete damaged entries (best effort: they stay misses either way) and say so."""
+        try:
+            store = self._open()
+            with store.transact(retry=True):
+                for key in keys:
+                    store.delete(key, retry=True)
         except Exception:
-            pass  # best effort: it stays a miss either way
+            pass
+        what = (
+            "A damaged cache entry (a truncated or garbled value, or an entry written by an "
+            "older version) was found in {path!r}; it was deleted and will be recomputed."
+            if len(keys) == 1
+            else "Damaged cache entries (truncated or garbled values, or entries written by "
+            "an older version) were found in {path!r}; they were deleted and will be recomputed."
+        )
+        warnings.warn(what.format(path=str(self.path)), CacheWarning, stacklevel=3)
 
     def _warn_io(self, action: str, exc: Exception) -> None:
         msg = f"Could not {action} the cache at {str(self.path)!r} ({exc!r}); going on without it."
@@ -284,15 +339,50 @@ def _close_quietly(store: diskcache.Cache) -> None:
         pass  # closing at garbage collection is best effort
 
 
-def _encode(value: object) -> object:
-    """What goes into diskcache: plain str, int and finite floats as they are (SQLite
-    holds them natively, no pickling either way); everything else pickled to bytes."""
-    t = type(value)
-    if t is str or (t is int and -(2**63) <= value < 2**63):  # type: ignore[operator]
-        return value
-    if t is float and value == value:  # NaN would come back as NULL
-        return value
-    return _dumps(value)
+# --- the frame of a stored value: magic and version, blake2b digest, pickled payload -----
+
+_MAGIC: Final = b"HNC\x01"
+_DIGEST_SIZE: Final = 16
+_HEAD: Final = len(_MAGIC) + _DIGEST_SIZE
+_DAMAGED: Final = object()  # what _decode returns for an entry that is not a sound frame
+_CHUNK: Final = 500  # keys per SELECT (SQLite takes at least 999 parameters)
+_blake2b = hashlib.blake2b
+
+
+@functools.cache
+def _select(n: int) -> str:
+    # str keys are stored as they are with raw = 1 (diskcache.Disk.put)
+    return (
+        "SELECT key, mode, filename, value FROM Cache WHERE key IN ({}) AND raw = 1"
+        " AND (expire_time IS NULL OR expire_time > ?)".format(",".join("?" * n))
+    )
+
+
+def _encode(value: object) -> bytes | None:
+    """The frame stored for a value, or None (and a warning) when it cannot be pickled."""
+    payload = _dumps(value)
+    if payload is None:
+        return None
+    return _MAGIC + _blake2b(payload, digest_size=_DIGEST_SIZE).digest() + payload
+
+
+def _decode(blob: object) -> object:
+    """The value in a stored frame; `MISS` for an absent entry or one this process cannot
+    unpickle (a class it cannot import: unreadable here, not damaged); `_DAMAGED` for
+    anything else that is not a sound frame."""
+    if type(blob) is not bytes:
+        return MISS if blob is _ABSENT else _DAMAGED  # older versions stored natives
+    if blob[:4] != _MAGIC:
+        return _DAMAGED
+    payload = blob[_HEAD:] if len(blob) < 4096 else memoryview(blob)[_HEAD:]
+    if _blake2b(payload, digest_size=_DIGEST_SIZE).digest() != blob[4:_HEAD]:
+        return _DAMAGED
+    try:
+        return pickle.loads(payload)
+    except (ImportError, AttributeError):
+        return MISS
+    except Exception:
+        return _DAMAGED
 
 
 def _dumps(value: object) -> bytes | None:

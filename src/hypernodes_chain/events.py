@@ -147,14 +147,6 @@ class EventBus:
         self.active = bool(self.subscribers)
         self.error: CallbackError | None = None  # set once a subscriber has raised
 
-    def subscribe(self, subscriber: Subscriber) -> None:
-        self.subscribers.append(subscriber)
-        self.active = True
-
-    def unsubscribe(self, subscriber: Subscriber) -> None:
-        self.subscribers.remove(subscriber)
-        self.active = bool(self.subscribers)
-
     def publish(self, event: Event) -> None:
         if self.error is not None:
             self._deliver_failed(event, iter(self.subscribers), self.error, again=True)

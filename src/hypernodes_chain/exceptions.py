@@ -20,9 +20,15 @@ mistake, so ``except ValueError`` keeps working around graph construction::
 
     CacheWarning                         (UserWarning) a value that cannot be hashed or stored
     ResumeWarning                        (UserWarning) resume found damaged shards to redo
+
+Every error pickles (they travel back from Dask workers) with its message and fields;
+as for any pickled exception, ``__cause__``, ``__context__`` and ``__traceback__`` are
+dropped, so the chained node error does not arrive with a `NodeError`.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 __all__ = [
     "CacheWarning",
@@ -95,6 +101,20 @@ class NodeError(HypernodesError, RuntimeError):
         self.node = node
         self.index = index
         self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # the default reduce calls ``cls(*args)``, which lacks the keyword-only ``node``;
+        # like every pickled exception, it arrives without __cause__ and __traceback__
+        fields = {"node": self.node, "index": self.index, "path": self.path}
+        return (_restore_node_error, (type(self), self.args, fields), self.__dict__)
+
+
+def _restore_node_error(
+    cls: type[NodeError], args: tuple[Any, ...], fields: dict[str, Any]
+) -> NodeError:
+    error = cls(args[0] if args else "", **fields)
+    error.args = args
+    return error
 
 
 class InterruptError(HypernodesError, RuntimeError):

@@ -7,7 +7,7 @@ into another graph with `as_node`, but it never executes anything.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from . import _types
 from .exceptions import CycleError, DuplicateOutputError, GraphTypeError
@@ -86,6 +86,11 @@ class Graph:
     def __setattr__(self, key: str, value: object) -> None:
         msg = f"Graph is immutable; cannot set {key!r} (build a new Graph instead)"
         raise AttributeError(msg)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # rebuilt (and validated again) from its nodes, which are in topological order:
+        # the stable sort gives that same order back
+        return (type(self), (self.nodes, self.name))
 
     def producer_of(self, output: str) -> Node[..., Any] | None:
         """The node that produces ``output`` (None for a root input)."""
@@ -191,6 +196,11 @@ class GraphNode(Node[..., Any]):
     def hints(self) -> dict[str, Any]:
         return {}
 
+    def fingerprint_parts(self) -> list[tuple[str, Any]]:
+        """A nested graph changes when its wiring or any inner node changes."""
+        wiring = ("graph", self.outputs, self.map_over, sorted(self.input_map.items()))
+        return [("value", wiring), *(("node", inner) for inner in self.graph.nodes)]
+
     def output_type(self, output: str) -> Any:
         if self.map_over:
             return list
@@ -205,6 +215,10 @@ class GraphNode(Node[..., Any]):
         types_ = [n.input_type(inner) for n in self.graph.nodes if inner in n.inputs]
         return types_[0] if len(types_) == 1 else Any
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        state = (self.name, self.map_over, self.input_map, self.output_map, self.outputs)
+        return (_restore_graph_node, (type(self), self.graph, *state))
+
     def _not_callable(self, *args: Any, **kwargs: Any) -> Any:
         msg = f"graph node {self.name!r} is not callable; run its graph with a runner"
         raise TypeError(msg)
@@ -216,6 +230,42 @@ class GraphNode(Node[..., Any]):
         return (
             f"<GraphNode {self.name}({', '.join(self.inputs)}) -> {', '.join(self.outputs)}{over}>"
         )
+
+
+def _restore_graph_node(
+    cls: type[GraphNode],
+    graph: Graph,
+    name: str,
+    map_over: tuple[str, ...],
+    input_map: dict[str, str],
+    output_map: dict[str, str],
+    outputs: tuple[str, ...],
+) -> GraphNode:
+    outer_inputs = list(input_map.values())
+    if (
+        len(set(outer_inputs)) == len(outer_inputs)
+        and set(map_over) <= set(outer_inputs)
+        and tuple(output_map.values()) == outputs
+    ):
+        # what `as_node` builds: its arguments can be read back from the mappings
+        return cls(
+            graph,
+            name=name,
+            map_over=map_over,
+            input_mapping={outer: inner for inner, outer in input_map.items() if outer != inner},
+            output_mapping=output_map,
+        )
+    # a `rename`d copy: rename a fresh node the same way (rename leaves map_over as it was)
+    base = cls(graph, name=name, output_mapping=output_map)
+    new = cast(
+        GraphNode,
+        base.rename(
+            inputs={inner: outer for inner, outer in input_map.items() if outer != inner},
+            outputs=dict(zip(base.outputs, outputs)),
+        ),
+    )
+    new.map_over = map_over
+    return new
 
 
 def _topological(

@@ -27,9 +27,11 @@ import functools
 import hashlib
 import inspect
 import io
+import os
 import pathlib
 import struct
 import sys
+import sysconfig
 import textwrap
 import threading
 import types
@@ -41,7 +43,7 @@ from typing import Any
 
 from hypernodes_chain.exceptions import CacheWarning
 
-__all__ = ["code_fingerprint", "combine", "fingerprint"]
+__all__ = ["code_fingerprint", "code_identity", "combine", "fingerprint", "refs_current"]
 
 _MAX_DEPTH = 64
 _blake2b = hashlib.blake2b
@@ -422,18 +424,27 @@ def combine(*parts: str) -> str:
     return _blake2b("|".join(parts).encode(), digest_size=16).hexdigest()
 
 
-_code_memo: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+Ref = tuple[dict[str, Any], str, object]
+"""A name a code fingerprint followed: (the namespace, the name, the object it held)."""
+
+_code_memo: weakref.WeakKeyDictionary[Any, tuple[str, tuple[Ref, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
 _BUILTIN_CALLABLES = (types.BuiltinFunctionType, types.WrapperDescriptorType,
                       types.MethodWrapperType, types.MethodDescriptorType)  # fmt: skip
 
 
 def code_fingerprint(func: Callable[..., Any]) -> str:
-    """Hash of a function's code: its dedented source and its qualified name.
+    """Hash of a function's code: its dedented source and its qualified name, and the code
+    of the user functions it calls by name.
 
     Editing the body changes it; moving or re-indenting the function does not. Without
     source (a lambda typed into a REPL, ``exec``'d code) the bytecode, its constants and
-    names are hashed instead; builtins hash as module and qualified name. Memoised per
-    function object.
+    names are hashed instead; builtins hash as module and qualified name. Editing a helper
+    the function calls (a global function, or ``module.function`` of a user module, up to
+    4 calls deep) changes it too; functions of the standard library, of installed packages
+    and of hypernodes_chain are not followed. Memoised per function object; the memo is
+    dropped when a followed name is rebound (a helper redefined in a notebook).
 
     Parameters
     ----------
@@ -445,16 +456,220 @@ def code_fingerprint(func: Callable[..., Any]) -> str:
     -------
     A 32-character hex string.
     """
+    return code_identity(func)[0]
+
+
+def code_identity(func: Callable[..., Any]) -> tuple[str, tuple[Ref, ...]]:
+    """`code_fingerprint` and the names it followed to reach helper functions.
+
+    The fingerprint stays valid while `refs_current` holds for the refs (an empty tuple for
+    a function that calls no user helper); a memo built on it must check that on each hit.
+    """
     try:
-        return _code_memo[func]
+        entry = _code_memo[func]
     except (KeyError, TypeError):  # TypeError: not weak-referenceable or not hashable
         pass
-    fp = _blake2b(_code_bytes(func), digest_size=16).hexdigest()
+    else:
+        if not entry[1] or refs_current(entry[1]):
+            return entry
+    own = _code_bytes(func)
+    root = _root_function(func)
+    helpers, refs = _helpers(root) if root is not None else (b"", ())
+    fp = _blake2b(own + helpers, digest_size=16).hexdigest()
+    entry = (fp, refs)
     try:
-        _code_memo[func] = fp
+        _code_memo[func] = entry
     except TypeError:
         pass
-    return fp
+    return entry
+
+
+def refs_current(refs: tuple[Ref, ...]) -> bool:
+    """Whether every followed name still holds the object it held (see `code_identity`)."""
+    for namespace, name, obj in refs:  # noqa: SIM110 (a loop beats all() on this hot path)
+        if namespace.get(name, _NOTHING) is not obj:
+            return False
+    return True
+
+
+# --- helpers a function calls by name -----------------------------------------------------
+
+_HELPER_DEPTH = 4  # calls deep: node -> helper -> helper -> helper -> helper
+_MODULE_DEPTH = 2  # pkg.mod.func
+_NOTHING = object()
+_LRU_WRAPPER = type(functools.lru_cache(maxsize=None)(lambda: None))
+_own_memo: weakref.WeakKeyDictionary[types.FunctionType, bytes] = weakref.WeakKeyDictionary()
+_user_paths: dict[str, bool] = {}
+_PACKAGE = "hypernodes_chain"
+
+
+def _root_function(func: Any) -> types.FunctionType | None:
+    """The Python function whose code runs when ``func`` is called, if there is one."""
+    for _ in range(8):
+        if isinstance(func, types.FunctionType):
+            return func
+        if isinstance(func, functools.partial):
+            func = func.func
+        elif isinstance(func, types.MethodType):
+            func = func.__func__
+        elif isinstance(func, (type, *_BUILTIN_CALLABLES)):
+            return None
+        else:  # a callable object: its class's __call__
+            call = next((k.__dict__["__call__"] for k in type(func).__mro__
+                         if "__call__" in k.__dict__), None)  # fmt: skip
+            return call if isinstance(call, types.FunctionType) else None
+    return None
+
+
+def _helpers(func: types.FunctionType) -> tuple[bytes, tuple[Ref, ...]]:
+    """The code of the user functions ``func`` reaches by name (breadth first, at most
+    `_HELPER_DEPTH` calls deep, each function once), and the names followed to them."""
+    seen = {id(func)}
+    found: set[bytes] = set()
+    refs: dict[tuple[int, str], Ref] = {}
+    frontier = [func]
+    for _ in range(_HELPER_DEPTH):
+        reached: list[types.FunctionType] = []
+        for f in frontier:
+            names = _global_names(f.__code__)
+            if not names:
+                continue
+            for label, target in _follow(f.__globals__, names, "", _MODULE_DEPTH, refs):
+                found.add(_str_bytes(label) + _own_digest(target))
+                if id(target) not in seen:
+                    seen.add(id(target))
+                    reached.append(target)
+        if not reached:
+            break
+        frontier = reached
+    if not found:
+        return b"", ()
+    return b"H" + b"".join(sorted(found)), tuple(refs.values())
+
+
+def _follow(
+    namespace: dict[str, Any],
+    names: tuple[str, ...],
+    prefix: str,
+    module_depth: int,
+    refs: dict[tuple[int, str], Ref],
+) -> list[tuple[str, types.FunctionType]]:
+    """The user functions that ``names`` reach in ``namespace`` (a function's globals, or a
+    user module's dict for ``module.name``), recording each name followed in ``refs``."""
+    out: list[tuple[str, types.FunctionType]] = []
+    get = namespace.get
+    for name in names:
+        obj = get(name, _NOTHING)
+        if obj is _NOTHING:
+            continue
+        if isinstance(obj, types.ModuleType):
+            if module_depth and _is_user_module(obj):
+                inner = _follow(vars(obj), names, f"{prefix}{name}.", module_depth - 1, refs)
+                if inner:
+                    refs[id(namespace), name] = (namespace, name, obj)
+                    out += inner
+            continue
+        targets = _user_functions(obj)
+        if targets:
+            refs[id(namespace), name] = (namespace, name, obj)
+            out += [(prefix + name, t) for t in targets]
+    return out
+
+
+def _user_functions(obj: object) -> list[types.FunctionType]:
+    """``obj`` if it is a user function, and the user functions it wraps (``__wrapped__``
+    of ``functools.wraps`` decorators and of ``functools.cache``/``lru_cache``, the
+    function of a ``@node`` called as a helper)."""
+    out: list[types.FunctionType] = []
+    for _ in range(4):
+        t = type(obj)
+        if t is types.FunctionType:
+            if _is_user_function(obj):  # type: ignore[arg-type]
+                out.append(obj)  # type: ignore[arg-type]
+            obj = obj.__dict__.get("__wrapped__")
+        elif t is _LRU_WRAPPER:
+            obj = obj.__wrapped__  # type: ignore[attr-defined]
+        elif t.__module__.startswith(_PACKAGE) and hasattr(obj, "__dict__"):
+            obj = vars(obj).get("func")  # a Node: its function
+        else:
+            break
+    return out
+
+
+def _global_names(code: types.CodeType) -> tuple[str, ...]:
+    """The names a code object (and the code nested in it: comprehensions, inner
+    functions, lambdas) loads from its globals or as attributes."""
+    names = code.co_names
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names += _global_names(const)
+    return tuple(dict.fromkeys(names)) if len(names) > 1 else names
+
+
+def _own_digest(func: types.FunctionType) -> bytes:
+    try:
+        return _own_memo[func]
+    except KeyError:
+        pass
+    digest = _digest(_code_bytes(func))
+    _own_memo[func] = digest
+    return digest
+
+
+def _is_user_function(func: types.FunctionType) -> bool:
+    """Whether ``func`` is the user's code, by the file it was defined in (for code without
+    a file: its module's file): not the standard library, not an installed package, not
+    hypernodes_chain. ``__main__``, notebooks and files without a module file are."""
+    module = func.__module__ or ""
+    if module == _PACKAGE or module.startswith(_PACKAGE + "."):
+        return False
+    filename = func.__code__.co_filename
+    if not filename.startswith("<"):
+        return _is_user_path(filename)
+    if filename.startswith("<frozen "):
+        return False  # frozen standard library modules (os, posixpath, ...)
+    if module == "__main__":
+        return True  # a notebook cell, a REPL line, python -c
+    path = vars(sys.modules[module]).get("__file__") if module in sys.modules else None
+    return not isinstance(path, str) or _is_user_path(path)
+
+
+def _is_user_module(module: types.ModuleType) -> bool:
+    name = module.__name__
+    if name == "__main__":
+        return True
+    if name == _PACKAGE or name.startswith(_PACKAGE + "."):
+        return False
+    path = vars(module).get("__file__")
+    return isinstance(path, str) and _is_user_path(path)  # builtin modules have no file
+
+
+def _is_user_path(path: str) -> bool:
+    known = _user_paths.get(path)
+    if known is None:
+        full = os.path.normcase(os.path.realpath(path))
+        parts = set(full.split(os.sep))
+        known = _user_paths[path] = not (
+            "site-packages" in parts
+            or "dist-packages" in parts
+            or any(full.startswith(root) for root in _library_roots())
+        )
+    return known
+
+
+@functools.cache
+def _library_roots() -> tuple[str, ...]:
+    """Folders of code that is not the user's: this interpreter's standard library and
+    package folders (of the environment and of its base installation), and this package."""
+    roots = {os.path.dirname(os.path.abspath(__file__))}
+    bases = {"base": sys.base_prefix, "platbase": sys.base_exec_prefix}
+    for paths in (sysconfig.get_paths(), sysconfig.get_paths(vars=bases)):
+        for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+            if key in paths:
+                roots.add(paths[key])
+    return tuple(
+        os.path.join(os.path.normcase(os.path.realpath(root)), "") for root in sorted(roots)
+    )
 
 
 def _code_bytes(func: Any) -> bytes:

@@ -16,6 +16,7 @@ import itertools
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from ._aio import run_coroutine, running_loop
 from .events import EventBus, InterruptEvent
 from .exceptions import InterruptError
 
@@ -69,7 +70,10 @@ class Scope:
         _SCOPE.reset(token)
 
     def _event(self, value: Any, name: str) -> InterruptEvent:
-        return InterruptEvent(self.path, f"int-{next(_ids)}", name, value, self.node, self.index)
+        return InterruptEvent(
+            path=self.path, id=f"int-{next(_ids)}", name=name, value=value, node=self.node,
+            index=self.index,
+        )  # fmt: skip
 
     def _announce(self, event: InterruptEvent) -> None:
         if self.bus is not None:
@@ -78,7 +82,7 @@ class Scope:
     def ask(self, value: Any, name: str) -> Any:
         """Answer from a thread (sync node): call the handler or wait for ``respond``."""
         handler = self.handlers.get(name) if self.handlers else None
-        on_loop_thread = self.loop is not None and _running_loop() is self.loop
+        on_loop_thread = self.loop is not None and running_loop() is self.loop
         if handler is not None:
             self._announce(self._event(value, name))
             answer = handler(value)
@@ -116,23 +120,14 @@ class Scope:
         raise _no_answer(name)
 
     def _resolve(self, awaitable: Any) -> Any:
-        if self.loop is not None and _running_loop() is None:
+        if self.loop is not None and running_loop() is None:
             # a worker thread of an AsyncRunner: run the async handler on the runner's loop
             return asyncio.run_coroutine_threadsafe(_await(awaitable), self.loop).result()
-        from .runners._calls import run_coroutine  # late: interrupts sit below the runners
-
         return run_coroutine(_await(awaitable))
 
 
 async def _await(awaitable: Any) -> Any:
     return await awaitable
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 def _no_answer(name: str) -> InterruptError:

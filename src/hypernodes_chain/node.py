@@ -7,7 +7,9 @@ exceptions, so a graph can be defined without pulling in runners, caches or engi
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
+import sys
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
@@ -179,6 +181,44 @@ class Node(Generic[P, R]):
             new.name = name
         return new
 
+    # -- pickling ---------------------------------------------------------------
+    def __reduce__(self) -> tuple[Any, ...]:
+        # rebuilt through the constructor (then `rename`), so signature-derived fields and
+        # the cached type hints are derived again on the other side
+        func = _picklable_func(self.func)
+        if type(self).__init__ is not Node.__init__:
+            # a subclass with a constructor of its own: its fields as they are
+            state = {k: v for k, v in self.__dict__.items() if k not in _NOT_PICKLED}
+            wrapped = self.__dict__.get("__wrapped__") is self.func
+            return (_restore_fields, (type(self), func, state, wrapped))
+        init = {
+            "output_name": self.output_name,
+            "name": self.name,
+            "cache": self.cache,
+            "batch": self.batch,
+        }
+        renamed = {p: n for p, n in self.input_map.items() if p != n}
+        return (_restore_node, (type(self), func, init, renamed))
+
+    # -- what makes its results what they are --------------------------------------
+    def fingerprint_parts(self) -> list[tuple[str, Any]]:
+        """The parts of this node's cache identity, for the runners to hash.
+
+        Each is ``("code", function)`` (its source, and the user helpers it calls),
+        ``("value", object)`` (hashed by content) or ``("node", inner_node)``. A node kind
+        with more to it (an LLM node: engine, sampling, schema) extends the list.
+        """
+        func = self.func
+        parts: list[tuple[str, Any]] = [("code", func), ("value", self.outputs)]
+        for cell in getattr(func, "__closure__", None) or ():
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            parts.append(("code", value) if callable(value) else ("value", value))
+        parts.append(("value", sorted(self.defaults.items())))
+        return parts
+
     # -- behaving like the function ---------------------------------------------
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.func(*args, **kwargs)
@@ -193,6 +233,95 @@ class Node(Generic[P, R]):
         ins = ", ".join(self.inputs)
         outs = ", ".join(self.outputs)
         return f"<Node {self.name}({ins}) -> {outs}>"
+
+
+class _FunctionOfNode:
+    """Stands in for a function that pickle cannot name: ``@node`` rebinds its module-level
+    name to the `Node`, so the function is reached as ``module.qualname.func`` instead."""
+
+    def __init__(self, module: str, qualname: str) -> None:
+        self.module = module
+        self.qualname = qualname
+
+    def resolve(self) -> Callable[..., Any]:
+        found = _lookup(importlib.import_module(self.module), self.qualname)
+        if not isinstance(found, Node):
+            msg = f"{self.module}.{self.qualname} is no longer a node, cannot unpickle its function"
+            raise TypeError(msg)
+        func: Callable[..., Any] = found.func
+        return func
+
+
+def _picklable_func(func: Callable[..., Any]) -> Callable[..., Any] | _FunctionOfNode:
+    """``func``, or a reference to it when it is the function of a module-level ``@node``.
+
+    The reference is used exactly where cloudpickle would pickle a plain function by
+    reference (an importable module other than ``__main__``, not registered to travel by
+    value); elsewhere the function is kept, which cloudpickle sends by value and pickle
+    cannot send at all (``@node`` functions defined in ``__main__``).
+    """
+    module = getattr(func, "__module__", None)
+    qualname = getattr(func, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str) or "<locals>" in qualname:
+        return func
+    if module == "__main__" or module not in sys.modules or _pickled_by_value(module):
+        return func
+    try:
+        found = _lookup(sys.modules[module], qualname)
+    except AttributeError:
+        return func
+    if isinstance(found, Node) and found.func is func:
+        return _FunctionOfNode(module, qualname)
+    return func
+
+
+def _lookup(module: object, qualname: str) -> Any:
+    found: Any = module
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found
+
+
+def _pickled_by_value(module: str) -> bool:
+    """Whether cloudpickle was told to send ``module`` (or a package above it) by value."""
+    cloudpickle = sys.modules.get("cloudpickle")
+    registered = getattr(cloudpickle, "list_registry_pickle_by_value", None)
+    if registered is None:
+        return False
+    return any(module == m or module.startswith(m + ".") for m in registered())
+
+
+def _restore_node(
+    cls: type[Node[..., Any]],
+    func: Callable[..., Any] | _FunctionOfNode,
+    init: dict[str, Any],
+    renamed: dict[str, str],
+) -> Node[..., Any]:
+    if isinstance(func, _FunctionOfNode):
+        func = func.resolve()
+    new = cls(func, **init)
+    # at construction each input is named after its parameter, so these keys are inputs
+    return new.rename(inputs=renamed) if renamed else new
+
+
+_NOT_PICKLED = frozenset({"func", "__wrapped__", "hints", "item_params"})
+"""Fields `_restore_fields` sets from the function, or that are derived again on use."""
+
+
+def _restore_fields(
+    cls: type[Node[..., Any]],
+    func: Callable[..., Any] | _FunctionOfNode,
+    state: dict[str, Any],
+    wrapped: bool,
+) -> Node[..., Any]:
+    if isinstance(func, _FunctionOfNode):
+        func = func.resolve()
+    new = cls.__new__(cls)
+    new.__dict__.update(state)
+    new.func = func
+    if wrapped:
+        new.__dict__["__wrapped__"] = func
+    return new
 
 
 @overload

@@ -9,8 +9,9 @@ from __future__ import annotations
 import difflib
 import operator
 import weakref
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .exceptions import MissingInputError, UnknownInputError
@@ -41,10 +42,12 @@ class Plan:
     steps: tuple[Step, ...]
     outputs: tuple[str, ...]
     given: frozenset[str]
-    roots: tuple[str, ...]  # given names that some step (or an output) reads
     n_deps: tuple[int, ...]  # per step: how many earlier steps it waits for
     dependents: tuple[tuple[int, ...], ...]  # per step: the steps that wait for it
     simple: bool  # every step is a plain function with one output (inline-able)
+    readers: Mapping[str, int]  # value name -> how many steps read it (its last use)
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    """Scratch space of the execution layer (its choices per step), kept with the plan."""
 
 
 _MEMO: weakref.WeakKeyDictionary[Graph, dict[Any, Plan]] = weakref.WeakKeyDictionary()
@@ -104,7 +107,6 @@ def _build(graph: Graph, outputs: tuple[str, ...] | None, given: frozenset[str])
 
     selected: set[int] = set()
     missing: dict[str, list[str]] = {}
-    used_roots: set[str] = set()
     stack = list(wanted)
     seen: set[str] = set()
     while stack:
@@ -113,7 +115,6 @@ def _build(graph: Graph, outputs: tuple[str, ...] | None, given: frozenset[str])
             continue
         seen.add(name)
         if name in given:
-            used_roots.add(name)
             continue
         producer = graph.producer_of(name)
         if producer is None:
@@ -136,7 +137,6 @@ def _build(graph: Graph, outputs: tuple[str, ...] | None, given: frozenset[str])
         raise MissingInputError(msg)
     available = given | {o for n in graph.nodes if id(n) in selected for o in n.outputs}
     steps = tuple(_step(n, available) for n in graph.nodes if id(n) in selected)
-    roots = tuple(sorted(used_roots))
     made_by = {o: i for i, st in enumerate(steps) for o in st.node.outputs}
     waits = [{made_by[s] for s in st.sources if s in made_by and s not in given} for st in steps]
     dependents = tuple(tuple(j for j, w in enumerate(waits) if i in w) for i in range(len(steps)))
@@ -145,10 +145,10 @@ def _build(graph: Graph, outputs: tuple[str, ...] | None, given: frozenset[str])
         steps=steps,
         outputs=tuple(wanted),
         given=given,
-        roots=roots,
         n_deps=tuple(len(w) for w in waits),
         dependents=dependents,
         simple=all(st.plain and st.output is not None for st in steps),
+        readers=dict(Counter(s for st in steps for s in st.sources)),
     )
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import warnings
 
 import pytest
 
@@ -262,7 +263,8 @@ def test_corrupt_entry_is_a_miss(tmp_path):
     raw = cache._open()
     for key in list(raw.iterkeys()):
         raw[key] = b"\x80\x05garbage"
-    assert Runner(cache=cache).run(graph, {"x": 1}) == {"a": 2, "b": 4}
+    with pytest.warns(CacheWarning, match="damaged"):
+        assert Runner(cache=cache).run(graph, {"x": 1}) == {"a": 2, "b": 4}
     assert calls == {"a": 2, "b": 2}
 
 
@@ -304,3 +306,173 @@ def test_disk_cache_shared_by_two_processes(tmp_path):
     second = run([2, 3, 4])
     assert first == {"out": [1, 4, 9], "computed": [1, 2, 3]}
     assert second == {"out": [4, 9, 16], "computed": [4]}
+
+
+# --- damaged entries on disk: a miss, recomputed, with one warning ----------------------
+
+
+def _cache_warnings(record):
+    return [w for w in record if issubclass(w.category, CacheWarning)]
+
+
+@pytest.mark.parametrize(
+    "make_value",
+    [
+        lambda x: "s" * 40_000 + str(x),  # a str of 32 KiB or more: its own file
+        lambda x: b"b" * 40_000 + bytes([x]),  # bytes, likewise
+        lambda x: [f"item {i}" for i in range(5_000)] + [x],  # a big pickle
+    ],
+    ids=["str", "bytes", "pickle"],
+)
+@pytest.mark.parametrize("damage", ["truncate", "garble"])
+def test_a_damaged_value_file_is_recomputed_with_one_warning(tmp_path, make_value, damage):
+    calls = []
+
+    @node(output_name="big")
+    def make_big(x: int) -> object:
+        calls.append(x)
+        return make_value(x)
+
+    folder = tmp_path / "c"
+    graph = Graph([make_big])
+    expected = {"big": make_value(7)}
+    assert Runner(cache=DiskCache(folder)).run(graph, {"x": 7}) == expected
+    files = [p for p in folder.rglob("*") if p.is_file() and p.suffix == ".val"]
+    assert len(files) == 1, files  # diskcache wrote the value to a file of its own
+    data = files[0].read_bytes()
+    if damage == "truncate":
+        files[0].write_bytes(data[: len(data) // 2])
+    else:  # same length, plausible bytes: only a checksum tells
+        mid = len(data) // 2
+        files[0].write_bytes(data[:mid] + b"zz" + data[mid + 2 :])
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert Runner(cache=DiskCache(folder)).run(graph, {"x": 7}) == expected
+    assert calls == [7, 7]  # recomputed, not served damaged
+    found = _cache_warnings(record)
+    assert len(found) == 1, [str(w.message) for w in found]
+    assert "damaged" in str(found[0].message) and "recomputed" in str(found[0].message)
+    # the recomputed value was stored again, intact
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Runner(cache=DiskCache(folder)).run(graph, {"x": 7}) == expected
+    assert calls == [7, 7]
+
+
+def test_a_damaged_value_file_in_map_is_recomputed_with_one_warning(tmp_path):
+    calls = []
+
+    @node(output_name="big")
+    def make_big(x: int) -> str:
+        calls.append(x)
+        return "m" * 40_000 + str(x)
+
+    folder = tmp_path / "c"
+    graph = Graph([make_big])
+    Runner(cache=DiskCache(folder)).map(graph, {"x": [1, 2, 3]}, map_over="x")
+    files = sorted(p for p in folder.rglob("*.val"))
+    assert len(files) == 3
+    files[1].write_bytes(files[1].read_bytes()[:100])
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        out = Runner(cache=DiskCache(folder)).map(graph, {"x": [1, 2, 3]}, map_over="x")
+    assert [r["big"] for r in out] == ["m" * 40_000 + str(x) for x in (1, 2, 3)]
+    assert len(calls) == 4
+    assert len(_cache_warnings(record)) == 1
+
+
+# --- editing a helper a node calls invalidates the node ---------------------------------
+
+HELPER_PIPELINE = """
+from hypernodes_chain import node
+
+CALLS = []
+
+
+def helper(x):
+    return x * {factor}
+
+
+@node(output_name="g4")
+def g4(x: int) -> int:
+    CALLS.append(x)
+    return helper(x)
+
+
+@node(output_name="plus")
+def plus(g4: int) -> int:
+    return g4 + 1
+"""
+
+
+def test_editing_a_helper_in_its_file_invalidates_the_node(tmp_path):
+    """The file is edited between two runs of a script (fresh processes)."""
+    pipeline = tmp_path / "helper_pipeline.py"
+    script = tmp_path / "job.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import json, sys
+            sys.path.insert(0, {str(tmp_path)!r})
+            from hypernodes_chain import DiskCache, Graph, Runner
+            import helper_pipeline as p
+
+            out = Runner(cache=DiskCache({str(tmp_path / "cache")!r})).run(
+                Graph([p.g4, p.plus]), {{"x": 1}}
+            )
+            print(json.dumps({{"out": out, "computed": p.CALLS}}))
+            """
+        )
+    )
+    import json
+
+    def run(factor):
+        pipeline.write_text(HELPER_PIPELINE.format(factor=factor))
+        env = {**__import__("os").environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        done = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, check=True, env=env
+        )
+        return json.loads(done.stdout)
+
+    assert run(10) == {"out": {"g4": 10, "plus": 11}, "computed": [1]}
+    assert run(10) == {"out": {"g4": 10, "plus": 11}, "computed": []}  # cached
+    assert run(20) == {"out": {"g4": 20, "plus": 21}, "computed": [1]}  # recomputed
+
+
+def test_editing_a_helper_invalidates_the_node_under_a_fresh_module_name(tmp_path):
+    cache = DiskCache(tmp_path / "cache")
+    results = []
+    for version, factor in enumerate([10, 10, 20]):
+        path = tmp_path / f"helper_mod_{version}.py"
+        path.write_text(HELPER_PIPELINE.format(factor=factor))
+        mod = _load_module(path, f"helper_mod_{version}")
+        out = Runner(cache=cache).run(Graph([mod.g4, mod.plus]), {"x": 1})
+        results.append((out, list(mod.CALLS)))
+    assert results == [
+        ({"g4": 10, "plus": 11}, [1]),
+        ({"g4": 10, "plus": 11}, []),
+        ({"g4": 20, "plus": 21}, [1]),
+    ]
+
+
+@pytest.mark.parametrize("kind", ["memory", "disk"])
+def test_redefining_a_helper_in_the_same_process_invalidates_the_node(tmp_path, kind):
+    """A notebook: the cell defining `helper` runs again; the node object stays the same."""
+    path = tmp_path / "notebook_like.py"
+    path.write_text(HELPER_PIPELINE.format(factor=10))
+    mod = _load_module(path, "notebook_like")
+    cache = MemoryCache() if kind == "memory" else DiskCache(tmp_path / "cache")
+    runner = Runner(cache=cache)
+    graph = Graph([mod.g4, mod.plus])
+    nested = Graph([Graph([mod.g4], name="inner").as_node(name="sub"), mod.plus])
+    assert runner.run(graph, {"x": 1}) == {"g4": 10, "plus": 11}
+    assert runner.run(nested, {"x": 1}) == {"g4": 10, "plus": 11}
+    assert runner.map(graph, {"x": [1, 2]}, map_over="x")[1] == {"g4": 20, "plus": 21}
+    assert mod.CALLS == [1, 2]
+    exec("def helper(x):\n    return x * 20\n", vars(mod))
+    assert runner.run(graph, {"x": 1}) == {"g4": 20, "plus": 21}
+    assert runner.run(nested, {"x": 1}) == {"g4": 20, "plus": 21}
+    assert runner.map(graph, {"x": [1, 2]}, map_over="x")[1] == {"g4": 40, "plus": 41}
+    assert mod.CALLS == [1, 2, 1, 2]
+    assert runner.run(graph, {"x": 1}) == {"g4": 20, "plus": 21}  # and cached again
+    assert mod.CALLS == [1, 2, 1, 2]

@@ -1,4 +1,4 @@
-"""Runners execute graphs; they share one core (`_core`) and differ only in scheduling."""
+"""Runners execute graphs; they share one core (`_flows`) and differ only in their driver."""
 
 from .async_runner import AsyncRunner
 from .graph_run import GraphRun

@@ -14,8 +14,9 @@ from ..events import EventBus, Subscriber
 from ..exceptions import MapInputError, UnknownInputError
 from ..graph import Graph
 from ..plan import build_plan
-from ._core import Context, Flow, item_flow
+from ._flows import item_flow
 from ._map import map_flow, normalize_map_over
+from ._work import Context, Flow, Local, Settings
 
 __all__ = ["BaseRunner"]
 
@@ -27,6 +28,7 @@ class BaseRunner:
     """Settings and flow construction shared by all runners."""
 
     _inline = False  # may the core call plain functions itself? (only a serial sync runner)
+    _in_flight = 1  # batches of a map out at once
 
     def __init__(
         self,
@@ -41,9 +43,8 @@ class BaseRunner:
             callbacks = [callbacks]
         self.callbacks: list[Subscriber] = list(callbacks)
         self.engines = engines
-        self._default_ctx = Context(
-            cache=cache, bus=EventBus(self.callbacks), engines=engines, inline=self._inline
-        )
+        self._quiet = Local(inline=self._inline)  # no subscriber: shared, nothing to fail
+        self._settings = Settings(cache=cache, engines=engines)
 
     def _context(
         self,
@@ -54,25 +55,24 @@ class BaseRunner:
         loop: Any = None,
         extra: Sequence[Subscriber] = (),
     ) -> Context:
-        if (
-            handlers is None
-            and on_error == "raise"
-            and session is None
-            and loop is None
-            and not extra
-            and not self._default_ctx.bus.active
-        ):
-            return self._default_ctx  # the common case pays for no new objects
-        return Context(
-            cache=self.cache,
-            bus=EventBus([*self.callbacks, *extra]),
-            engines=self.engines,
+        """The context of one run or map, from the runner's settings as they are now
+        (a callback appended or a cache set after construction counts)."""
+        settings = self._settings
+        if settings.cache is not self.cache or settings.engines is not self.engines:
+            settings = self._settings = Settings(cache=self.cache, engines=self.engines)
+        if on_error != settings.on_error:
+            settings = Settings(cache=self.cache, on_error=on_error, engines=self.engines)
+        quiet = handlers is None and session is None and loop is None and not extra
+        if quiet and not self.callbacks:
+            return Context(settings, self._quiet)  # the common case: nothing new to build
+        local = Local(
+            bus=EventBus([*self.callbacks, *extra]),  # a fresh bus: a failed one stays failed
             handlers=handlers,
-            on_error=on_error,
-            inline=self._inline,
             session=session,
             loop=loop,
+            inline=self._inline,
         )
+        return Context(settings, local)
 
     def _run_flow(
         self,
@@ -105,7 +105,16 @@ class BaseRunner:
         _check_map_args(inputs, over, map_mode, batch_size, on_error)
         plan = build_plan(graph, output_name, inputs)
         ctx = self._context(handlers, on_error, **context)
-        return map_flow(plan, inputs, over, map_mode, ctx, batch_size=batch_size, writer=writer)
+        return map_flow(
+            plan,
+            inputs,
+            over,
+            map_mode,
+            ctx,
+            batch_size=batch_size,
+            writer=writer,
+            in_flight=self._in_flight,
+        )
 
 
 def _check_graph(graph: object) -> None:

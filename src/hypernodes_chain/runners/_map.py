@@ -1,9 +1,11 @@
-"""The core's map flow: lazy items, batches, results in order, writer hand-off.
+"""The core's map flow: lazy items, batches as tasks, results in order, writer hand-off.
 
-`map_flow` consumes the ``map_over`` iterables lazily (zip or cartesian product),
-cuts them into batches, runs each batch through `batch_flow`, and then either yields
-a `BatchRows` (for ``map`` returning a list and for ``imap``) or hands the batch to
-the writer. Memory stays O(batch_size) whenever results go to a writer or ``imap``.
+`map_flow` consumes the ``map_over`` iterables lazily (zip or cartesian product), cuts
+them into batches and yields each as a `BatchTask`, keeping up to ``in_flight`` of them
+out at once; the driver runs them (in place, or elsewhere) and sends them back in any
+order. Finished batches leave in input order: as `BatchRows` (for ``map`` returning a
+list and for ``imap``) or to the writer. Memory stays O(in_flight x batch_size) whenever
+results go to a writer or ``imap``.
 """
 
 from __future__ import annotations
@@ -19,19 +21,10 @@ from ..events import BatchFinished, MapFinished, MapStarted
 from ..exceptions import MapInputError
 from ..plan import Plan
 from ..results import ItemFailure, MapResult
-from ._batch import batch_flow
-from ._core import Context, Flow, node_fingerprint
+from ._keys import node_fingerprint
+from ._work import BatchRows, BatchTask, Context, Flow
 
-__all__ = ["BatchRows", "map_batches", "map_flow"]
-
-
-class BatchRows:
-    """One finished batch, yielded by `map_flow` when there is no writer."""
-
-    __slots__ = ("rows",)
-
-    def __init__(self, rows: list[Any]) -> None:
-        self.rows = rows
+__all__ = ["map_batches", "map_flow", "normalize_map_over"]
 
 
 def _length(values: object) -> int | None:
@@ -130,8 +123,14 @@ def map_flow(
     *,
     batch_size: int,
     writer: Any = None,
+    in_flight: int = 1,
 ) -> Flow:
-    """Run ``plan`` over every item; yields calls and `BatchRows`, returns `MapResult`."""
+    """Run ``plan`` over every item: yields `BatchTask` lists (up to ``in_flight`` batches
+    at once) and `BatchRows`, receives finished tasks in any order, returns `MapResult`.
+
+    Results leave in input order: finished batches wait in a reorder buffer for the ones
+    before them, so memory stays O(in_flight x batch_size).
+    """
     t_start = time.perf_counter()
     bus = ctx.bus if ctx.bus.active else None
     path = (plan.graph.name,)
@@ -141,7 +140,6 @@ def map_flow(
     if ctx.cache is not None:
         constant_keys = {k: hashing.fingerprint(v) for k, v in constants.items()}
     result = MapResult(path=getattr(writer, "path", None))
-    start = 0
     finished = False
     error: BaseException | None = None
     skip: Container[int] = ()
@@ -155,40 +153,79 @@ def map_flow(
         )
     try:
         if bus is not None:
-            bus.publish(MapStarted(path, plan.graph.name, total, batch_size, plan.graph))
-        for batch in batches:
-            n_read = len(batch[0])
-            first = start
-            indices = list(range(start, start + n_read))
-            start += n_read
-            if skip:
-                keep = [pos for pos, i in enumerate(indices) if i not in skip]
-                result.n_skipped += n_read - len(keep)
-                if len(keep) < n_read:
-                    indices = [indices[pos] for pos in keep]
-                    batch = [[col[pos] for pos in keep] for col in batch]
-            n_done = n_failed = 0
-            if indices:
-                columns = dict(zip(map_over, batch))
-                outcome = yield from batch_flow(
-                    plan, columns, constants, ctx, indices=indices, constant_keys=constant_keys
+            bus.publish(
+                MapStarted(
+                    path=path,
+                    graph=plan.graph.name,
+                    total=total,
+                    batch_size=batch_size,
+                    graph_obj=plan.graph,
                 )
-                failures = _failures(outcome, columns)
-                n_done = len(indices)
-                if writer is not None:
-                    refused = _write(writer, plan.outputs, indices, columns, outcome, failures)
-                    if refused and ctx.on_error != "collect":
-                        _count(result, n_done, [*failures, *refused])
-                        raise refused[0].error
-                    failures.extend(refused)
-                else:
-                    yield BatchRows(_rows(plan.outputs, outcome, len(indices), failures))
-                n_failed = len(failures)
-                _count(result, n_done, failures)
-            if bus is not None:
-                bus.publish(
-                    BatchFinished(path, plan.graph.name, first, n_done, n_failed, result.n_items)
-                )
+            )
+        pending: dict[int, BatchTask] = {}  # in flight, by sequence number
+        ready: dict[int, tuple[int, BatchTask | None]] = {}  # done, waiting for their turn
+        starts: dict[int, int] = {}
+        start = seq = emitted = 0
+        exhausted = False
+        while True:
+            while emitted in ready:  # hand on what is done, in input order, before reading on
+                first, done = ready.pop(emitted)
+                n_done = n_failed = 0
+                if done is not None:
+                    n_done = len(done.indices)
+                    n_failed = len((yield from _emit(done, plan, writer, ctx, result)))
+                if bus is not None:
+                    bus.publish(
+                        BatchFinished(
+                            path=path,
+                            graph=plan.graph.name,
+                            start=first,
+                            n_items=n_done,
+                            n_failed=n_failed,
+                            n_done=result.n_items,
+                        )
+                    )
+                emitted += 1
+            new: list[BatchTask] = []
+            while not exhausted and len(pending) < in_flight:
+                batch = next(batches, None)
+                if batch is None:
+                    exhausted = True
+                    break
+                n_read = len(batch[0])
+                indices = list(range(start, start + n_read))
+                starts[seq], start = start, start + n_read
+                if skip:
+                    keep = [pos for pos, i in enumerate(indices) if i not in skip]
+                    result.n_skipped += n_read - len(keep)
+                    if len(keep) < n_read:
+                        indices = [indices[pos] for pos in keep]
+                        batch = [[col[pos] for pos in keep] for col in batch]
+                if indices:
+                    task = BatchTask(
+                        plan,
+                        dict(zip(map_over, batch)),
+                        constants,
+                        indices,
+                        ctx.settings,
+                        ctx.local,
+                        seq=seq,
+                        constant_keys=constant_keys,
+                    )
+                    pending[seq] = task
+                    new.append(task)
+                else:  # every item of the batch was stored by an earlier run
+                    ready[seq] = (starts.pop(seq), None)
+                seq += 1
+            if not new and not pending:
+                if emitted in ready:
+                    continue  # batches skipped whole are still to be reported
+                break
+            for task in (yield new):
+                del pending[task.seq]
+                if task.error is not None:
+                    raise task.error
+                ready[task.seq] = (starts.pop(task.seq), task)
         finished = True
     except BaseException as exc:  # the map stops here: say so to listeners, then re-raise
         error = exc
@@ -204,16 +241,34 @@ def map_flow(
         if bus is not None:
             bus.publish(
                 MapFinished(
-                    path,
-                    plan.graph.name,
-                    result.n_items,
-                    result.n_ok,
-                    result.n_failed,
-                    result.duration_s,
-                    None if finished else error,
+                    path=path,
+                    graph=plan.graph.name,
+                    n_items=result.n_items,
+                    n_ok=result.n_ok,
+                    n_failed=result.n_failed,
+                    duration=result.duration_s,
+                    error=None if finished else error,
                 )
             )
     return result
+
+
+def _emit(task: BatchTask, plan: Plan, writer: Any, ctx: Context, result: MapResult) -> Flow:
+    """Hand one finished batch on (to the writer, or as `BatchRows`); count it."""
+    outcome, indices, columns = task.outcome, task.indices, task.columns
+    assert outcome is not None
+    failures = _failures(outcome, columns)
+    n_done = len(indices)
+    if writer is not None:
+        refused = _write(writer, plan.outputs, indices, columns, outcome, failures)
+        if refused and ctx.on_error != "collect":
+            _count(result, n_done, [*failures, *refused])
+            raise refused[0].error
+        failures.extend(refused)
+    else:
+        yield BatchRows(_rows(plan.outputs, outcome, n_done, failures))
+    _count(result, n_done, failures)
+    return failures
 
 
 def _failures(outcome: Any, columns: Mapping[str, list[Any]]) -> list[ItemFailure]:

@@ -1,16 +1,15 @@
 """`AsyncRunner`: drives the core's flows as asyncio tasks.
 
-Every call the core yields becomes a task; whichever finish first are sent back, so
-independent nodes overlap and map items run concurrently. One semaphore per run or
-map caps the calls in flight (``max_concurrency``), nested graphs included.
+Every piece of work the core yields becomes a task; whichever finish first are sent back,
+so independent nodes overlap (also inside a map's batch), map items run concurrently and
+two batches of a map are out at once. One semaphore per run or map caps the calls in
+flight (``max_concurrency``), nested graphs included.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterable, Mapping, Sequence
-from functools import partial
 from typing import Any, overload
 
 from ..cache import Cache
@@ -18,9 +17,7 @@ from ..events import Subscriber
 from ..graph import Graph
 from ..results import MapResult, Writer
 from ._base import BaseRunner
-from ._calls import Limiter
-from ._core import Flow
-from ._map import BatchRows
+from ._drive import AsyncDriver, Limiter
 from .graph_run import GraphRun
 
 __all__ = ["AsyncRunner"]
@@ -41,6 +38,9 @@ class AsyncRunner(BaseRunner):
     max_concurrency
         The most node calls in flight at once, across a whole run or map.
     """
+
+    # two batches of a map out at once: one computes while the other's results are written
+    _in_flight = 2
 
     def __init__(
         self,
@@ -75,7 +75,7 @@ class AsyncRunner(BaseRunner):
     ) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         flow, outputs = self._run_flow(graph, inputs, output_name, handlers, loop=loop, **context)
-        values, _ = await self._adrive(flow, Limiter(self.max_concurrency))
+        values, _ = await AsyncDriver(Limiter(self.max_concurrency)).drive(flow)
         return {name: values[name] for name in outputs}
 
     @overload
@@ -148,8 +148,8 @@ class AsyncRunner(BaseRunner):
             handlers, loop=loop, **context,
         )  # fmt: skip
         rows: list[Any] = []
-        limiter = Limiter(self.max_concurrency)
-        result: MapResult = await self._adrive(flow, limiter, on_rows=rows.extend)
+        driver = AsyncDriver(Limiter(self.max_concurrency))
+        result: MapResult = await driver.drive(flow, on_rows=rows.extend)
         return result if writer is not None else rows
 
     def iter(self, graph: Graph, inputs: Mapping[str, Any], **kwargs: Any) -> GraphRun:
@@ -158,36 +158,6 @@ class AsyncRunner(BaseRunner):
         Use as ``async with runner.iter(graph, inputs) as run: async for event in run``;
         answer an `InterruptEvent` with ``run.respond(answer)``; read ``run.result`` after.
         """
-        return GraphRun(self, graph, inputs, kwargs)
-
-    async def _adrive(self, flow: Flow, limiter: Limiter, on_rows: Any = None) -> Any:
-        adrive = partial(self._adrive, limiter=limiter)
-        in_flight: dict[asyncio.Future[Any], Any] = {}
-        sent: Any = None
-        try:
-            while True:
-                try:
-                    step = flow.send(sent)
-                except StopIteration as stop:
-                    return stop.value
-                if type(step) is BatchRows:
-                    sent = None
-                    if on_rows is not None:
-                        on_rows(step.rows)
-                    continue
-                for call in step:
-                    in_flight[asyncio.ensure_future(call.run_async(adrive, limiter))] = call
-                if not in_flight:
-                    msg = "internal error: the flow waits for calls but none are in flight"
-                    raise RuntimeError(msg)
-                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                sent = [in_flight.pop(task) for task in done]
-                for task in done:
-                    task.result()  # re-raise a cancellation that hit the call itself
-        finally:
-            for task in in_flight:
-                task.cancel()
-            if in_flight:
-                with contextlib.suppress(BaseException):
-                    await asyncio.gather(*in_flight, return_exceptions=True)
-            flow.close()
+        if "map_over" in kwargs:
+            return GraphRun(lambda **context: self._map(graph, inputs, **kwargs, **context))
+        return GraphRun(lambda **context: self._run(graph, inputs, **kwargs, **context))

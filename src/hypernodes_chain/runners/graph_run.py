@@ -5,15 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ..events import Event, InterruptEvent
 from ..exceptions import InterruptError
-
-if TYPE_CHECKING:
-    from ..graph import Graph
-    from .async_runner import AsyncRunner
 
 __all__ = ["GraphRun"]
 
@@ -26,13 +22,8 @@ class GraphRun:
     Leaving the ``async with`` block early cancels the run and waits for its tasks.
     """
 
-    def __init__(
-        self, runner: AsyncRunner, graph: Graph, inputs: Mapping[str, Any], kwargs: dict[str, Any]
-    ) -> None:
-        self._runner = runner
-        self._graph = graph
-        self._inputs = inputs
-        self._kwargs = kwargs
+    def __init__(self, start: Callable[..., Awaitable[Any]]) -> None:
+        self._start = start  # start(session=, extra=) runs the run or map
         self._result: Any = _NOT_YET
         self._pending: dict[str, asyncio.Future[Any]] = {}
         self._task: asyncio.Task[Any] | None = None
@@ -57,12 +48,7 @@ class GraphRun:
         self._pending.clear()
 
     async def _main(self) -> None:
-        kwargs: dict[str, Any] = dict(self._kwargs)
-        context: dict[str, Any] = {"session": self, "extra": (self._publish,)}
-        if "map_over" in kwargs:
-            self._result = await self._runner._map(self._graph, self._inputs, **kwargs, **context)
-        else:
-            self._result = await self._runner._run(self._graph, self._inputs, **kwargs, **context)
+        self._result = await self._start(session=self, extra=(self._publish,))
 
     def _publish(self, event: Event) -> None:
         assert self.loop is not None and self._queue is not None

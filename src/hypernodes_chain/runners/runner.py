@@ -1,19 +1,18 @@
-"""`Runner`: drives the core's flows in this thread (or a thread pool)."""
+"""`Runner`: drives the core's flows in this thread (or a thread pool), one batch at a time."""
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, overload
 
+from .._aio import close_finished_loops
 from ..cache import Cache
 from ..events import Subscriber
 from ..graph import Graph
 from ..results import MapResult, Writer
 from ._base import BaseRunner
-from ._calls import Call, ColumnCall
-from ._core import Flow
-from ._map import BatchRows
+from ._drive import SyncDriver, iterate
 
 __all__ = ["Runner"]
 
@@ -57,7 +56,7 @@ class Runner(BaseRunner):
     ) -> dict[str, Any]:
         """Run ``graph`` once; returns every output, or those named by ``output_name``."""
         flow, outputs = self._run_flow(graph, inputs, output_name, handlers)
-        values, _ = self._drive(flow)
+        values, _ = self._driver().drive(flow)
         return {name: values[name] for name in outputs}
 
     @overload
@@ -111,8 +110,13 @@ class Runner(BaseRunner):
             handlers,
         )  # fmt: skip
         rows: list[Any] = []
-        result: MapResult = self._drive(flow, on_rows=rows.extend)
-        return result if writer is not None else rows
+        batches = self._driver().batches(flow)
+        while True:
+            try:
+                rows += next(batches)
+            except StopIteration as stop:
+                result: MapResult = stop.value
+                return result if writer is not None else rows
 
     def imap(
         self,
@@ -137,14 +141,14 @@ class Runner(BaseRunner):
         flow = self._map_flow(
             graph, inputs, map_over, map_mode, output_name, batch_size, None, on_error, handlers
         )
-        for rows in self._batches(flow):
-            yield from rows
+        yield from iterate(self._driver().batches(flow))
 
     def close(self) -> None:
-        """Shut the thread pool down (if one was started)."""
+        """Shut the thread pool down (if one was started), closing its threads' loops."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+            close_finished_loops()
 
     def __enter__(self) -> Runner:
         return self
@@ -153,61 +157,9 @@ class Runner(BaseRunner):
         self.close()
 
     # -- driving ------------------------------------------------------------------
-    def _drive(self, flow: Flow, on_rows: Any = None) -> Any:
-        """Drive ``flow`` to its end; returns its value (rows of batches go to ``on_rows``)."""
-        batches = self._batches(flow)
-        while True:
-            try:
-                rows = next(batches)
-            except StopIteration as stop:
-                return stop.value
-            if on_rows is not None:
-                on_rows(rows)
-
-    def _batches(self, flow: Flow) -> Generator[list[Any], None, Any]:
-        """The one driving loop: run what the flow asks for, yield each finished batch."""
-        sent: Any = None
-        try:
-            while True:
-                try:
-                    step = flow.send(sent)
-                except StopIteration as stop:
-                    return stop.value
-                if type(step) is BatchRows:
-                    sent = None
-                    yield step.rows
-                else:
-                    sent = self._execute(step)
-        finally:
-            flow.close()
-
-    def _execute(self, calls: list[Any]) -> list[Any]:
+    def _driver(self) -> SyncDriver:
         if self.max_workers is None or self.max_workers <= 1:
-            drive = self._drive
-            for call in calls:
-                call.run_sync(drive)
-            return calls
-        return self._execute_pooled(calls)
-
-    def _execute_pooled(self, calls: list[Any]) -> list[Any]:
+            return SyncDriver()
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="hypernodes")
-        pool = self._pool
-        workers = self.max_workers or 1
-        futures: list[tuple[Any, list[Future[Any]]]] = []
-        inline = []
-        for call in calls:
-            if type(call) is Call and call.flow is not None:
-                inline.append(call)  # nested graphs are driven here; their calls use the pool
-            elif type(call) is ColumnCall and not call.step.node.batch and len(call.rows) > 1:
-                parts = call.split(workers)
-                futures.append((call, [pool.submit(p.run_sync, self._drive) for p in parts]))
-            else:
-                futures.append((call, [pool.submit(call.run_sync, self._drive)]))
-        for call in inline:
-            call.run_sync(self._drive)
-        for call, submitted in futures:
-            done = [f.result() for f in submitted]
-            if type(call) is ColumnCall and (len(done) > 1 or done[0] is not call):
-                call.merge(done)
-        return calls
+        return SyncDriver(self._pool, self.max_workers)

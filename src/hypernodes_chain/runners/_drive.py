@@ -1,0 +1,327 @@
+"""The drivers: the only code that executes work.
+
+A flow yields lists of work (`ItemCall`, `ColumnCall`, `BatchTask`) and receives back the
+pieces that finished; a flow of a ``map`` also yields `BatchRows` for the caller. A call is
+executed by stepping its invoker's body (``_invoke``) and resolving the effects it yields:
+
+- `SyncDriver` resolves them in this thread (``Runner``), or with a thread pool
+  (``Runner(max_workers=N)``: rows cut into pieces, independent calls side by side);
+- `AsyncDriver` resolves them on the event loop (``AsyncRunner``): coroutines awaited,
+  blocking code in worker threads, every call holding a slot of one `Limiter`.
+
+A `BatchTask` is run in place by driving `batch_flow` with the same driver; a remote driver
+(Dask) would ship it instead. Both drivers send back every finished piece as soon as it is
+done, one or several at a time, so a flow must not depend on the order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Any
+
+from .._aio import run_coroutine
+from ._flows import batch_flow
+from ._invoke import Awaiting, AwaitRows, Blocking, Each, Failed, Nested, Rows, await_rows
+from ._work import BatchRows, BatchTask, ColumnCall, Flow, ItemCall
+
+__all__ = ["AsyncDriver", "Limiter", "SyncDriver"]
+
+Body = Generator[Any, Any, Any]
+Outcome = tuple[list[Any], dict[int, BaseException]]
+
+
+def _body(work: ItemCall | ColumnCall) -> Body:
+    if isinstance(work, ItemCall):
+        return work.invoker.item(work)
+    return work.invoker.column(work)
+
+
+def _settle(work: ItemCall | ColumnCall, ok: bool, value: Any) -> None:
+    """Store what a body returned (or raised) on its call."""
+    if isinstance(work, ItemCall):
+        if ok:
+            work.result = value
+        else:
+            work.error = value
+    elif ok:
+        work.results, work.failed = value
+    else:  # the column body itself broke: every row fails with it
+        work.results, work.failed = (
+            [None] * len(work.rows),
+            dict.fromkeys(range(len(work.rows)), value),
+        )
+
+
+def _merge(parts: list[Outcome]) -> Outcome:
+    """Pieces of rows, in order, back into one outcome (their positions are absolute)."""
+    values: list[Any] = []
+    failed: dict[int, BaseException] = {}
+    for part, bad in parts:
+        values += part
+        failed.update(bad)
+    return values, failed
+
+
+def _ranges(n: int, parts: int) -> list[tuple[int, int]]:
+    size = max(1, -(-n // max(1, parts)))
+    return [(s, min(n, s + size)) for s in range(0, n, size)]
+
+
+# -- sync --------------------------------------------------------------------------------
+
+
+class SyncDriver:
+    """Runs work in this thread, or with a pool of ``workers`` threads."""
+
+    def __init__(self, pool: ThreadPoolExecutor | None = None, workers: int = 1) -> None:
+        self.pool = pool
+        self.workers = workers
+
+    def drive(self, flow: Flow) -> Any:
+        """Drive ``flow`` to its end and return its value (a map's rows are dropped)."""
+        batches = self.batches(flow)
+        while True:
+            try:
+                next(batches)
+            except StopIteration as stop:
+                return stop.value
+
+    def batches(self, flow: Flow) -> Generator[list[Any], None, Any]:
+        """Drive ``flow``, yielding the rows of each finished batch; returns its value."""
+        sent: Any = None
+        try:
+            while True:
+                try:
+                    step = flow.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+                if type(step) is BatchRows:
+                    sent = None
+                    yield step.rows
+                else:
+                    sent = self.execute(step)
+        finally:
+            flow.close()
+
+    def execute(self, work: list[Any]) -> list[Any]:
+        """Run every piece of work; all of them come back finished."""
+        if self.pool is None or (len(work) == 1 and type(work[0]) is not ColumnCall):
+            for piece in work:
+                self.run(piece)
+            return work
+        return self._pooled(work)
+
+    def run(self, piece: Any) -> None:
+        if type(piece) is BatchTask:
+            try:
+                piece.outcome = self.drive(batch_flow(piece))
+            except Exception as exc:
+                piece.error = exc
+            return
+        try:
+            _settle(piece, True, self._step(_body(piece)))
+        except Exception as exc:
+            _settle(piece, False, exc)
+
+    def _step(self, body: Body, first: Any = None, started: bool = False) -> Any:
+        """Run a body to its end, resolving each effect here."""
+        try:
+            effect = first if started else next(body)
+            while True:
+                effect = body.send(self._resolve(effect))
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            body.close()
+
+    def _resolve(self, effect: Any) -> Any:
+        kind = type(effect)
+        if kind is Rows:
+            if self.pool is not None and effect.n > 1 and self.workers > 1:
+                return self._rows_pooled(effect)
+            return effect.fn(0, effect.n)
+        if kind is Blocking:
+            return effect.fn(*effect.args)
+        if kind is Awaiting:
+            return run_coroutine(effect.make())
+        if kind is AwaitRows:
+            return run_coroutine(await_rows(effect.make, effect.n, 1))
+        if kind is Nested:
+            return self.drive(effect.flow())
+        if kind is Each:
+            return [self._outcome(body) for body in effect.bodies]
+        msg = f"unknown effect {effect!r}"
+        raise TypeError(msg)
+
+    def _outcome(self, body: Body) -> Any:
+        try:
+            return self._step(body)
+        except Exception as exc:
+            return Failed(exc)
+
+    def _rows_pooled(self, effect: Rows) -> Outcome:
+        assert self.pool is not None
+        ranges = _ranges(effect.n, self.workers)
+        futures = [self.pool.submit(effect.fn, a, b) for a, b in ranges]
+        return _merge([f.result() for f in futures])
+
+    def _pooled(self, work: list[Any]) -> list[Any]:
+        """Independent pieces side by side: rows cut across the pool, other calls each in
+        a pool thread, nested graphs and batch tasks here (their calls use the pool)."""
+        assert self.pool is not None
+        here: list[Any] = []
+        futures: list[Future[Any]] = []
+        for piece in work:
+            if type(piece) is BatchTask or piece.invoker.nested:
+                here.append(piece)
+            elif type(piece) is ColumnCall:
+                body = _body(piece)
+                first = next(body, None)
+                if type(first) is Rows:
+                    futures.append(self.pool.submit(self._finish_rows, piece, body, first))
+                else:
+                    futures.append(self.pool.submit(self._finish, piece, body, first))
+            else:
+                futures.append(self.pool.submit(self.run, piece))
+        for piece in here:
+            self.run(piece)
+        wait(futures)
+        for f in futures:
+            f.result()
+        return work
+
+    def _finish_rows(self, piece: ColumnCall, body: Body, first: Rows) -> None:
+        ranges = _ranges(first.n, self.workers)
+        assert self.pool is not None
+        if len(ranges) > 1:  # pieces in other pool threads; this one takes the first
+            futures = [self.pool.submit(first.fn, a, b) for a, b in ranges[1:]]
+            parts = [first.fn(*ranges[0]), *(f.result() for f in futures)]
+            value: Any = _merge(parts)
+        else:
+            value = first.fn(0, first.n)
+        self._finish(piece, body, None, sent=value)
+
+    def _finish(self, piece: Any, body: Body, first: Any, sent: Any = None) -> None:
+        try:
+            if sent is not None:
+                first = body.send(sent)
+            inline = SyncDriver()  # inside a pool thread: no nested use of the pool
+            _settle(piece, True, inline._step(body, first, started=True))
+        except StopIteration as stop:
+            _settle(piece, True, stop.value)
+        except Exception as exc:
+            _settle(piece, False, exc)
+
+
+# -- async -------------------------------------------------------------------------------
+
+
+class Limiter(asyncio.Semaphore):
+    """The semaphore that caps calls in flight, knowing its own size."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+class AsyncDriver:
+    """Runs work as asyncio tasks; whichever pieces finish first are sent back first."""
+
+    threads = 8  # a plain column is cut into this many pieces for worker threads
+
+    def __init__(self, limiter: Limiter) -> None:
+        self.limiter = limiter
+
+    async def drive(self, flow: Flow, on_rows: Callable[[list[Any]], Any] | None = None) -> Any:
+        """Drive ``flow`` to its end; the rows of finished batches go to ``on_rows``."""
+        in_flight: dict[asyncio.Future[Any], Any] = {}
+        sent: Any = None
+        try:
+            while True:
+                try:
+                    step = flow.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+                if type(step) is BatchRows:
+                    sent = None
+                    if on_rows is not None:
+                        on_rows(step.rows)
+                    continue
+                for piece in step:
+                    in_flight[asyncio.ensure_future(self.run(piece))] = piece
+                if not in_flight:
+                    msg = "internal error: the flow waits for work but none is in flight"
+                    raise RuntimeError(msg)
+                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                sent = [in_flight.pop(task) for task in done]
+                for task in done:
+                    task.result()  # re-raise a cancellation that hit the work itself
+        finally:
+            for task in in_flight:
+                task.cancel()
+            if in_flight:
+                with contextlib.suppress(BaseException):
+                    await asyncio.gather(*in_flight, return_exceptions=True)
+            flow.close()
+
+    async def run(self, piece: Any) -> None:
+        if type(piece) is BatchTask:
+            try:
+                piece.outcome = await self.drive(batch_flow(piece))
+            except Exception as exc:
+                piece.error = exc
+            return
+        try:
+            _settle(piece, True, await self._step(_body(piece)))
+        except Exception as exc:
+            _settle(piece, False, exc)
+
+    async def _step(self, body: Body) -> Any:
+        try:
+            effect = next(body)
+            while True:
+                effect = body.send(await self._resolve(effect))
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            body.close()
+
+    async def _resolve(self, effect: Any) -> Any:
+        kind = type(effect)
+        limiter = self.limiter
+        if kind is Rows:
+            ranges = _ranges(effect.n, self.threads)
+            parts = await asyncio.gather(*(self._thread(effect.fn, a, b) for a, b in ranges))
+            return _merge(list(parts))
+        if kind is Blocking:
+            return await self._thread(effect.fn, *effect.args)
+        if kind is Awaiting:
+            async with limiter:
+                return await effect.make()
+        if kind is AwaitRows:
+            return await await_rows(effect.make, effect.n, limiter.size, lambda: limiter)
+        if kind is Nested:
+            return await self.drive(effect.flow())  # inner calls take their own slots
+        if kind is Each:
+            return await asyncio.gather(*(self._outcome(body) for body in effect.bodies))
+        msg = f"unknown effect {effect!r}"
+        raise TypeError(msg)
+
+    async def _thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        async with self.limiter:
+            return await asyncio.to_thread(fn, *args)
+
+    async def _outcome(self, body: Body) -> Any:
+        try:
+            return await self._step(body)
+        except Exception as exc:
+            return Failed(exc)
+
+
+def iterate(batches: Generator[list[Any], None, Any]) -> Iterator[Any]:
+    """The rows of a sync driver's batches, one by one."""
+    for rows in batches:
+        yield from rows
