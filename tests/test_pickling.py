@@ -188,6 +188,18 @@ def test_node_of_closure_and_lambda_round_trips_with_cloudpickle():
     assert round_trip(inc, cloudpickle.dumps)(2) == 3
 
 
+def test_module_registered_by_value_sends_node_functions_by_value():
+    cloudpickle = pytest.importorskip("cloudpickle")
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        copy_ = round_trip(count, cloudpickle.dumps)
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert copy_.func is not count.func  # workers need not import this module
+    assert_same_node(count, copy_)
+    assert copy_("a b") == 2
+
+
 # --- graphs ----------------------------------------------------------------------------
 
 TEXTS = ["  Hello big World ", "one", "a b c d"]

@@ -57,6 +57,7 @@ class Node(Generic[P, R]):
         name: str | None = None,
         cache: bool = True,
         batch: bool = False,
+        timeout: float | None = None,
     ) -> None:
         if not callable(func):
             msg = f"@node needs a callable, got {func!r} ({type(func).__name__})"
@@ -72,6 +73,17 @@ class Node(Generic[P, R]):
         self.cache = cache
         self.batch = batch
         self.kind = _kind_of(func)
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+                msg = f"node {self.name!r}: timeout must be a positive number of seconds"
+                raise ValueError(msg)
+            if self.kind not in ("async", "agen"):
+                msg = (
+                    f"node {self.name!r}: timeout= needs an async def node (a running sync "
+                    f"function cannot be stopped); make it async, or time out inside it"
+                )
+                raise TypeError(msg)
+        self.timeout: float | None = timeout
         if batch and self.kind in ("gen", "agen"):
             msg = f"batch node {self.name!r} cannot be a generator (batch nodes return a list)"
             raise TypeError(msg)
@@ -196,6 +208,7 @@ class Node(Generic[P, R]):
             "name": self.name,
             "cache": self.cache,
             "batch": self.batch,
+            "timeout": self.timeout,
         }
         renamed = {p: n for p, n in self.input_map.items() if p != n}
         return (_restore_node, (type(self), func, init, renamed))
@@ -335,6 +348,7 @@ def node(
     name: str | None = None,
     cache: bool = True,
     batch: bool = False,
+    timeout: float | None = None,
 ) -> Callable[[Callable[P, R]], Node[P, R]]: ...
 
 
@@ -346,6 +360,7 @@ def node(
     name: str | None = None,
     cache: bool = True,
     batch: bool = False,
+    timeout: float | None = None,
 ) -> Node[P, R] | Callable[[Callable[P, R]], Node[P, R]]:
     """Turn a function into a graph node.
 
@@ -360,10 +375,16 @@ def node(
         ``False`` never caches this node (for clocks, random draws, side effects).
     batch
         The function receives lists for the inputs that vary across items and plain
-        values for constants, and returns a list of the same length.
+        values for constants, and returns a list of the same length. An `Exception`
+        returned in an item's place fails that item only.
+    timeout
+        Seconds an ``async def`` node may run for one call; past it the call is cancelled
+        and becomes that item's ``TimeoutError`` (under every runner).
     """
 
     def wrap(f: Callable[P, R]) -> Node[P, R]:
-        return Node(f, output_name=output_name, name=name, cache=cache, batch=batch)
+        return Node(
+            f, output_name=output_name, name=name, cache=cache, batch=batch, timeout=timeout
+        )
 
     return wrap(func) if func is not None else wrap

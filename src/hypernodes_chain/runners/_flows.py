@@ -391,9 +391,11 @@ def batch_columns(
             running -= 1
             if type(done) is ColumnCall:
                 _finish_column(done, st, b)
+                done.rows = done.results = []  # the call may outlive the batch's columns
             else:
                 _finish_constant(done, st, b)
             release(done.pos)
+        work = []
     return BatchOutcome(st.columns, st.constants, st.key_columns or {}, st.failures)
 
 
