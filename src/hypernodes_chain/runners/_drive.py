@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
@@ -30,6 +31,7 @@ from ._work import BatchRows, BatchTask, ColumnCall, Flow, ItemCall
 __all__ = ["AsyncDriver", "Limiter", "SyncDriver"]
 
 Body = Generator[Any, Any, Any]
+_perf = time.perf_counter
 Outcome = tuple[list[Any], dict[int, BaseException]]
 
 
@@ -230,7 +232,9 @@ class Limiter(asyncio.Semaphore):
 class AsyncDriver:
     """Runs work as asyncio tasks; whichever pieces finish first are sent back first."""
 
-    threads = 8  # a plain column is cut into this many pieces for worker threads
+    threads = 8  # a slow plain column is cut into this many pieces for worker threads
+    probe = 4  # rows of a plain column timed on the loop to tell quick from slow
+    inline_budget = 0.005  # seconds of quick rows the loop may spend on a column at once
 
     def __init__(self, limiter: Limiter) -> None:
         self.limiter = limiter
@@ -293,9 +297,7 @@ class AsyncDriver:
         kind = type(effect)
         limiter = self.limiter
         if kind is Rows:
-            ranges = _ranges(effect.n, self.threads)
-            parts = await asyncio.gather(*(self._thread(effect.fn, a, b) for a, b in ranges))
-            return _merge(list(parts))
+            return await self._rows(effect)
         if kind is Blocking:
             return await self._thread(effect.fn, *effect.args)
         if kind is Awaiting:
@@ -309,6 +311,22 @@ class AsyncDriver:
             return await asyncio.gather(*(self._outcome(body) for body in effect.bodies))
         msg = f"unknown effect {effect!r}"
         raise TypeError(msg)
+
+    async def _rows(self, effect: Rows) -> Outcome:
+        """A plain column: a few rows on the loop first, timed; quick rows (cheap code, no
+        I/O) finish there, slow ones go to worker threads so the loop stays free."""
+        n, start, parts = effect.n, 0, []
+        if effect.inline:
+            start = min(n, self.probe)
+            t0 = _perf()
+            parts.append(effect.fn(0, start))
+            per_row = (_perf() - t0) / max(1, start)
+            if per_row * (n - start) <= self.inline_budget:
+                parts.append(effect.fn(start, n))
+                return _merge(parts)
+        ranges = [(a + start, b + start) for a, b in _ranges(n - start, self.threads)]
+        rest = await asyncio.gather(*(self._thread(effect.fn, a, b) for a, b in ranges))
+        return _merge([*parts, *rest])
 
     async def _thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         async with self.limiter:

@@ -8,7 +8,7 @@ same body runs under every driver (the httpx ``auth_flow`` idea one level down):
 - `Awaiting(make)`: await the coroutine ``make()``; the sync driver runs it on this
   thread's loop, the async driver awaits it (holding a concurrency slot);
 - `Rows(fn, n)`: ``fn(start, stop) -> (values, failed)`` over rows; a driver may cut the
-  range into pieces for threads;
+  range into pieces for threads (the async driver runs quick rows on the loop itself);
 - `AwaitRows(make, n)`: ``make(i)`` is row i's coroutine; run with as many workers as the
   driver allows, each holding a slot;
 - `Nested(flow)`: drive the flow ``flow()`` (a nested graph) with this driver;
@@ -79,12 +79,16 @@ class Awaiting:
 
 
 class Rows:
-    __slots__ = ("fn", "n")
+    __slots__ = ("fn", "inline", "n")
 
     def __init__(
-        self, fn: Callable[[int, int], tuple[list[Any], dict[int, BaseException]]], n: int
+        self,
+        fn: Callable[[int, int], tuple[list[Any], dict[int, BaseException]]],
+        n: int,
+        inline: bool = True,
     ) -> None:
         self.fn, self.n = fn, n
+        self.inline = inline  # may run on an event loop's own thread (no interrupt waits)
 
 
 class AwaitRows:
@@ -273,8 +277,9 @@ class PlainInvoker(Invoker):
         return (yield Blocking(_in_scope, call, call_function, call.step, call.args))
 
     def column(self, call: ColumnCall) -> Body:
-        fn = _scoped_rows(call) if call.local is not None else _plain_rows(call)
-        return (yield Rows(fn, len(call.rows)))
+        if call.local is not None:  # rows that may wait for an answer: never on the loop
+            return (yield Rows(_scoped_rows(call), len(call.rows), inline=False))
+        return (yield Rows(_plain_rows(call), len(call.rows)))
 
 
 def _plain_rows(
@@ -345,10 +350,16 @@ class AsyncInvoker(Invoker):
         if call.local is not None:  # an interrupt scope per row
             return (yield from _each_rows(call, self))
 
-        def make(i: int) -> Coroutine[Any, Any, Any]:
-            return _timed(call, call_function(call.step, call.rows[i]))
+        step, rows = call.step, call.rows
+        func = step.node.func
+        if step.positional and getattr(step.node, "timeout", None) is None:
+            make: Callable[[int], Coroutine[Any, Any, Any]] = lambda i: func(*rows[i])  # noqa: E731
+        else:
 
-        return (yield AwaitRows(make, len(call.rows)))
+            def make(i: int) -> Coroutine[Any, Any, Any]:
+                return _timed(call, call_function(step, rows[i]))
+
+        return (yield AwaitRows(make, len(rows)))
 
 
 class GeneratorInvoker(Invoker):
