@@ -8,11 +8,11 @@ Subclasses override only the methods they need.
 from __future__ import annotations
 
 import re
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from .events import Event
 
-__all__ = ["Callback", "JsonLogCallback", "ProgressCallback"]
+__all__ = ["Callback"]  # and, lazily, the built-ins: JsonLogCallback, ProgressCallback
 
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 
@@ -41,7 +41,16 @@ class Callback:
         """Called for every event, after the specific ``on_<event>`` method."""
 
 
-# The built-in callbacks live in modules of their own and import `Callback` from here,
-# so they are re-exported only now that it exists.
-from .jsonlog import JsonLogCallback  # noqa: E402
-from .progress import ProgressCallback  # noqa: E402
+
+def __getattr__(name: str) -> Any:
+    """The built-in callbacks, from their own modules (which import `Callback` from here)."""
+    if name == "ProgressCallback":
+        from .progress import ProgressCallback
+
+        return ProgressCallback
+    if name == "JsonLogCallback":
+        from .jsonlog import JsonLogCallback
+
+        return JsonLogCallback
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)

@@ -5,7 +5,7 @@
     hypernodes-chain run FILE.py:GRAPH INPUTS OUT_DIR [--map-over a,b] [--set name=value]
                          [--format jsonl|parquet] [--max-lines-per-file N] [--batch-size N]
                          [--cache DIR] [--resume] [--on-error raise|collect]
-                         [--runner sync|async|dask] [--quiet | --verbose | --json-logs]
+                         [--runner sync|async] [--quiet | --verbose | --json-logs]
     hypernodes-chain inspect FILE.py:GRAPH
 
 ``FILE.py`` is imported from its path (its folder is put on ``sys.path``); ``GRAPH`` names a
@@ -162,14 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "on_error": args.on_error,
     }
     try:
-        if args.runner == "dask":
-            try:
-                from .runners import DaskRunner  # type: ignore[attr-defined]
-            except ImportError as exc:
-                msg = "the dask runner is not available (pip install 'hypernodes-chain[dask]')"
-                raise CliError(msg) from exc
-            result = DaskRunner(cache=cache, callbacks=callbacks).map(graph, inputs, **kwargs)
-        elif args.runner == "async":
+        if args.runner == "async":
             result = asyncio.run(
                 AsyncRunner(cache=cache, callbacks=callbacks).map(graph, inputs, **kwargs)
             )
@@ -264,9 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--runner",
-        choices=("sync", "async", "dask"),
+        choices=("sync", "async"),
         default="sync",
-        help="sync: Runner (default); async: AsyncRunner; dask: DaskRunner on a local cluster",
+        help="sync: Runner (default); async: AsyncRunner",
     )
     _add_output_flags(run)
     run.set_defaults(func=cmd_run)

@@ -27,6 +27,7 @@ import functools
 import hashlib
 import inspect
 import io
+import json
 import os
 import pathlib
 import struct
@@ -202,7 +203,36 @@ def _enc_enum(v: Any, depth: int, memo: _Memo) -> bytes:
 
 
 def _enc_type(v: Any, depth: int, memo: _Memo) -> bytes:
-    return b"y" + _str_bytes(_type_name(v))
+    return _class_bytes(v)
+
+
+_class_memo: weakref.WeakKeyDictionary[type, bytes] = weakref.WeakKeyDictionary()
+
+
+def _class_bytes(cls: type) -> bytes:
+    """A class by name, and a user class (a pydantic model, a dataclass) also by its
+    definition: its source, and a model's JSON schema, so editing a field is a change."""
+    memo = _class_memo.get(cls)
+    if memo is not None:
+        return memo
+    out = b"y" + _str_bytes(_type_name(cls))
+    module = sys.modules.get(cls.__module__)
+    if module is not None and _is_user_module(module):
+        try:
+            out += _str_bytes(textwrap.dedent(inspect.getsource(cls)))
+        except (OSError, TypeError):
+            out += _str_bytes(" ".join(sorted(k for k in vars(cls) if not k.startswith("__"))))
+        schema = getattr(cls, "model_json_schema", None)
+        if callable(schema):
+            try:
+                out += _str_bytes(json.dumps(schema(), sort_keys=True, default=str))
+            except Exception:
+                pass  # a model whose schema cannot be built: its source still counts
+    try:
+        _class_memo[cls] = out
+    except TypeError:
+        pass
+    return out
 
 
 def _enc_callable(v: Any, depth: int, memo: _Memo) -> bytes:
@@ -680,7 +710,7 @@ def _code_bytes(func: Any) -> bytes:
     if isinstance(func, types.MethodType):
         return b"W" + _code_bytes(func.__func__)
     if isinstance(func, type):
-        return b"y" + _str_bytes(_type_name(func))
+        return _class_bytes(func)
     name = _str_bytes(getattr(func, "__qualname__", None) or type(func).__qualname__)
     if isinstance(func, types.FunctionType):
         code = _code_object_bytes(func.__code__)

@@ -201,3 +201,42 @@ def test_independent_async_nodes_of_a_map_item_overlap() -> None:
     graph = Graph([first, second])
     out = asyncio.run(AsyncRunner().map(graph, {"x": [1, 2]}, map_over="x", batch_size=1))
     assert out == [{"p": 1, "q": -1}, {"p": 2, "q": -2}]
+
+
+def test_editing_a_model_a_node_captures_changes_its_fingerprint(tmp_path: Any) -> None:
+    """A node kind's fingerprint parts include the classes it closes over by definition."""
+    import importlib.util
+    import sys
+
+    from hypernodes_chain.runners._keys import node_fingerprint
+
+    source = '''
+from pydantic import BaseModel
+from hypernodes_chain import node
+
+class Summary(BaseModel):
+    title: str
+    {extra}
+
+def make():
+    model = Summary
+
+    @node(output_name="s")
+    def summarize(text: str) -> dict:
+        return model(title=text).model_dump()
+
+    return summarize
+'''
+    prints = []
+    for k, extra in enumerate(["", "score: float = 0.0"]):
+        path = tmp_path / f"v{k}" / "edited_models.py"  # one module name, two versions
+        path.parent.mkdir()
+        path.write_text(source.replace("{extra}", extra))
+        spec = importlib.util.spec_from_file_location("edited_models", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        prints.append(node_fingerprint(module.make()))
+    sys.modules.pop("edited_models", None)
+    assert None not in prints and prints[0] != prints[1]
