@@ -52,8 +52,8 @@ def _settle(work: ItemCall | ColumnCall, ok: bool, value: Any) -> None:
         work.results, work.failed = value
     else:  # the column body itself broke: every row fails with it
         work.results, work.failed = (
-            [None] * len(work.rows),
-            dict.fromkeys(range(len(work.rows)), value),
+            [None] * work.n,
+            dict.fromkeys(range(work.n), value),
         )
 
 

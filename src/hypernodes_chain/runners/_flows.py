@@ -391,7 +391,7 @@ def batch_columns(
             running -= 1
             if type(done) is ColumnCall:
                 _finish_column(done, st, b)
-                done.rows = done.results = []  # the call may outlive the batch's columns
+                done.release()  # the call may outlive the batch's columns
             else:
                 _finish_constant(done, st, b)
             release(done.pos)
@@ -445,21 +445,24 @@ def _prepare_column(i: int, step: Step, invoker: Any, st: _State, b: _Batch) -> 
                 )
             )
         return None
-    sources = [st.columns.get(s) for s in step.sources]
-    consts = [st.constants.get(s) for s in step.sources]
-    constant_flags = tuple(col is None for col in sources)
-    if len(positions) == st.n and not any(constant_flags):
-        rows = list(zip(*sources)) if sources else [()] * st.n
-    else:
-        pairs = list(zip(sources, consts))
-        rows = [tuple(c if col is None else col[p] for col, c in pairs) for p in positions]
-    item_indices = b.indices if len(positions) == st.n else [b.indices[p] for p in positions]
+    full = len(positions) == st.n
+    args: list[Any] = []
+    constant_flags = []
+    for s in step.sources:
+        col = st.columns.get(s)
+        if col is None:
+            args.append(st.constants.get(s))
+        else:
+            args.append(col if full else [col[p] for p in positions])
+        constant_flags.append(col is None)
+    item_indices = b.indices if full else [b.indices[p] for p in positions]
     local = ctx.local.interactive
-    call = ColumnCall(step, invoker, rows, item_indices, b.path, bus, constant_flags, local, i)
+    call = ColumnCall(step, invoker, args, len(positions), item_indices, b.path, bus,
+                      tuple(constant_flags), local, i)  # fmt: skip
     call.positions, call.keys, call.hits = positions, keys, len(hits)
     if invoker.nested:
         flows = []
-        for pos, row in zip(positions, rows):
+        for pos, row in zip(positions, call.rows):
             item = ItemCall(step, invoker, row, b.indices[pos], b.path, bus, local, i)
             item_keys = None
             if st.key_columns is not None:

@@ -17,8 +17,9 @@ The context is split in two: `Settings` can travel to another process with a bat
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from ..events import EventBus
@@ -135,13 +136,18 @@ class ItemCall:
 
 
 class ColumnCall:
-    """Run one node for many rows of a batch (``rows`` holds each item's arguments).
+    """Run one node for the ``n`` rows of a batch.
 
-    After it ran: ``results`` (one value per row; anything at a failed row) and
-    ``failed`` (row position -> exception): the one place failures are counted.
+    ``args`` holds one entry per parameter: a list of ``n`` values, or (where ``constant``
+    says so) the one value every row shares. ``rows`` gives the same as one tuple per row,
+    built on first use. After it ran: ``results`` (one value per row; anything at a
+    failed row) and ``failed`` (row position -> exception): the one place failures are
+    counted.
     """
 
     __slots__ = (
+        "_rows",
+        "args",
         "bus",
         "constant",
         "failed",
@@ -151,11 +157,11 @@ class ColumnCall:
         "invoker",
         "keys",
         "local",
+        "n",
         "path",
         "pos",
         "positions",
         "results",
-        "rows",
         "step",
         "t0",
     )
@@ -164,7 +170,8 @@ class ColumnCall:
         self,
         step: Step,
         invoker: Invoker,
-        rows: list[tuple[Any, ...]],
+        args: list[Any],
+        n: int,
         indices: list[int],
         path: tuple[str, ...],
         bus: EventBus | None,
@@ -174,7 +181,9 @@ class ColumnCall:
     ) -> None:
         self.step = step
         self.invoker = invoker
-        self.rows = rows
+        self.args = args
+        self.n = n
+        self._rows: list[tuple[Any, ...]] | None = None
         self.indices = indices
         self.path = path
         self.bus = bus
@@ -190,12 +199,31 @@ class ColumnCall:
         self.keys: list[str | None] | None = None
         self.hits = 0
 
+    def columns(self, start: int = 0, stop: int | None = None) -> list[Iterable[Any]]:
+        """Per parameter, the values of rows ``start..stop`` (constants repeated)."""
+        stop = self.n if stop is None else stop
+        whole = start == 0 and stop == self.n
+        return [
+            repeat(arg, stop - start) if const else arg if whole else arg[start:stop]
+            for arg, const in zip(self.args, self.constant)
+        ]
+
+    @property
+    def rows(self) -> list[tuple[Any, ...]]:
+        """One tuple of arguments per row."""
+        if self._rows is None:
+            self._rows = list(zip(*self.columns())) if self.args else [()] * self.n
+        return self._rows
+
+    def release(self) -> None:
+        """Let go of the arguments and results (the call may outlive the batch's columns)."""
+        self.args, self._rows, self.results = [], None, []
+
     def batch_arguments(self) -> list[Any]:
         """Lists for the varying arguments, plain values for the constant ones."""
-        if not self.rows:
+        if not self.n:
             return []
-        columns = list(zip(*self.rows))
-        return [col[0] if const else list(col) for col, const in zip(columns, self.constant)]
+        return [arg if const else list(arg) for arg, const in zip(self.args, self.constant)]
 
 
 class BatchOutcome:
