@@ -45,6 +45,7 @@ class BaseRunner:
         self.engines = engines
         self._quiet = Local(inline=self._inline)  # no subscriber: shared, nothing to fail
         self._settings = Settings(cache=cache, engines=engines)
+        self._quiet_ctx: Context | None = None
 
     def _context(
         self,
@@ -63,8 +64,11 @@ class BaseRunner:
         if on_error != settings.on_error:
             settings = Settings(cache=self.cache, on_error=on_error, engines=self.engines)
         quiet = handlers is None and session is None and loop is None and not extra
-        if quiet and not self.callbacks:
-            return Context(settings, self._quiet)  # the common case: nothing new to build
+        if quiet and not self.callbacks:  # the common case: nothing new to build
+            ctx = self._quiet_ctx
+            if ctx is None or ctx.settings is not settings:
+                ctx = self._quiet_ctx = Context(settings, self._quiet)
+            return ctx
         local = Local(
             bus=EventBus([*self.callbacks, *extra]),  # a fresh bus: a failed one stays failed
             handlers=handlers,

@@ -16,6 +16,8 @@ from ._drive import SyncDriver, iterate
 
 __all__ = ["Runner"]
 
+_INLINE = SyncDriver()  # holds no state: one serves every serial runner
+
 
 class Runner(BaseRunner):
     """Run graphs synchronously.
@@ -159,7 +161,7 @@ class Runner(BaseRunner):
     # -- driving ------------------------------------------------------------------
     def _driver(self) -> SyncDriver:
         if self.max_workers is None or self.max_workers <= 1:
-            return SyncDriver()
+            return _INLINE
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="hypernodes")
         return SyncDriver(self._pool, self.max_workers)
