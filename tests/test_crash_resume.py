@@ -1,6 +1,8 @@
 """A real crash: a map streaming into a `StreamWriter` is killed with SIGKILL mid-run, twice,
 then resumed to completion; every item must be stored exactly once (data or errors shard),
-with no temporary or uncommitted file left and a finished manifest."""
+with no temporary or uncommitted file left, shards numbered without gaps, flattened structured
+outputs intact and a finished manifest. (The one SIGKILL suite: tests/io/test_writers.py covers
+the writer's resume without killing a process.)"""
 
 from __future__ import annotations
 
@@ -42,7 +44,12 @@ def label(y: int) -> str:
     return f"v{y}"
 
 
-graph = Graph(nodes=[double, label], name="crash")
+@node(output_name="info")
+def info(y: int) -> dict:
+    return {"s": str(y), "half": y // 2}  # flattened into columns info.s and info.half
+
+
+graph = Graph(nodes=[double, label, info], name="crash")
 writer = StreamWriter(out, format=fmt, max_lines_per_file=__SHARD__, resume=True)
 result = Runner().map(
     graph,
@@ -143,6 +150,8 @@ def test_sigkill_then_resume_stores_every_item_once(tmp_path: Path, fmt: str) ->
     assert manifest["n_rows"] == len(data)
     assert manifest["n_failed"] == len(errors)
     assert all(s["rows"] <= SHARD for s in manifest["shards"])
+    files = [s["file"] for s in manifest["shards"]]
+    assert files == [f"{i:03d}.{fmt}" for i in range(len(files))], f"seed {seed}: numbering"
 
     # the rows hold the right values, whichever run wrote them
     from hypernodes_chain.io import read_jsonl, read_parquet
@@ -151,4 +160,5 @@ def test_sigkill_then_resume_stores_every_item_once(tmp_path: Path, fmt: str) ->
     for row in reader:
         assert row["y"] == 2 * row["x"]
         assert row["z"] == f"v{row['y']}"
+        assert (row["info.s"], row["info.half"]) == (str(row["y"]), row["x"])
         assert row["_index"] == row["x"]

@@ -177,7 +177,11 @@ def test_readers_repr_and_types(tmp_path: Path) -> None:
 
 # -- laziness: a big input is never held in memory -------------------------------------
 
-BIG = 200_000
+# The peak of Python allocations while reading is a few tens of kB (jsonl: one line and one dict
+# at a time) or one read batch of dicts (parquet), whatever the file's size. So the files are
+# kept small (a few MB of rows as dicts, cheap to write and to read under tracemalloc) and the
+# bounds tight: a tenth of what holding all rows would take.
+BIG = 20_000
 ROW = {"text": "x" * 100, "n": 0}
 
 
@@ -190,26 +194,39 @@ def peak_while_reading(reader: Iterable[dict], stop: int | None = None) -> tuple
         tracemalloc.stop()
 
 
+def all_rows_size(n: int) -> int:
+    """Bytes that ``n`` rows held as dicts take, measured the same way as a reader's peak
+    (a lower bound: these rows share one ``text`` string, rows read from a file do not)."""
+    tracemalloc.start()
+    try:
+        rows = [{**ROW, "n": i} for i in range(n)]
+        size = tracemalloc.get_traced_memory()[0]
+        del rows
+        return size
+    finally:
+        tracemalloc.stop()
+
+
 def test_jsonl_reading_is_lazy(tmp_path: Path) -> None:
     path = tmp_path / "big.jsonl"
     with open(path, "w") as f:
-        for i in range(BIG):
-            f.write(json.dumps({**ROW, "n": i}) + "\n")
-    assert path.stat().st_size > 25_000_000
+        f.writelines(json.dumps({**ROW, "n": i}) + "\n" for i in range(BIG))
+    size = path.stat().st_size
+    assert size > 2_000_000
     count, peak = peak_while_reading(read_jsonl(path))
     assert count == BIG
-    assert peak < 2_000_000  # whole file: > 25 MB on disk, far more as dicts
+    assert peak < min(size, all_rows_size(BIG)) / 10  # not the file, nor its rows, held
 
 
 def test_parquet_reading_is_lazy(tmp_path: Path) -> None:
     path = tmp_path / "big.parquet"
     with pq.ParquetWriter(path, pa.schema([("text", pa.string()), ("n", pa.int64())])) as w:
-        for start in range(0, BIG, 20_000):
-            rows = [{**ROW, "n": i} for i in range(start, start + 20_000)]
+        for start in range(0, BIG, 5_000):  # 4 row groups
+            rows = [{**ROW, "n": i} for i in range(start, start + 5_000)]
             w.write_table(pa.Table.from_pylist(rows, schema=w.schema))
-    count, peak = peak_while_reading(read_parquet(path, batch_size=1_000))
+    count, peak = peak_while_reading(read_parquet(path, batch_size=500))
     assert count == BIG
-    assert peak < 5_000_000  # all rows as dicts would be > 50 MB
+    assert peak < all_rows_size(BIG) / 10  # < half a row group of dicts: batches, not groups
 
 
 def test_reading_stops_early_without_reading_the_rest(tmp_path: Path) -> None:

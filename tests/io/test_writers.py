@@ -1,21 +1,18 @@
-"""StreamWriter: shards, manifest, flattening, errors shard, parquet schema, resume."""
+"""StreamWriter: shards, manifest, flattening, errors shard, parquet schema, resume.
+
+A real crash (SIGKILL mid-run, then resume) is tests/test_crash_resume.py."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 import json
-import os
-import random
 import re
-import signal
-import subprocess
 import sys
 import tempfile
-import textwrap
-import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,7 +20,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import hypernodes_chain.io as hio
 from hypernodes_chain import ResumeWarning
 from hypernodes_chain.io import IndexSet, StreamWriter, read_jsonl, read_parquet
 from hypernodes_chain.io._intervals import ranges_of
@@ -572,7 +568,9 @@ def test_resume_redoes_the_items_of_a_listed_shard_that_is_gone(tmp_path: Path) 
     writer.close()
     assert sorted(r["_index"] for r in read_jsonl(tmp_path)) == list(range(6))
     assert sorted(s["file"] for s in manifest(tmp_path)["shards"]) == [
-        "000.jsonl", "002.jsonl", "003.jsonl"
+        "000.jsonl",
+        "002.jsonl",
+        "003.jsonl",
     ]
 
 
@@ -665,7 +663,10 @@ def test_index_set_behaves_like_a_set(indices: list[int], probe: int) -> None:
     fmt=st.sampled_from(FORMATS),
 )
 def test_shards_round_trip_within_max_lines(n: int, max_lines: int, batch: int, fmt: str) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+    # Up to 60 shards per example, each committed with fsyncs; durability is not the property
+    # here (the crash test in tests/test_crash_resume.py is), and on a busy disk the fsyncs
+    # made this test take seconds, so they are skipped.
+    with tempfile.TemporaryDirectory() as tmp, mock.patch("os.fsync"):
         out = Path(tmp)
         writer, _ = open_writer(out, format=fmt, max_lines_per_file=max_lines)
         write_all(writer, n, batch)
@@ -675,75 +676,3 @@ def test_shards_round_trip_within_max_lines(n: int, max_lines: int, batch: int, 
         assert 0 < (rows[-1] if rows else 1) <= max_lines
         assert sum(rows) == n == result.n_ok
         assert read(out, fmt) == [{"_index": i, "x": i, "y": 2 * i} for i in range(n)]
-
-
-# -- a real crash: SIGKILL in the middle, then resume ----------------------------------
-
-CRASH_SCRIPT = """
-import sys, time
-from hypernodes_chain.io import StreamWriter
-from hypernodes_chain.results import ItemFailure
-
-path, fmt, resume = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-writer = StreamWriter(path, format=fmt, max_lines_per_file=1000, resume=resume)
-skip = writer.open(graph_name="crash", input_names=["x"], output_names=["y", "info"])
-todo = (i for i in range(50_000) if i not in skip)
-while True:
-    batch = [i for _, i in zip(range(100), todo)]
-    if not batch:
-        break
-    ok = [(i, {"x": i}, {"y": i * 3, "info": {"s": str(i)}}) for i in batch if i % 97]
-    bad = [ItemFailure.from_exception(i, "n", ValueError(i)) for i in batch if not i % 97]
-    writer.write_batch(ok, bad)
-    time.sleep(0.001)
-writer.close()
-"""
-
-
-def run_until_killed(script: Path, out: Path, fmt: str, resume: bool, rng: random.Random) -> int:
-    src = str(Path(hio.__file__).parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, str(script), str(out), fmt, "1" if resume else "0"]
-    proc = subprocess.Popen(cmd, env=env)
-    before = len(json.loads((out / "_manifest.json").read_text())["shards"]) if resume else 0
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and proc.poll() is None:  # wait for a new shard
-        try:
-            if len(json.loads((out / "_manifest.json").read_text())["shards"]) > before:
-                break
-        except (FileNotFoundError, ValueError):
-            pass
-        time.sleep(0.01)
-    time.sleep(rng.uniform(0, 0.15))
-    proc.send_signal(signal.SIGKILL)
-    return proc.wait(timeout=30)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("fmt", FORMATS)
-def test_sigkill_then_resume_writes_every_item_exactly_once(tmp_path: Path, fmt: str) -> None:
-    script = tmp_path / "crash.py"
-    script.write_text(textwrap.dedent(CRASH_SCRIPT))
-    out = tmp_path / "out"
-    rng = random.Random(fmt)
-    assert run_until_killed(script, out, fmt, resume=False, rng=rng) == -signal.SIGKILL
-    assert run_until_killed(script, out, fmt, resume=True, rng=rng) == -signal.SIGKILL
-    assert not manifest(out)["finished"]
-
-    src = str(Path(hio.__file__).parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
-    subprocess.run([sys.executable, str(script), str(out), fmt, "1"], env=env, check=True)
-
-    rows = read(out, fmt)
-    indices = [r["_index"] for r in rows]
-    failed = [r["_index"] for r in error_records(out)]
-    assert len(indices) == len(set(indices)) and len(failed) == len(set(failed))
-    assert sorted(indices + failed) == list(range(50_000))
-    assert sorted(failed) == list(range(0, 50_000, 97))
-    assert all(r["y"] == 3 * r["_index"] and r["info.s"] == str(r["_index"]) for r in rows)
-    assert not [p for p in out.rglob(".*")]
-    m = manifest(out)
-    assert m["finished"] is True
-    assert (m["n_rows"], m["n_failed"]) == (len(indices), len(failed))
-    assert [s["file"] for s in m["shards"]] == [f"{i:03d}.{fmt}" for i in range(len(m["shards"]))]
-    assert all(s["rows"] <= 1000 for s in m["shards"])

@@ -28,12 +28,29 @@ SNIPPET = textwrap.dedent(
 )
 
 
+# The project's settings (pyproject.toml), plus: do not analyse the modules of other packages.
+# node.py imports only the standard library, so the types checked here do not depend on them,
+# and skipping them (numpy, IPython, rich, ... reached through hypernodes_chain/__init__)
+# takes the check from ~6 s to ~2 s. The standard library's stubs are still read.
+CONFIG = """
+[mypy]
+python_version = 3.10
+strict = True
+follow_imports = skip
+
+[mypy-hypernodes_chain,hypernodes_chain.*]
+follow_imports = normal
+"""
+
+
 def test_node_keeps_the_signature(tmp_path):
     path = tmp_path / "snippet.py"
     path.write_text(SNIPPET)
+    (tmp_path / "mypy.ini").write_text(CONFIG)
     out, err, status = api.run(
-        [str(path), "--strict", "--no-incremental", "--cache-dir", str(tmp_path / "cache"),
-         "--ignore-missing-imports", "--no-error-summary", "--hide-error-context"]
+        [str(path), "--config-file", str(tmp_path / "mypy.ini"), "--strict", "--no-incremental",
+         "--cache-dir", str(tmp_path / "cache"), "--ignore-missing-imports", "--no-error-summary",
+         "--hide-error-context"]
     )  # fmt: skip
     lines = [line.split(": ", 1)[1] for line in out.splitlines() if ": " in line]
     assert 'note: Revealed type is "int"' in lines
