@@ -278,7 +278,7 @@ class PlainInvoker(Invoker):
 
     def column(self, call: ColumnCall) -> Body:
         if call.local is not None:  # rows that may wait for an answer: never on the loop
-            return (yield Rows(_scoped_rows(call), call.n, inline=False))
+            return (yield Rows(_each_call(call, scoped=True), call.n, inline=False))
         return (yield Rows(_plain_rows(call), call.n))
 
 
@@ -308,9 +308,10 @@ def _plain_rows(
 
 
 def _each_call(
-    call: ColumnCall,
+    call: ColumnCall, scoped: bool = False
 ) -> Callable[[int, int], tuple[list[Any], dict[int, BaseException]]]:
-    """Rows called one by one (keyword arguments, or no arguments at all)."""
+    """Rows called one by one: keyword arguments, no arguments at all, or rows that may
+    ask questions (``scoped``: each inside its own interrupt scope)."""
     step = call.step
 
     def run(start: int, stop: int) -> tuple[list[Any], dict[int, BaseException]]:
@@ -319,28 +320,11 @@ def _each_call(
         rows = call.rows
         for pos in range(start, stop):
             try:
-                out.append(call_function(step, rows[pos]))
-            except Exception as exc:
-                failed[pos] = exc
-                out.append(None)
-        return out, failed
-
-    return run
-
-
-def _scoped_rows(
-    call: ColumnCall,
-) -> Callable[[int, int], tuple[list[Any], dict[int, BaseException]]]:
-    """Rows that may ask questions: each runs inside its own interrupt scope."""
-    step = call.step
-
-    def run(start: int, stop: int) -> tuple[list[Any], dict[int, BaseException]]:
-        out: list[Any] = []
-        failed: dict[int, BaseException] = {}
-        for pos in range(start, stop):
-            try:
-                with _scope(call.local, step, call.indices[pos], call.path, call.bus):
-                    out.append(call_function(step, call.rows[pos]))
+                if scoped:
+                    with _scope(call.local, step, call.indices[pos], call.path, call.bus):
+                        out.append(call_function(step, rows[pos]))
+                else:
+                    out.append(call_function(step, rows[pos]))
             except Exception as exc:
                 failed[pos] = exc
                 out.append(None)
