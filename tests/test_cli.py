@@ -293,7 +293,9 @@ def test_resume_continues_after_a_failure(cli, work: Path) -> None:
     assert "--resume" in error_line(again)
     resumed = cli(*args[:-2], "--resume", cwd=work)  # the format comes from the folder
     assert resumed.returncode == 0, resumed.stderr
-    assert "done: 50 items (50 ok, 0 failed; 150 already done)" in resumed.stdout
+    assert "done: 50 items (50 ok, 0 failed; 150 already done; folder: 200 ok, 0 failed)" in (
+        resumed.stdout
+    )
     assert indices(work / "out", "parquet") == list(range(200))
     meta = manifest(work / "out")
     assert meta["finished"] is True

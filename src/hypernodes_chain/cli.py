@@ -66,8 +66,11 @@ def summary_line(result: Any, out: Path) -> str:
     files = len(result.files)
     done = f"; {result.n_skipped:,} already done" if result.n_skipped else ""
     items = f"{result.n_items:,} item{'s' if result.n_items != 1 else ''}"
+    total = ""
+    if result.n_skipped:  # a resumed run: the folder holds more than this run did
+        total = f"; folder: {result.total_ok:,} ok, {result.total_failed:,} failed"
     return (
-        f"done: {items} ({result.n_ok:,} ok, {result.n_failed:,} failed{done}), "
+        f"done: {items} ({result.n_ok:,} ok, {result.n_failed:,} failed{done}{total}), "
         f"{files} file{'s' if files != 1 else ''}, {result.duration_s:.2f} s -> {out}"
     )
 
@@ -79,6 +82,8 @@ def summary_record(result: Any, out: Path) -> dict[str, Any]:
         "ok": result.n_ok,
         "failed": result.n_failed,
         "skipped": result.n_skipped,
+        "total_ok": result.total_ok,
+        "total_failed": result.total_failed,
         "files": [str(f) for f in result.files],
         "seconds": round(result.duration_s, 6),
         "out": str(out),

@@ -240,3 +240,22 @@ def make():
         prints.append(node_fingerprint(module.make()))
     sys.modules.pop("edited_models", None)
     assert None not in prints and prints[0] != prints[1]
+
+
+def test_runner_settings_changed_after_construction_count() -> None:
+    calls: list[int] = []
+
+    @node(output_name="y")
+    def counted(x: int) -> int:
+        calls.append(x)
+        return x
+
+    runner = Runner()
+    runner.cache = MemoryCache()
+    seen: list[Any] = []
+    runner.callbacks.append(seen.append)
+    graph = Graph([counted])
+    assert runner.map(graph, {"x": [1, 2]}, map_over="x") == [{"y": 1}, {"y": 2}]
+    assert runner.map(graph, {"x": [1, 2]}, map_over="x") == [{"y": 1}, {"y": 2}]
+    assert calls == [1, 2]  # the second map came from the cache set after construction
+    assert any(type(e).__name__ == "MapFinished" for e in seen)
