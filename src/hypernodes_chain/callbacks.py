@@ -41,7 +41,6 @@ class Callback:
         """Called for every event, after the specific ``on_<event>`` method."""
 
 
-
 def __getattr__(name: str) -> Any:
     """The built-in callbacks, from their own modules (which import `Callback` from here)."""
     if name == "ProgressCallback":

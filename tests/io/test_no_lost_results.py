@@ -44,7 +44,9 @@ def error_records(out: Path) -> list[dict[str, Any]]:
     folder = out / "_errors"
     if not folder.is_dir():
         return []
-    return [json.loads(line) for p in sorted(folder.iterdir()) for line in p.read_text().splitlines()]
+    return [
+        json.loads(line) for p in sorted(folder.iterdir()) for line in p.read_text().splitlines()
+    ]
 
 
 def manifest(out: Path) -> dict[str, Any]:

@@ -210,7 +210,7 @@ def test_editing_a_model_a_node_captures_changes_its_fingerprint(tmp_path: Any) 
 
     from hypernodes_chain.runners._keys import node_fingerprint
 
-    source = '''
+    source = """
 from pydantic import BaseModel
 from hypernodes_chain import node
 
@@ -226,7 +226,7 @@ def make():
         return model(title=text).model_dump()
 
     return summarize
-'''
+"""
     prints = []
     for k, extra in enumerate(["", "score: float = 0.0"]):
         path = tmp_path / f"v{k}" / "edited_models.py"  # one module name, two versions
