@@ -53,12 +53,22 @@ def item_flow(
     """
     local = ctx.local
     bus = local.bus if local.bus.active else None
-    cache = ctx.cache
     if path is None:
         path = (plan.graph.name,)
-    if cache is not None and keys is None:
+    if ctx.cache is not None and keys is None:
         keys = {}
-    steps, invokers, dependents = plan.steps, plan_invokers(plan), plan.dependents
+    steps = plan.steps
+    ilocal = local.interactive
+    if plan.simple and local.inline and keys is None and bus is None and ilocal is None:
+        # Nothing to cache, observe or answer, and only plain functions: calling them
+        # here in plan order is what the driver would do anyway, minus the round trips.
+        for step in steps:
+            try:
+                values[step.output] = step.node.func(*step.fetch(values))  # type: ignore[index]
+            except Exception as exc:
+                raise node_error(step, exc, index, path) from exc
+        return values, {}
+    invokers, dependents = plan_invokers(plan), plan.dependents
     waiting = list(plan.n_deps)
     ready = [i for i, n in enumerate(waiting) if n == 0]
     remaining = len(steps)
@@ -75,16 +85,6 @@ def item_flow(
                 graph_obj=plan.graph,
             )
         )
-    ilocal = local.interactive
-    if plan.simple and local.inline and keys is None and bus is None and ilocal is None:
-        # Nothing to cache, observe or answer, and only plain functions: calling them
-        # here in plan order is what the driver would do anyway, minus the round trips.
-        for step in steps:
-            try:
-                values[step.output] = step.node.func(*step.fetch(values))  # type: ignore[index]
-            except Exception as exc:
-                raise node_error(step, exc, index, path) from exc
-        return values, {}
     while remaining:
         calls = []
         for i in ready:  # cache hits append released steps to `ready` while we walk it
