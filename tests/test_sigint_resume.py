@@ -45,11 +45,11 @@ ERRORS_RE = re.compile(rf"^{ERRORS}/\d{{3,}}\.jsonl$")
 NOT_DATA = {MANIFEST, "_writer.lock"}
 
 CHILD = """
-import json, sys, time
-from hypernodes_chain import Graph, Runner, node
+import asyncio, json, sys, time
+from hypernodes_chain import AsyncRunner, Graph, Runner, node
 from hypernodes_chain.io import StreamWriter
 
-out, fmt = sys.argv[1], sys.argv[2]
+out, fmt, runner = sys.argv[1], sys.argv[2], sys.argv[3]
 
 
 @node(output_name="y", batch=True)
@@ -68,14 +68,12 @@ graph = Graph(nodes=[double, label], name="sigint")
 writer = StreamWriter(out, format=fmt, max_lines_per_file=__SHARD__, resume=True)
 print("started", flush=True)
 t0 = time.perf_counter()
-result = Runner().map(
-    graph,
-    inputs={"x": range(__N__)},
-    map_over="x",
-    batch_size=__BATCH__,
-    writer=writer,
-    on_error="collect",
-)
+kwargs = dict(map_over="x", batch_size=__BATCH__, writer=writer, on_error="collect")
+inputs = {"x": range(__N__)}
+if runner == "async":  # asyncio.run turns SIGINT into a cancelled task, then KeyboardInterrupt
+    result = asyncio.run(AsyncRunner().map(graph, inputs, **kwargs))
+else:
+    result = Runner().map(graph, inputs, **kwargs)
 summary = {"seconds": time.perf_counter() - t0, "n_items": result.n_items}
 summary["n_skipped"] = result.n_skipped
 print(json.dumps(summary), flush=True)
@@ -97,9 +95,9 @@ def n_data_shards(out: Path) -> int:
         return 0
 
 
-def run_to_completion(script: Path, out: Path, fmt: str) -> dict[str, Any]:
+def run_to_completion(script: Path, out: Path, fmt: str, runner: str = "sync") -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, str(script), str(out), fmt],
+        [sys.executable, str(script), str(out), fmt, runner],
         capture_output=True,
         text=True,
         timeout=300,
@@ -111,12 +109,14 @@ def run_to_completion(script: Path, out: Path, fmt: str) -> dict[str, Any]:
     return summary
 
 
-def interrupt(script: Path, out: Path, fmt: str, after_shards: int, delay: float) -> bool:
+def interrupt(
+    script: Path, out: Path, fmt: str, after_shards: int, delay: float, runner: str = "sync"
+) -> bool:
     """Start a run; once ``after_shards`` data shards exist, wait ``delay`` s and send SIGINT.
 
     True if the run died of it (False: it finished first)."""
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(out), fmt],
+        [sys.executable, str(script), str(out), fmt, runner],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -250,19 +250,34 @@ def print_summary() -> Iterator[None]:
         )
 
 
+def trial(tmp_path: Path, script: Path, fmt: str, seed: int, runner: str) -> None:
+    rng = random.Random(f"{fmt}-{seed}" if runner == "sync" else f"{runner}-{fmt}-{seed}")
+    out = tmp_path / "out"
+    n_signals = 2 if seed % 3 == 2 else 1  # some trials: SIGINT, resume, SIGINT, resume
+    n_interrupted = 0
+    for _ in range(n_signals):
+        after = rng.randint(min(n_data_shards(out), N_SHARDS - 1), N_SHARDS - 1)
+        delay = rng.uniform(0.0, 0.04)
+        n_interrupted += interrupt(script, out, fmt, after, delay, runner)
+    assert n_interrupted, f"seed {seed}: the map finished before any SIGINT landed"
+    run_to_completion(script, out, fmt, runner)
+    check_folder(out, fmt, f"{runner} {fmt} seed {seed}", n_interrupted)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", TRIALS)
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_sigint_then_resume_stores_every_item_once(
     tmp_path: Path, script: Path, fmt: str, seed: int
 ) -> None:
-    rng = random.Random(f"{fmt}-{seed}")
-    out = tmp_path / "out"
-    n_signals = 2 if seed % 3 == 2 else 1  # some trials: SIGINT, resume, SIGINT, resume
-    n_interrupted = 0
-    for _ in range(n_signals):
-        after = rng.randint(min(n_data_shards(out), N_SHARDS - 1), N_SHARDS - 1)
-        n_interrupted += interrupt(script, out, fmt, after, delay=rng.uniform(0.0, 0.04))
-    assert n_interrupted, f"seed {seed}: the map finished before any SIGINT landed"
-    run_to_completion(script, out, fmt)
-    check_folder(out, fmt, f"{fmt} seed {seed}", n_interrupted)
+    trial(tmp_path, script, fmt, seed, "sync")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_sigint_under_async_runner_then_resume_stores_every_item_once(
+    tmp_path: Path, script: Path, fmt: str, seed: int
+) -> None:
+    """AsyncRunner keeps two batches in flight and hands SIGINT to asyncio's own handler."""
+    trial(tmp_path, script, fmt, seed, "async")
