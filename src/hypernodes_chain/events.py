@@ -22,6 +22,8 @@ from .exceptions import CallbackError
 
 __all__ = [
     "BatchFinished",
+    "EngineStarted",
+    "EngineStopped",
     "Event",
     "EventBus",
     "GraphFinished",
@@ -126,6 +128,18 @@ class MapFinished(Event):
     n_failed: int
     duration: float
     error: BaseException | None = None  # set when the map stopped on an error
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStarted(Event):
+    name: str  # the engine's name in its broker
+    seconds: float  # how long the start (the model load) took
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStopped(Event):
+    name: str
+    reason: str  # "evicted", "idle", "flush", "close" or "replaced"
 
 
 Subscriber = Callable[[Event], Any]

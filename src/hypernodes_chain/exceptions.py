@@ -15,6 +15,7 @@ mistake, so ``except ValueError`` keeps working around graph construction::
     ├── NodeError                        (also RuntimeError) a node raised; chained to its error
     ├── InterruptError                   (also RuntimeError) an interrupt nobody can answer
     ├── CallbackError                    (also RuntimeError) a callback raised on an event
+    ├── LLMOutputError                   (also ValueError) an LLM reply that does not validate
     ├── ResumeError                      (also ValueError) a folder a writer must not resume
     └── WriterLockedError                (also RuntimeError) another writer holds the folder
 
@@ -39,6 +40,7 @@ __all__ = [
     "GraphTypeError",
     "HypernodesError",
     "InterruptError",
+    "LLMOutputError",
     "MapInputError",
     "MissingInputError",
     "NodeError",
@@ -139,3 +141,24 @@ class WriterLockedError(HypernodesError, RuntimeError):
 
 class ResumeWarning(UserWarning):
     """Resume found shards that do not match the manifest; their items are computed again."""
+
+
+class LLMOutputError(HypernodesError, ValueError):
+    """An LLM node's reply did not validate against its ``output_model``.
+
+    ``raw`` holds the reply as the engine gave it, ``errors`` the validation errors (as
+    text), ``node`` the node's name; all three survive pickling.
+    """
+
+    def __init__(self, node: str, raw: str, errors: object) -> None:
+        text = str(errors)
+        super().__init__(
+            f"llm node {node!r}: the reply does not validate against its output_model "
+            f"({text.splitlines()[0] if text else 'no detail'}); raw reply: {raw[:200]!r}"
+        )
+        self.node = node
+        self.raw = raw
+        self.errors = text
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.node, self.raw, self.errors))

@@ -63,6 +63,9 @@ class ItemFailure:
         }
         if self.inputs is not None:
             record["inputs"] = {k: _clip(v) for k, v in self.inputs.items()}
+        raw = getattr(self.error, "raw", None)  # an LLM reply that did not validate
+        if isinstance(raw, str):
+            record["raw_reply"] = raw
         return record
 
 

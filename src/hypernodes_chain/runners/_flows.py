@@ -26,7 +26,7 @@ from ..graph import GraphNode
 from ..plan import Plan, Step, build_plan
 from ..results import ItemFailure
 from ._invoke import plan_invokers
-from ._keys import chain_key, node_error, node_fingerprint, output_key, store, unpack
+from ._keys import chain_key, node_error, output_key, store, unpack
 from ._work import BatchOutcome, BatchTask, ColumnCall, Context, Flow, ItemCall
 
 __all__ = ["batch_columns", "batch_flow", "item_flow"]
@@ -89,7 +89,9 @@ def item_flow(
         calls = []
         for i in ready:  # cache hits append released steps to `ready` while we walk it
             step, invoker = steps[i], invokers[i]
-            call = ItemCall(step, invoker, step.fetch(values), index, path, bus, ilocal, i)
+            call = ItemCall(
+                step, invoker, step.fetch(values), index, path, bus, ilocal, i, ctx.settings
+            )
             if keys is not None and _cached(call, ctx, values, keys):
                 remaining -= 1
                 for j in dependents[i]:
@@ -159,7 +161,8 @@ def _cached(
         if s not in keys:
             keys[s] = hashing.fingerprint(v)
     if node.cache:
-        call.key = chain_key(node_fingerprint(node), [keys[s] for s in step.sources])
+        fp = call.invoker.fingerprint(node, ctx.settings)
+        call.key = chain_key(fp, [keys[s] for s in step.sources])
     if call.key is None or ctx.cache is None or not call.invoker.cacheable:
         return False
     hit = ctx.cache.get(call.key)
@@ -416,7 +419,7 @@ def _prepare_column(i: int, step: Step, invoker: Any, st: _State, b: _Batch) -> 
     keys: list[str | None] | None = None
     hits: list[int] = []
     if st.key_columns is not None and node.cache:
-        fp = node_fingerprint(node)
+        fp = invoker.fingerprint(node, ctx.settings)
         keys = [None] * st.n
         for pos in alive:
             keys[pos] = chain_key(fp, _source_keys(st, step, pos))
@@ -458,12 +461,12 @@ def _prepare_column(i: int, step: Step, invoker: Any, st: _State, b: _Batch) -> 
     item_indices = b.indices if full else [b.indices[p] for p in positions]
     local = ctx.local.interactive
     call = ColumnCall(step, invoker, args, len(positions), item_indices, b.path, bus,
-                      tuple(constant_flags), local, i)  # fmt: skip
+                      tuple(constant_flags), local, i, ctx.settings)  # fmt: skip
     call.positions, call.keys, call.hits = positions, keys, len(hits)
     if invoker.nested:
         flows = []
         for pos, row in zip(positions, call.rows):
-            item = ItemCall(step, invoker, row, b.indices[pos], b.path, bus, local, i)
+            item = ItemCall(step, invoker, row, b.indices[pos], b.path, bus, local, i, ctx.settings)
             item_keys = None
             if st.key_columns is not None:
                 item_keys = dict(zip(step.sources, _source_keys(st, step, pos)))
@@ -544,14 +547,14 @@ def _constant_call(i: int, step: Step, invoker: Any, st: _State, b: _Batch) -> I
     """A node that reads only constants runs once for the whole batch (None: cached)."""
     ctx, node = b.ctx, step.node
     local = ctx.local.interactive
-    call = ItemCall(
-        step, invoker, [st.constants[s] for s in step.sources], None, b.path, b.bus, local, i
-    )
+    args = [st.constants[s] for s in step.sources]
+    call = ItemCall(step, invoker, args, None, b.path, b.bus, local, i, ctx.settings)
     src_keys = None
     if st.constant_keys is not None:
         src_keys = {s: st.constant_keys.get(s) for s in step.sources}
         if node.cache:
-            call.key = chain_key(node_fingerprint(node), list(src_keys.values()))
+            fp = invoker.fingerprint(node, ctx.settings)
+            call.key = chain_key(fp, list(src_keys.values()))
     if b.bus is not None:
         b.bus.publish(NodeStarted(path=b.path, node=node.name, index=None, n_items=len(st.alive)))
     call.t0 = _perf()

@@ -31,9 +31,11 @@ from typing import TYPE_CHECKING, Any
 from ..events import StreamingChunkEvent
 from ..interrupts import Scope
 from ..plan import Plan, Step
+from ._keys import node_fingerprint
+from ._work import ItemCall
 
 if TYPE_CHECKING:
-    from ._work import ColumnCall, ItemCall, Local
+    from ._work import ColumnCall, Local, Settings
 
 __all__ = [
     "AwaitRows",
@@ -220,8 +222,6 @@ def _emit(call: ItemCall, chunk: Any) -> None:
 
 
 def _row_call(column: ColumnCall, position: int) -> ItemCall:
-    from ._work import ItemCall  # the class; a module import would be circular for typing only
-
     call = ItemCall(
         column.step,
         column.invoker,
@@ -230,6 +230,8 @@ def _row_call(column: ColumnCall, position: int) -> ItemCall:
         column.path,
         column.bus,
         column.local,
+        column.pos,
+        column.settings,
     )
     if column.flows is not None:
         call.flow = column.flows[position]
@@ -258,6 +260,11 @@ class Invoker:
 
     nested = False
     cacheable = True  # may its results be looked up and stored in the cache?
+
+    def fingerprint(self, node: Any, settings: Settings) -> str | None:
+        """The node's cache identity in this run: its own parts, plus whatever the run
+        decides for this kind (an LLM node adds its engine's identity)."""
+        return node_fingerprint(node)
 
     def item(self, call: ItemCall) -> Body:
         """Call the node for one item; returns its value (raises its error)."""

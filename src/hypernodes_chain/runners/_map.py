@@ -21,7 +21,7 @@ from ..events import BatchFinished, MapFinished, MapStarted
 from ..exceptions import MapInputError
 from ..plan import Plan
 from ..results import ItemFailure, MapResult
-from ._keys import node_fingerprint
+from ._invoke import plan_invokers
 from ._work import BatchRows, BatchTask, Context, Flow
 
 __all__ = ["map_batches", "map_flow", "normalize_map_over"]
@@ -144,7 +144,11 @@ def map_flow(
     error: BaseException | None = None
     skip: Container[int] = ()
     if writer is not None:  # from here on, the writer is closed whatever happens
-        fingerprints = {step.node.name: node_fingerprint(step.node) for step in plan.steps}
+        invokers = plan_invokers(plan)
+        fingerprints = {
+            step.node.name: invoker.fingerprint(step.node, ctx.settings)
+            for step, invoker in zip(plan.steps, invokers)
+        }
         skip = writer.open(
             graph_name=plan.graph.name,
             input_names=list(map_over),

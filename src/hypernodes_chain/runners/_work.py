@@ -105,6 +105,7 @@ class ItemCall:
         "path",
         "pos",
         "result",
+        "settings",
         "step",
         "t0",
     )
@@ -119,6 +120,7 @@ class ItemCall:
         bus: EventBus | None,
         local: Local | None,
         pos: int = 0,
+        settings: Settings | None = None,
     ) -> None:
         self.step = step
         self.invoker = invoker
@@ -128,6 +130,7 @@ class ItemCall:
         self.bus = bus  # set only when someone listens (streamed chunks)
         self.local = local  # set only when interrupts can be answered
         self.pos = pos  # the step's position in its plan
+        self.settings = settings  # the run's cache, on_error and engines (for invokers)
         self.flow: Any = None  # a nested graph's flow factory, when the invoker needs one
         self.key: str | None = None
         self.result: Any = None
@@ -162,6 +165,7 @@ class ColumnCall:
         "pos",
         "positions",
         "results",
+        "settings",
         "step",
         "t0",
     )
@@ -178,6 +182,7 @@ class ColumnCall:
         constant: tuple[bool, ...],
         local: Local | None,
         pos: int = 0,
+        settings: Settings | None = None,
     ) -> None:
         self.step = step
         self.invoker = invoker
@@ -190,6 +195,7 @@ class ColumnCall:
         self.constant = constant  # per argument: the same for every row (batch nodes get it plain)
         self.local = local
         self.pos = pos
+        self.settings = settings
         self.flows: list[Any] | None = None  # per row, for nested graphs
         self.results: list[Any] = []
         self.failed: dict[int, BaseException] = {}

@@ -1,0 +1,12 @@
+"""Engines: named models shared by LLM nodes through a broker that starts them lazily.
+
+Nothing here imports torch, transformers or an HTTP client at import time; each engine
+imports its library when it starts.
+"""
+
+from __future__ import annotations
+
+from .base import Engine, Message, Prompt
+from .broker import EngineBroker, EngineStatus, UnknownEngineError
+
+__all__ = ["Engine", "EngineBroker", "EngineStatus", "Message", "Prompt", "UnknownEngineError"]

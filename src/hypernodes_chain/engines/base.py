@@ -1,0 +1,59 @@
+"""The engine protocol: a named model that starts lazily and can be stopped to free memory.
+
+An engine is duck-typed; `Engine` spells out what the broker and LLM nodes call. A prompt is
+a ``str`` or a list of chat messages ``{"role": ..., "content": ...}``. ``generate`` returns
+one entry per prompt, in order: the reply text, or the exception of a prompt that failed
+(after the engine's own retries), which fails that item only; an exception raised by
+``generate`` itself fails every item of the batch. ``schema`` is a JSON schema (a dict) the
+reply must follow; engines with constrained decoding enforce it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = ["Engine", "Message", "Prompt"]
+
+Message = Mapping[str, str]
+Prompt = str | Sequence[Message]
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What an engine offers; see the module docstring for the contract of each call."""
+
+    max_concurrency: int  # requests in flight at once (HTTP engines); 1 for local ones
+
+    def start(self) -> None:
+        """Load the model (idempotent)."""
+        ...
+
+    def stop(self) -> None:
+        """Free the model's memory (idempotent); a later call starts it again."""
+        ...
+
+    def generate(
+        self, prompts: Sequence[Prompt], *, schema: Mapping[str, Any] | None = None, **sampling: Any
+    ) -> list[str | Exception]:
+        """One reply (or the exception of a failed prompt) per prompt, in order."""
+        ...
+
+    async def agenerate(
+        self, prompts: Sequence[Prompt], *, schema: Mapping[str, Any] | None = None, **sampling: Any
+    ) -> list[str | Exception]:
+        """The async twin of `generate`."""
+        ...
+
+    def stream(self, prompt: Prompt, **sampling: Any) -> Iterator[str]:
+        """The token chunks of one reply, as they come."""
+        ...
+
+    def astream(self, prompt: Prompt, **sampling: Any) -> AsyncIterator[str]:
+        """The async twin of `stream`."""
+        ...
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two replies comparable (model, revision or digest, engine kind);
+        it enters the cache key of every LLM node that uses the engine."""
+        ...

@@ -1,0 +1,457 @@
+"""The engine broker: named engines started on first use, shared, and stopped to free memory.
+
+Every decision (take a reference, reserve a start, pick the engine to evict, or wait) is
+made in one place, `EngineBroker._claim`, under one lock; the sync and async acquires only
+drive it: a thread waits on the condition, a task on a future that the next state change
+resolves. Starting and stopping (slow: a model load, a GPU release) run outside the lock,
+so other engines stay usable meanwhile, and the async twin runs them in a worker thread.
+
+A registration is in one of four states. The states other than ``cold`` count against
+``max_live``, so an engine being stopped still holds its place until its memory is free::
+
+    cold --claim--> starting --start()--> live --evict/flush/close--> stopping --stop()--> cold
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pickle
+import sys
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypedDict, TypeGuard
+
+from ..events import EngineStarted, EngineStopped, Event, EventBus
+from ..exceptions import HypernodesError
+from .base import Engine
+
+__all__ = ["EngineBroker", "EngineStatus", "UnknownEngineError"]
+
+EngineFactory = Callable[[], Engine]
+Clock = Callable[[], float]
+
+_COLD, _STARTING, _LIVE, _STOPPING = "cold", "starting", "live", "stopping"
+
+
+class UnknownEngineError(HypernodesError, KeyError):
+    """(also KeyError) an engine name the broker does not know."""
+
+    def __str__(self) -> str:  # KeyError's own str() would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class EngineStatus(TypedDict):
+    """One engine's line in `EngineBroker.status`."""
+
+    live: bool
+    refs: int
+    starts: int
+    last_used: float | None
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One registration and its state; every field is read and written under the lock."""
+
+    name: str
+    source: Any  # the engine or the factory, as registered (what pickling sends)
+    engine: Engine | None  # None until a factory has built it
+    state: str = _COLD
+    refs: int = 0
+    starts: int = 0
+    last_used: float | None = None
+
+
+@dataclass(frozen=True)
+class _Claim:
+    slot: _Slot
+    ready: bool  # a reference is taken; otherwise a start is reserved
+    victim: _Slot | None = None  # the idle engine to stop first
+
+
+def _is_engine(obj: object) -> TypeGuard[Engine]:
+    """True for an engine object, False for a factory (a class or a plain callable)."""
+    if isinstance(obj, type):
+        return False
+    return callable(getattr(obj, "start", None)) and callable(getattr(obj, "generate", None))
+
+
+class EngineBroker:
+    """Named engines, started on first use, shared by reference count, stopped when idle.
+
+    Parameters
+    ----------
+    engines
+        ``{name: engine or factory}``, registered as by `register`.
+    max_live
+        How many engines may be alive at once; acquiring another stops the least recently
+        used idle one first, and waits (never fails) while every live engine is in use.
+    idle_seconds
+        How long an engine may stay idle before ``flush()`` stops it.
+    clock
+        The time source for ``last_used`` and idle flushing (seconds, monotonic).
+
+    ``bus`` (an `EventBus`, or None) receives `EngineStarted` and `EngineStopped`; a runner
+    sets it for the duration of a run. ``close()``, the ``with`` block's exit, interpreter exit
+    and garbage collection stop every live engine.
+
+    A broker pickles as its registrations, unstarted, so each worker process rebuilds its own:
+    factories travel as they are; an engine object travels only if it pickles (its own
+    ``__getstate__`` should keep only its configuration), else pickling is a `TypeError`
+    naming it. A thread that holds one engine and acquires another with every place taken
+    waits for itself: release before switching.
+    """
+
+    def __init__(
+        self,
+        engines: Mapping[str, Engine | EngineFactory] | None = None,
+        *,
+        max_live: int = 1,
+        idle_seconds: float = 180,
+        clock: Clock = time.monotonic,
+        bus: EventBus | None = None,
+    ) -> None:
+        if max_live < 1:
+            msg = f"max_live must be at least 1, got {max_live!r}"
+            raise ValueError(msg)
+        if idle_seconds < 0:
+            msg = f"idle_seconds must be 0 or more, got {idle_seconds!r}"
+            raise ValueError(msg)
+        self.max_live = max_live
+        self.idle_seconds = idle_seconds
+        self.bus = bus
+        self._clock = clock
+        self._slots: dict[str, _Slot] = {}  # mutated, never rebound: the finalizer holds it
+        self._cond = threading.Condition(threading.Lock())
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        weakref.finalize(self, _stop_at_exit, self._slots, self._cond)
+        for name, source in (engines or {}).items():
+            self.register(name, source)
+
+    # -- registrations ---------------------------------------------------------------------
+
+    def register(self, name: str, engine_or_factory: Engine | EngineFactory) -> None:
+        """Register an engine, or a zero-argument factory called on first acquire.
+
+        Nothing starts. An idle registration of the same name is replaced (stopped first
+        if it is live).
+
+        Raises
+        ------
+        TypeError
+            When ``engine_or_factory`` is neither an engine nor a callable.
+        RuntimeError
+            When the name is in use (acquired, starting or stopping).
+        """
+        engine = engine_or_factory if _is_engine(engine_or_factory) else None
+        if engine is None and not callable(engine_or_factory):
+            msg = (
+                f"engine {name!r} must be an engine (with start() and generate()) or a "
+                f"zero-argument factory that builds one, got {engine_or_factory!r}"
+            )
+            raise TypeError(msg)
+        new = _Slot(name, engine_or_factory, engine)
+        with self._cond:
+            old = self._slots.get(name)
+            if old is not None and (old.refs or old.state in (_STARTING, _STOPPING)):
+                msg = (
+                    f"engine {name!r} is in use ({old.refs} references, {old.state}); "
+                    "register its replacement once it is released"
+                )
+                raise RuntimeError(msg)
+            if old is None or old.state == _COLD:
+                self._slots[name] = new
+                return
+            old.state = _STOPPING
+        try:
+            self._stop([old], "replaced")
+        finally:
+            with self._cond:
+                self._slots[name] = new
+                self._notify()
+
+    def names(self) -> tuple[str, ...]:
+        """The registered names, in registration order."""
+        with self._cond:
+            return tuple(self._slots)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._slots
+
+    # -- acquiring -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def acquire(self, name: str) -> Iterator[Engine]:
+        """``with broker.acquire(name) as engine:`` the engine, started on first use.
+
+        Raises
+        ------
+        UnknownEngineError
+            When ``name`` is not registered; the message lists the registered names.
+        """
+        with self._cond:
+            while (claim := self._claim(name)) is None:
+                self._cond.wait()
+        engine, events = self._bring_up(claim)
+        try:
+            self._publish(events)
+            yield engine
+        finally:
+            self._release(claim.slot)
+
+    @contextlib.asynccontextmanager
+    async def aacquire(self, name: str) -> AsyncIterator[Engine]:
+        """The async twin of `acquire`: waits and starts without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._cond:
+                claim = self._claim(name)
+                if claim is None:
+                    waiter = loop.create_future()
+                    self._waiters.append((loop, waiter))
+            if claim is not None:
+                break
+            try:
+                await waiter
+            finally:
+                with self._cond, contextlib.suppress(ValueError):
+                    self._waiters.remove((loop, waiter))
+        engine, events = await self._abring_up(claim)
+        try:
+            self._publish(events)
+            yield engine
+        finally:
+            self._release(claim.slot)
+
+    def _claim(self, name: str) -> _Claim | None:
+        """Under the lock: take a reference, reserve a start, or return None to wait."""
+        slot = self._slots.get(name)
+        if slot is None:
+            known = ", ".join(map(repr, self._slots)) or "none"
+            msg = f"unknown engine {name!r}; registered engines: {known}"
+            raise UnknownEngineError(msg)
+        if slot.state == _LIVE:
+            slot.refs += 1
+            slot.last_used = self._clock()
+            return _Claim(slot, ready=True)
+        if slot.state != _COLD:
+            return None  # another caller is starting or stopping it
+        victim = None
+        if sum(s.state != _COLD for s in self._slots.values()) >= self.max_live:
+            idle = [s for s in self._slots.values() if s.state == _LIVE and not s.refs]
+            if not idle:
+                return None  # every place is in use: wait for a release
+            victim = min(idle, key=lambda s: s.last_used or 0.0)
+            victim.state = _STOPPING
+        slot.state = _STARTING
+        return _Claim(slot, ready=False, victim=victim)
+
+    def _bring_up(self, claim: _Claim) -> tuple[Engine, list[Event]]:
+        """Outside the lock: stop the victim, start the claimed engine, take its reference."""
+        slot = claim.slot
+        if claim.ready:
+            assert slot.engine is not None
+            return slot.engine, []
+        events: list[Event] = []
+        try:
+            if claim.victim is not None:
+                events += self._stop([claim.victim], "evicted", publish=False)
+            began = time.perf_counter()
+            engine = slot.engine if slot.engine is not None else _build(slot)
+            engine.start()
+            seconds = time.perf_counter() - began
+        except BaseException:
+            with self._cond:
+                slot.state = _COLD
+                self._notify()
+            with contextlib.suppress(Exception):  # the start's error is the one to see
+                self._publish(events)
+            raise
+        with self._cond:
+            slot.engine = engine
+            slot.state = _LIVE
+            slot.refs += 1
+            slot.starts += 1
+            slot.last_used = self._clock()
+            self._notify()
+        events.append(EngineStarted(path=(), name=slot.name, seconds=seconds))
+        return engine, events
+
+    async def _abring_up(self, claim: _Claim) -> tuple[Engine, list[Event]]:
+        """`_bring_up` in a worker thread; a cancelled caller gives its reference back."""
+        if claim.ready:
+            return self._bring_up(claim)
+        task = asyncio.ensure_future(asyncio.to_thread(self._bring_up, claim))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(lambda done: self._release_started(claim.slot, done))
+            raise
+
+    def _release_started(self, slot: _Slot, done: asyncio.Future[Any]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            self._release(slot)
+
+    def _release(self, slot: _Slot) -> None:
+        with self._cond:
+            slot.refs -= 1
+            slot.last_used = self._clock()
+            self._notify()
+
+    def _notify(self) -> None:
+        """Under the lock: wake every waiting thread and task to claim again."""
+        self._cond.notify_all()
+        for loop, waiter in self._waiters:
+            with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
+                loop.call_soon_threadsafe(_wake, waiter)
+        self._waiters.clear()
+
+    # -- stopping --------------------------------------------------------------------------
+
+    def flush(self, force: bool = False) -> list[str]:
+        """Stop the engines idle for more than ``idle_seconds`` (every idle one if ``force``).
+
+        An engine in use is never stopped. Returns the names stopped.
+        """
+        with self._cond:
+            now = self._clock()
+            victims = [
+                s
+                for s in self._slots.values()
+                if s.state == _LIVE
+                and not s.refs
+                and (force or now - (s.last_used or now) > self.idle_seconds)
+            ]
+            for slot in victims:
+                slot.state = _STOPPING
+        self._stop(victims, "flush" if force else "idle")
+        return [s.name for s in victims]
+
+    def close(self) -> None:
+        """Stop every live engine, in use or not. The registrations stay: a later acquire
+        starts an engine again."""
+        with self._cond:
+            victims = [s for s in self._slots.values() if s.state == _LIVE]
+            for slot in victims:
+                slot.state = _STOPPING
+        self._stop(victims, "close")
+
+    def _stop(self, slots: list[_Slot], reason: str, *, publish: bool = True) -> list[Event]:
+        """Outside the lock: stop slots marked stopping; the first ``stop()`` error is raised
+        once all were tried."""
+        events: list[Event] = []
+        error: BaseException | None = None
+        for slot in slots:
+            try:
+                assert slot.engine is not None
+                slot.engine.stop()
+                events.append(EngineStopped(path=(), name=slot.name, reason=reason))
+            except BaseException as exc:
+                error = error or exc
+            finally:
+                with self._cond:
+                    slot.state = _COLD
+                    self._notify()
+        if publish:
+            self._publish(events)
+        if error is not None:
+            raise error
+        return events
+
+    def __enter__(self) -> EngineBroker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- reporting -------------------------------------------------------------------------
+
+    def status(self) -> dict[str, EngineStatus]:
+        """Per engine: live, reference count, number of starts, last use (by ``clock``)."""
+        with self._cond:
+            return {
+                s.name: EngineStatus(
+                    live=s.state == _LIVE, refs=s.refs, starts=s.starts, last_used=s.last_used
+                )
+                for s in self._slots.values()
+            }
+
+    def _publish(self, events: list[Event]) -> None:
+        bus = self.bus
+        if bus is not None and bus.active:
+            for event in events:
+                bus.publish(event)
+
+    def __repr__(self) -> str:
+        with self._cond:
+            live = [s.name for s in self._slots.values() if s.state == _LIVE]
+            names = list(self._slots)
+        return f"EngineBroker({names!r}, live={live!r}, max_live={self.max_live})"
+
+    # -- pickling --------------------------------------------------------------------------
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        with self._cond:
+            sources = {s.name: s.source for s in self._slots.values()}
+        for name, source in sources.items():
+            if _is_engine(source):
+                _check_picklable(name, source)
+        return (_rebuild, (sources, self.max_live, self.idle_seconds, self._clock))
+
+
+def _build(slot: _Slot) -> Engine:
+    engine = slot.source()
+    if not (callable(getattr(engine, "start", None)) and callable(getattr(engine, "stop", None))):
+        msg = f"the factory of engine {slot.name!r} returned {engine!r}, not an engine"
+        raise TypeError(msg)
+    return engine  # type: ignore[no-any-return]
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _check_picklable(name: str, engine: object) -> None:
+    """An engine object travels only if it pickles; say which one does not, and what to do."""
+    try:
+        pickle.dumps(engine)
+        return
+    except Exception as exc:
+        error: Exception = exc
+    cloudpickle = sys.modules.get("cloudpickle")  # loaded where Dask pickles: it does more
+    if cloudpickle is not None:
+        try:
+            cloudpickle.dumps(engine)
+            return
+        except Exception as exc:
+            error = exc
+    msg = (
+        f"engine {name!r} ({type(engine).__qualname__}) cannot be pickled: {error}; "
+        "register a factory (a zero-argument callable that builds the engine) so each "
+        "process builds its own"
+    )
+    raise TypeError(msg) from error
+
+
+def _rebuild(
+    sources: dict[str, Any], max_live: int, idle_seconds: float, clock: Clock
+) -> EngineBroker:
+    return EngineBroker(sources, max_live=max_live, idle_seconds=idle_seconds, clock=clock)
+
+
+def _stop_at_exit(slots: dict[str, _Slot], lock: threading.Condition) -> None:
+    """At interpreter exit or collection: stop what is live, quietly (no bus by then)."""
+    with lock:
+        live = [s for s in slots.values() if s.state == _LIVE and s.engine is not None]
+        for slot in live:
+            slot.state = _STOPPING
+    for slot in live:
+        with contextlib.suppress(Exception):
+            slot.engine.stop()  # type: ignore[union-attr]  # live: built
+        with lock:
+            slot.state = _COLD
