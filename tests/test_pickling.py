@@ -385,6 +385,8 @@ def _all_errors() -> list[BaseException]:
         cls = getattr(exceptions, name)
         if cls is NodeError:
             errors.append(NodeError("node 'f' failed", node="f", index=3, path=("outer", "f")))
+        elif cls is exceptions.LLMOutputError:
+            errors.append(cls("summarize", '{"title": 1', "title: Input should be a string"))
         else:
             errors.append(cls(f"a {name}"))
     return errors

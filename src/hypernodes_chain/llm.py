@@ -19,12 +19,20 @@ node has an ``output_model``.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any
 
+from . import hashing
+from .events import StreamingChunkEvent
 from .exceptions import LLMOutputError
 from .node import Node
+from .plan import Step
+from .runners._invoke import Awaiting, Either, Invoker, register_invoker
+from .runners._keys import node_fingerprint
+from .runners._work import ColumnCall, ItemCall, Settings
 
 __all__ = ["LLMNode", "llm_node"]
 
@@ -169,3 +177,145 @@ def llm_node(
 def sampling_of(node: LLMNode) -> Mapping[str, Any]:
     """The sampling keywords to hand an engine (unset ones left out)."""
     return {k: v for k, v in node.sampling.items() if v is not None}
+
+
+# -- how an LLM node is called ---------------------------------------------------------------
+
+Body = Generator[Any, Any, Any]
+
+
+def _broker(settings: Settings | None, node: LLMNode) -> Any:
+    broker = None if settings is None else settings.engines
+    if broker is None:
+        msg = (
+            f"llm node {node.name!r} needs engine {node.engine!r}, but the runner has no "
+            f"engines: pass Runner(engines={{{node.engine!r}: ...}}) (or an EngineBroker)"
+        )
+        raise LookupError(msg)
+    return broker
+
+
+_LIMITS: weakref.WeakKeyDictionary[Any, dict[Any, asyncio.Semaphore]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _limit(engine: Any) -> asyncio.Semaphore:
+    """The engine's ``max_concurrency`` as a semaphore of the running loop."""
+    loop = asyncio.get_running_loop()
+    per_loop = _LIMITS.setdefault(engine, {})
+    sem = per_loop.get(loop)
+    if sem is None:
+        sem = per_loop[loop] = asyncio.Semaphore(max(1, int(getattr(engine, "max_concurrency", 1))))
+    return sem
+
+
+def _generate(broker: Any, node: LLMNode, prompts: list[Any]) -> list[Any]:
+    with broker.acquire(node.engine) as engine:
+        return list(engine.generate(prompts, schema=node.schema, **sampling_of(node)))
+
+
+async def _agenerate(broker: Any, node: LLMNode, prompts: list[Any]) -> list[Any]:
+    async with broker.aacquire(node.engine) as engine, _limit(engine):
+        return list(await engine.agenerate(prompts, schema=node.schema, **sampling_of(node)))
+
+
+async def _astream(broker: Any, node: LLMNode, prompt: Any, call: ItemCall) -> str:
+    chunks = []
+    async with broker.aacquire(node.engine) as engine, _limit(engine):
+        async for chunk in engine.astream(prompt, **sampling_of(node)):
+            chunks.append(chunk)
+            if call.bus is not None:
+                event = StreamingChunkEvent(
+                    path=call.path, node=node.name, chunk=chunk, index=call.index
+                )
+                call.bus.publish(event)
+    return "".join(chunks)
+
+
+def _later(broker: Any, node: LLMNode, batch: list[Any]) -> Callable[[], Any]:
+    return lambda: _agenerate(broker, node, batch)
+
+
+class LLMInvoker(Invoker):
+    """One ``generate`` per column of cache misses (``agenerate`` under AsyncRunner); replies
+    parsed per item; an item whose reply does not validate is asked again."""
+
+    def __init__(self, step: Step) -> None:
+        node = step.node
+        assert isinstance(node, LLMNode)
+        self.node = node
+
+    def fingerprint(self, node: Any, settings: Settings) -> str | None:
+        own = node_fingerprint(node)
+        broker = settings.engines
+        if own is None or broker is None:
+            return own
+        identity = hashing.fingerprint(broker.identity(self.node.engine))
+        return None if identity is None else hashing.combine(own, identity)
+
+    def item(self, call: ItemCall) -> Body:
+        node = self.node
+        broker = _broker(call.settings, node)
+        prompt = node.prompt(call.args)
+        session = call.local.session if call.local is not None else None
+        if session is not None and call.bus is not None and node.output_model is None:
+            # under AsyncRunner.iter: the reply's tokens stream out as they come
+            reply = yield Awaiting(lambda: _astream(broker, node, prompt, call))
+            return node.parse(reply)
+        values, failed = yield from self._answer(broker, [prompt])
+        if 0 in failed:
+            raise failed[0]
+        return values[0]
+
+    def column(self, call: ColumnCall) -> Body:
+        node = self.node
+        broker = _broker(call.settings, node)
+        prompts: dict[int, Any] = {}
+        failed: dict[int, BaseException] = {}
+        for i, row in enumerate(call.rows):
+            try:
+                prompts[i] = node.prompt(row)
+            except Exception as exc:
+                failed[i] = exc
+        order = sorted(prompts)
+        values, bad = yield from self._answer(broker, [prompts[i] for i in order])
+        out: list[Any] = [None] * call.n
+        for k, i in enumerate(order):
+            if k in bad:
+                failed[i] = bad[k]
+            else:
+                out[i] = values[k]
+        return out, failed
+
+    def _answer(self, broker: Any, prompts: list[Any]) -> Body:
+        """Ask the engine, parse each reply; ask again for the ones that did not validate."""
+        node = self.node
+        values: list[Any] = [None] * len(prompts)
+        failed: dict[int, BaseException] = {}
+        todo = list(range(len(prompts)))
+        for attempt in range(node.parse_retries + 1):
+            batch = [prompts[i] for i in todo]
+            replies = yield Either(_generate, (broker, node, batch), _later(broker, node, batch))
+            if len(replies) != len(batch):
+                msg = f"engine {node.engine!r} gave {len(replies)} replies for {len(batch)} prompts"
+                raise RuntimeError(msg)
+            again = []
+            for i, reply in zip(todo, replies):
+                if isinstance(reply, Exception):
+                    failed[i] = reply
+                    continue
+                try:
+                    values[i] = node.parse(reply)
+                    failed.pop(i, None)
+                except LLMOutputError as exc:
+                    failed[i] = exc
+                    if attempt < node.parse_retries:
+                        again.append(i)
+            todo = again
+            if not todo:
+                break
+        return values, failed
+
+
+register_invoker(LLMNode, LLMInvoker)

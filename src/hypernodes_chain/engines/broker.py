@@ -324,7 +324,7 @@ class EngineBroker:
                 for s in self._slots.values()
                 if s.state == _LIVE
                 and not s.refs
-                and (force or now - (s.last_used or now) > self.idle_seconds)
+                and (force or now - (s.last_used or 0.0) > self.idle_seconds)
             ]
             for slot in victims:
                 slot.state = _STOPPING
@@ -332,8 +332,10 @@ class EngineBroker:
         return [s.name for s in victims]
 
     def close(self) -> None:
-        """Stop every live engine, in use or not. The registrations stay: a later acquire
-        starts an engine again."""
+        """Stop every live engine, in use or not (one still starting is left to its caller).
+
+        The registrations stay: a later acquire starts an engine again.
+        """
         with self._cond:
             victims = [s for s in self._slots.values() if s.state == _LIVE]
             for slot in victims:
@@ -369,6 +371,21 @@ class EngineBroker:
         self.close()
 
     # -- reporting -------------------------------------------------------------------------
+
+    def identity(self, name: str) -> dict[str, Any]:
+        """The engine's ``identity()``, without starting it (a factory is built, not
+        started): what an LLM node's cache key chains, so a cached rerun loads no model."""
+        with self._cond:
+            slot = self._slots.get(name)
+            if slot is None:
+                known = ", ".join(map(repr, self._slots)) or "none"
+                msg = f"unknown engine {name!r}; registered engines: {known}"
+                raise UnknownEngineError(msg)
+            if slot.engine is None:
+                slot.engine = _build(slot)
+            engine = slot.engine
+        identity: dict[str, Any] = dict(engine.identity())
+        return identity
 
     def status(self) -> dict[str, EngineStatus]:
         """Per engine: live, reference count, number of starts, last use (by ``clock``)."""

@@ -44,7 +44,8 @@ class BaseRunner:
         self.callbacks: list[Subscriber] = list(callbacks)
         self.engines = engines
         self._quiet = Local(inline=self._inline)  # no subscriber: shared, nothing to fail
-        self._settings = Settings(cache=cache, engines=engines)
+        self._engines_given: Any = engines
+        self._settings = Settings(cache=cache, engines=_as_broker(engines))
         self._quiet_ctx: Context | None = None
 
     def _context(
@@ -59,12 +60,16 @@ class BaseRunner:
         """The context of one run or map, from the runner's settings as they are now
         (a callback appended or a cache set after construction counts)."""
         settings = self._settings
-        if settings.cache is not self.cache or settings.engines is not self.engines:
-            settings = self._settings = Settings(cache=self.cache, engines=self.engines)
+        if settings.cache is not self.cache or self._engines_given is not self.engines:
+            self._engines_given = self.engines
+            settings = Settings(cache=self.cache, engines=_as_broker(self.engines))
+            self._settings = settings
         if on_error != settings.on_error:
-            settings = Settings(cache=self.cache, on_error=on_error, engines=self.engines)
+            settings = Settings(cache=self.cache, on_error=on_error, engines=settings.engines)
         quiet = handlers is None and session is None and loop is None and not extra
         if quiet and not self.callbacks:  # the common case: nothing new to build
+            if getattr(settings.engines, "bus", None) is not None:
+                settings.engines.bus = None  # no listener in this run
             ctx = self._quiet_ctx
             if ctx is None or ctx.settings is not settings:
                 ctx = self._quiet_ctx = Context(settings, self._quiet)
@@ -76,6 +81,8 @@ class BaseRunner:
             loop=loop,
             inline=self._inline,
         )
+        if settings.engines is not None and hasattr(settings.engines, "bus"):
+            settings.engines.bus = local.bus  # engine starts and stops show in this run
         return Context(settings, local)
 
     def _run_flow(
@@ -119,6 +126,15 @@ class BaseRunner:
             writer=writer,
             in_flight=self._in_flight,
         )
+
+
+def _as_broker(engines: Any) -> Any:
+    """``engines=``: None, an `EngineBroker`, or a dict of engines it wraps in one."""
+    if engines is None or not isinstance(engines, Mapping):
+        return engines
+    from ..engines.broker import EngineBroker  # light: no engine library is imported
+
+    return EngineBroker(dict(engines))
 
 
 def _check_graph(graph: object) -> None:

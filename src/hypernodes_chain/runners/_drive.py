@@ -25,7 +25,17 @@ from typing import Any
 
 from .._aio import run_coroutine
 from ._flows import batch_flow
-from ._invoke import Awaiting, AwaitRows, Blocking, Each, Failed, Nested, Rows, await_rows
+from ._invoke import (
+    Awaiting,
+    AwaitRows,
+    Blocking,
+    Each,
+    Either,
+    Failed,
+    Nested,
+    Rows,
+    await_rows,
+)
 from ._work import BatchRows, BatchTask, ColumnCall, Flow, ItemCall
 
 __all__ = ["AsyncDriver", "Limiter", "SyncDriver"]
@@ -145,7 +155,7 @@ class SyncDriver:
             if self.pool is not None and effect.n > 1 and self.workers > 1:
                 return self._rows_pooled(effect)
             return effect.fn(0, effect.n)
-        if kind is Blocking:
+        if kind is Blocking or kind is Either:
             return effect.fn(*effect.args)
         if kind is Awaiting:
             return run_coroutine(effect.make())
@@ -303,6 +313,8 @@ class AsyncDriver:
         if kind is Awaiting:
             async with limiter:
                 return await effect.make()
+        if kind is Either:  # its own concurrency is the engine's to bound
+            return await effect.make()
         if kind is AwaitRows:
             return await await_rows(effect.make, effect.n, limiter.size, lambda: limiter)
         if kind is Nested:

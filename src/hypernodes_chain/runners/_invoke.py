@@ -11,6 +11,8 @@ same body runs under every driver (the httpx ``auth_flow`` idea one level down):
   range into pieces for threads (the async driver runs quick rows on the loop itself);
 - `AwaitRows(make, n)`: ``make(i)`` is row i's coroutine; run with as many workers as the
   driver allows, each holding a slot;
+- `Either(fn, args, make)`: ``fn(*args)`` under the sync driver, ``await make()`` under the
+  async one (an engine's ``generate`` and ``agenerate``);
 - `Nested(flow)`: drive the flow ``flow()`` (a nested graph) with this driver;
 - `Each(bodies)`: run several bodies (one per row); each outcome comes back as its value
   or a `Failed`.
@@ -42,6 +44,7 @@ __all__ = [
     "Awaiting",
     "Blocking",
     "Each",
+    "Either",
     "Failed",
     "Invoker",
     "Nested",
@@ -78,6 +81,19 @@ class Awaiting:
 
     def __init__(self, make: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         self.make = make
+
+
+class Either:
+    """Call ``fn(*args)`` under the sync driver, await ``make()`` under the async one: for
+    work with a native twin of each kind (an engine's ``generate`` / ``agenerate``)."""
+
+    __slots__ = ("args", "fn", "make")
+
+    def __init__(
+        self, fn: Callable[..., Any], args: tuple[Any, ...],
+        make: Callable[[], Coroutine[Any, Any, Any]],
+    ) -> None:  # fmt: skip
+        self.fn, self.args, self.make = fn, args, make
 
 
 class Rows:
