@@ -1,10 +1,16 @@
-"""Shared fixtures: small graphs built from tiny decorated functions."""
+"""Shared fixtures: small graphs built from tiny decorated functions, and a tiny random Llama
+(`hypernodes_chain.engines.tiny`) for the engine and LLM node tests."""
 
 from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from hypernodes_chain import Callback, Graph, node
+from hypernodes_chain.engines.tiny import build_tiny_model
 
 
 @node(output_name="a")
@@ -44,3 +50,28 @@ class Recorder(Callback):
 @pytest.fixture
 def recorder() -> Recorder:
     return Recorder()
+
+
+def build_tiny_llama(folder: Path, *, seed: int = 0) -> Path:
+    """`build_tiny_model`, skipping the test when torch or transformers is missing."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    return build_tiny_model(folder, seed=seed)
+
+
+@pytest.fixture(scope="session")
+def build_llama() -> Callable[..., Path]:
+    """`build_tiny_llama` itself, for tests that need another model folder."""
+    return build_tiny_llama
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of a tiny random Llama (skips when torch or transformers is missing)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))

@@ -8,5 +8,16 @@ from __future__ import annotations
 
 from .base import Engine, Message, Prompt
 from .broker import EngineBroker, EngineStatus, UnknownEngineError
+from .tiny import build_tiny_model
+from .transformers_engine import TransformersEngine
 
-__all__ = ["Engine", "EngineBroker", "EngineStatus", "Message", "Prompt", "UnknownEngineError"]
+__all__ = [
+    "Engine",
+    "EngineBroker",
+    "EngineStatus",
+    "Message",
+    "Prompt",
+    "TransformersEngine",
+    "UnknownEngineError",
+    "build_tiny_model",
+]
