@@ -42,6 +42,8 @@ _SAMPLING = ("temperature", "max_tokens", "top_p", "seed", "stop")
 class LLMNode(Node[..., Any]):
     """A node whose function returns a prompt, answered by the engine named ``engine``."""
 
+    direct = False  # its function builds the prompt; the invoker asks the engine
+
     def __init__(
         self,
         func: Callable[..., Any],
@@ -195,9 +197,7 @@ def _broker(settings: Settings | None, node: LLMNode) -> Any:
     return broker
 
 
-_LIMITS: weakref.WeakKeyDictionary[Any, dict[Any, asyncio.Semaphore]] = (
-    weakref.WeakKeyDictionary()
-)
+_LIMITS: weakref.WeakKeyDictionary[Any, dict[Any, asyncio.Semaphore]] = weakref.WeakKeyDictionary()
 
 
 def _limit(engine: Any) -> asyncio.Semaphore:

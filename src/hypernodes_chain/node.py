@@ -48,6 +48,9 @@ class Node(Generic[P, R]):
     """
 
     kind: Kind
+    direct = True
+    """Calling the function is the node's whole work (a plan may call it inline); a kind
+    that does more with it (an LLM node sends its result to an engine) says False."""
 
     def __init__(
         self,

@@ -171,7 +171,7 @@ def _step(node: Node[..., Any], available: frozenset[str] | set[str]) -> Step:
         sources=tuple(sources),
         positional=positional,
         output=node.outputs[0] if len(node.outputs) == 1 and node.kind != "graph" else None,
-        plain=positional and node.kind == "sync" and not node.batch,
+        plain=positional and node.kind == "sync" and not node.batch and node.direct,
         fetch=_fetcher(tuple(sources)),
     )
 

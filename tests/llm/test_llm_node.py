@@ -1,0 +1,198 @@
+"""LLM nodes on the real tiny Llama: one generate per batch of cache misses, validated
+structured output, failures per item, cache keys, every runner, nested graphs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("xgrammar")
+pydantic = pytest.importorskip("pydantic")
+
+from hypernodes_chain import (  # noqa: E402
+    AsyncRunner,
+    Graph,
+    ItemFailure,
+    LLMOutputError,
+    MemoryCache,
+    NodeError,
+    Runner,
+    StreamingChunkEvent,
+    node,
+)
+from hypernodes_chain.engines import EngineBroker, TransformersEngine  # noqa: E402
+from hypernodes_chain.io import StreamWriter  # noqa: E402
+from hypernodes_chain.llm import LLMNode, llm_node  # noqa: E402
+
+
+class Summary(pydantic.BaseModel):
+    title: str = pydantic.Field(max_length=10)
+    sentiment: Literal["positive", "negative", "neutral"]
+
+
+class WordySummary(Summary):
+    """Valid JSON is not enough: a rule the grammar cannot know fails some items."""
+
+    @pydantic.field_validator("title")
+    @classmethod
+    def no_digits(cls, value: str) -> str:
+        if any(c.isdigit() for c in value):
+            raise ValueError("the title must not contain digits")
+        return value
+
+
+class Counting(TransformersEngine):
+    """The real engine, counting its generate calls and their sizes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: list[int] = []
+
+    def generate(self, prompts: Any, **kwargs: Any) -> list[Any]:
+        self.calls.append(len(prompts))
+        return super().generate(prompts, **kwargs)
+
+
+@node(output_name="cleaned")
+def clean(review: str) -> str:
+    return review.strip().lower()
+
+
+def summarize_node(model: type = Summary, **kwargs: Any) -> LLMNode:
+    @llm_node(engine="small", output_name="summary", output_model=model, max_tokens=48, **kwargs)
+    def summarize(cleaned: str) -> str:
+        return f"Summarize as JSON: {cleaned}"
+
+    return summarize
+
+
+REVIEWS = [
+    f"  Review {i}: the food was {w} ." for i, w in enumerate("good bad fine great ok".split() * 2)
+]
+
+
+@pytest.fixture
+def engine(tiny_llama: Path) -> Counting:
+    return Counting(tiny_llama)
+
+
+def test_map_makes_one_generate_per_batch_of_cache_misses(engine: Counting) -> None:
+    graph = Graph([clean, summarize_node()])
+    runner = Runner(engines={"small": engine}, cache=MemoryCache())
+    out = runner.map(graph, {"review": REVIEWS}, map_over="review", batch_size=4)
+    assert engine.calls == [4, 4, 2]
+    assert all(isinstance(row["summary"], Summary) for row in out)
+    again = runner.map(graph, {"review": REVIEWS}, map_over="review", batch_size=4)
+    assert engine.calls == [4, 4, 2]  # every item came from the cache: no model call
+    assert again == out
+    hotter = Graph([clean, summarize_node(temperature=0.7, seed=1)])
+    runner.map(hotter, {"review": REVIEWS[:3]}, map_over="review")
+    assert engine.calls == [4, 4, 2, 3]  # other sampling: other keys
+
+
+def test_another_model_is_another_key(tiny_llama: Path, build_llama: Any, tmp_path: Path) -> None:
+    cache = MemoryCache()
+    graph = Graph([clean, summarize_node()])
+    first = Counting(tiny_llama)
+    Runner(engines={"small": first}, cache=cache).map(
+        graph, {"review": REVIEWS[:2]}, map_over="review"
+    )
+    other = Counting(build_llama(tmp_path / "other", seed=7))
+    Runner(engines={"small": other}, cache=cache).map(
+        graph, {"review": REVIEWS[:2]}, map_over="review"
+    )
+    assert first.calls == [2] and other.calls == [2]
+    same = Counting(tiny_llama)
+    Runner(engines={"small": same}, cache=cache).map(
+        graph, {"review": REVIEWS[:2]}, map_over="review"
+    )
+    assert same.calls == []  # same model, same identity: cached
+
+
+def test_a_reply_that_does_not_validate_fails_only_its_item(
+    engine: Counting, tmp_path: Path
+) -> None:
+    graph = Graph([clean, summarize_node(WordySummary, parse_retries=1)])
+    runner = Runner(engines={"small": engine})
+    result = runner.map(graph, {"review": REVIEWS}, map_over="review", on_error="collect",
+                        writer=StreamWriter(tmp_path / "out", format="parquet"))  # fmt: skip
+    bad = [f for f in result.failures if isinstance(f.error, LLMOutputError)]
+    assert bad and result.n_ok == len(REVIEWS) - len(bad) > 0
+    assert engine.calls[0] == len(REVIEWS) and engine.calls[1] == len(bad)  # one retry round
+    for failure in bad:
+        assert failure.node == "summarize"
+        title = json.loads(failure.error.raw)["title"]  # valid JSON, but digits in the title
+        assert any(c.isdigit() for c in title)
+    records = [
+        json.loads(line) for line in (tmp_path / "out/_errors/000.jsonl").read_text().splitlines()
+    ]
+    assert {r["_index"] for r in records} == {f.index for f in bad}
+    assert all("raw_reply" in r and r["error_type"] == "LLMOutputError" for r in records)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "out")
+    assert {"summary.title", "summary.sentiment"} <= set(table.column_names)
+    titles = table.column("summary.title").to_pylist()
+    assert len(titles) == result.n_ok and not any(c.isdigit() for t in titles for c in t)
+
+
+def test_every_runner_gives_the_same_replies(engine: Counting) -> None:
+    graph = Graph([clean, summarize_node()])
+    broker = EngineBroker({"small": engine})
+    sync = Runner(engines=broker).map(graph, {"review": REVIEWS}, map_over="review", batch_size=3)
+    runner = AsyncRunner(engines=broker)
+    amap = asyncio.run(runner.map(graph, {"review": REVIEWS}, map_over="review", batch_size=3))
+    assert amap == sync
+    one = Runner(engines=broker).run(graph, {"review": REVIEWS[4]})
+    assert one["summary"] == sync[4]["summary"]
+    assert asyncio.run(runner.run(graph, {"review": REVIEWS[4]})) == one
+
+
+def test_iter_streams_the_tokens_of_a_text_reply(tiny_llama: Path) -> None:
+    @llm_node(engine="small", output_name="reply", max_tokens=12)
+    def answer(cleaned: str) -> str:
+        return f"Say something about {cleaned}"
+
+    graph = Graph([clean, answer])
+    engines = {"small": TransformersEngine(tiny_llama)}
+    expected = Runner(engines=engines).run(graph, {"review": REVIEWS[0]})["reply"]
+
+    async def main() -> tuple[list[str], Any]:
+        chunks = []
+        async with AsyncRunner(engines=engines).iter(graph, {"review": REVIEWS[0]}) as run:
+            async for event in run:
+                if isinstance(event, StreamingChunkEvent):
+                    assert event.node == "answer"
+                    chunks.append(event.chunk)
+        return chunks, run.result
+
+    chunks, result = asyncio.run(main())
+    assert len(chunks) > 1 and "".join(chunks) == result["reply"] == expected
+
+
+def test_a_nested_graph_uses_the_outer_runners_engines(engine: Counting) -> None:
+    inner = Graph([summarize_node()], name="inner")
+    outer = Graph([clean, inner.as_node(name="summarized")])
+    out = Runner(engines={"small": engine}).map(outer, {"review": REVIEWS[:3]}, map_over="review")
+    assert all(isinstance(row["summary"], Summary) for row in out)
+
+
+def test_no_engine_is_a_clear_error() -> None:
+    graph = Graph([clean, summarize_node()])
+    with pytest.raises(NodeError, match="needs engine 'small', but the runner has no engines"):
+        Runner().run(graph, {"review": "x"})
+    out = Runner().map(graph, {"review": ["x"]}, map_over="review", on_error="collect")
+    assert isinstance(out[0], ItemFailure) and isinstance(out[0].error, LookupError)
+
+
+def test_llm_node_checks_its_arguments() -> None:
+    with pytest.raises(TypeError, match="engine= must name"):
+        llm_node(engine="")(lambda x: x)
+    with pytest.raises(TypeError, match="output_model must be a pydantic model"):
+        llm_node(engine="e", output_model=dict)(lambda x: x)
