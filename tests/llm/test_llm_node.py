@@ -73,7 +73,8 @@ def summarize_node(model: type = Summary, **kwargs: Any) -> LLMNode:
 
 
 REVIEWS = [
-    f"  Review {i}: the food was {w} ." for i, w in enumerate(["good", "bad", "fine", "great", "ok"] * 2)
+    f"  Review {i}: the food was {w} ."
+    for i, w in enumerate(["good", "bad", "fine", "great", "ok"] * 2)
 ]
 
 
