@@ -15,11 +15,12 @@ def bash_blocks(text: str) -> list[str]:
 def test_ci_runs_exactly_the_readme_test_command():
     blocks = bash_blocks((ROOT / "README.md").read_text())
     main_job, tests = blocks[0], blocks[1]
-    assert "runners/huge_batch_demo.py" in main_job
+    assert "runners/llm_reviews.py" in main_job
     assert "pytest" in tests
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
     assert ci[-1] == tests
 
 
-def test_main_job_program_exists():
+def test_main_job_programs_exist():
+    assert (ROOT / "runners" / "llm_reviews.py").is_file()
     assert (ROOT / "runners" / "huge_batch_demo.py").is_file()

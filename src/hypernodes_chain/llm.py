@@ -95,6 +95,11 @@ class LLMNode(Node[..., Any]):
             "stop": list(stop) if stop is not None else None,
         }
 
+    def output_type(self, output: str) -> Any:
+        """What the node's value is: an ``output_model`` instance, else the reply text
+        (the function's own annotation is the prompt's type, not the value's)."""
+        return self.output_model if self.output_model is not None else str
+
     @property
     def schema(self) -> dict[str, Any] | None:
         """The JSON schema of ``output_model`` (None without one)."""

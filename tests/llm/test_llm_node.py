@@ -197,3 +197,18 @@ def test_llm_node_checks_its_arguments() -> None:
         llm_node(engine="")(lambda x: x)
     with pytest.raises(TypeError, match="output_model must be a pydantic model"):
         llm_node(engine="e", output_model=dict)(lambda x: x)
+
+
+def test_the_output_type_is_the_model_for_graph_checks() -> None:
+    @node(output_name="n")
+    def title_length(summary: Summary) -> int:
+        return len(summary.title)
+
+    Graph([clean, summarize_node(), title_length])  # no clash: the value is a Summary
+    with pytest.raises(TypeError, match="returns Summary but node 'wants_int' expects int"):
+
+        @node(output_name="m")
+        def wants_int(summary: int) -> int:
+            return summary
+
+        Graph([clean, summarize_node(), wants_int])
