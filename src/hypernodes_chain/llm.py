@@ -251,6 +251,9 @@ class LLMInvoker(Invoker):
         assert isinstance(node, LLMNode)
         self.node = node
 
+    def engine_of(self, node: Any) -> str | None:
+        return self.node.engine
+
     def fingerprint(self, node: Any, settings: Settings) -> str | None:
         own = node_fingerprint(node)
         broker = settings.engines

@@ -212,3 +212,62 @@ def test_the_output_type_is_the_model_for_graph_checks() -> None:
             return summary
 
         Graph([clean, summarize_node(), wants_int])
+
+
+def two_engine_graph() -> Graph:
+    @llm_node(engine="first", output_name="draft", max_tokens=4)
+    def draft(cleaned: str) -> str:
+        return f"Draft: {cleaned}"
+
+    @node(output_name="checked")
+    def checked(draft: str, cleaned: str) -> str:
+        if cleaned.startswith("review 3:"):
+            raise ValueError("review 3 is rejected between the two models")
+        return f"{cleaned[:9]}|{draft}"
+
+    @llm_node(engine="second", output_name="final", max_tokens=4)
+    def final(checked: str) -> str:
+        return f"Polish: {checked}"
+
+    return Graph([clean, draft, checked, final])
+
+
+@pytest.mark.parametrize("runner_kind", ["sync", "async"])
+def test_two_engines_that_do_not_fit_run_one_segment_after_the_other(
+    tiny_llama: Path, build_llama: Any, tmp_path: Path, runner_kind: str
+) -> None:
+    second = build_llama(tmp_path / "second", seed=3)
+    reviews = [f"Review {i}: fine" for i in range(23)]
+
+    def run(max_live: int, window: int, writer: Any = None) -> Any:
+        broker = EngineBroker(
+            {"first": TransformersEngine(tiny_llama), "second": TransformersEngine(second)},
+            max_live=max_live,
+        )
+        kwargs = dict(map_over="review", batch_size=4, on_error="collect", engine_window=window)
+        if writer is not None:
+            kwargs["writer"] = writer
+        inputs = {"review": iter(reviews)}  # a generator: read once, spilled per window
+        if runner_kind == "async":
+            out = asyncio.run(AsyncRunner(engines=broker).map(two_engine_graph(), inputs, **kwargs))
+        else:
+            out = Runner(engines=broker).map(two_engine_graph(), inputs, **kwargs)
+        return out, broker.status()
+
+    both, status = run(max_live=2, window=100_000)
+    assert status["first"]["starts"] == status["second"]["starts"] == 1
+    split, status = run(max_live=1, window=10)
+    assert status["first"]["starts"] == status["second"]["starts"] == 3  # ceil(23 / 10)
+
+    def plain(rows: list[Any]) -> list[Any]:
+        return [(r.index, r.node) if isinstance(r, ItemFailure) else r for r in rows]
+
+    assert plain(split) == plain(both)
+    assert plain(split)[3] == (3, "checked") and split[3].inputs == {"review": reviews[3]}
+    result, status = run(max_live=1, window=8, writer=StreamWriter(tmp_path / "out"))
+    assert status["first"]["starts"] == 3 and (result.n_ok, result.n_failed) == (22, 1)
+    rows = [json.loads(line) for line in (tmp_path / "out/000.jsonl").read_text().splitlines()]
+    assert [r["_index"] for r in rows] == [i for i in range(23) if i != 3]
+    assert [r["final"] for r in rows] == [
+        r["final"] for r in both if not isinstance(r, ItemFailure)
+    ]

@@ -109,9 +109,17 @@ class BaseRunner:
         writer: Any,
         on_error: str,
         handlers: Mapping[str, Any] | None,
+        engine_window: int = 100_000,
         **context: Any,
     ) -> Flow:
         _check_graph(graph)
+        if (
+            isinstance(engine_window, bool)
+            or not isinstance(engine_window, int)
+            or engine_window < 1
+        ):
+            msg = f"engine_window must be a positive int, got {engine_window!r}"
+            raise ValueError(msg)
         over = normalize_map_over(map_over)
         _check_map_args(inputs, over, map_mode, batch_size, on_error)
         plan = build_plan(graph, output_name, inputs)
@@ -125,6 +133,7 @@ class BaseRunner:
             batch_size=batch_size,
             writer=writer,
             in_flight=self._in_flight,
+            engine_window=engine_window,
         )
 
 

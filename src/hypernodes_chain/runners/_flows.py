@@ -282,6 +282,7 @@ def batch_flow(task: BatchTask) -> Flow:
             task.constants,
             ctx,
             indices=task.indices,
+            key_columns=task.key_columns,
             constant_keys=task.constant_keys,
         )
     )

@@ -277,6 +277,10 @@ class Invoker:
     nested = False
     cacheable = True  # may its results be looked up and stored in the cache?
 
+    def engine_of(self, node: Any) -> str | None:
+        """The engine this kind's calls use (None: none), for engine-aware maps."""
+        return None
+
     def fingerprint(self, node: Any, settings: Settings) -> str | None:
         """The node's cache identity in this run: its own parts, plus whatever the run
         decides for this kind (an LLM node adds its engine's identity)."""

@@ -22,6 +22,7 @@ from ..exceptions import MapInputError
 from ..plan import Plan
 from ..results import ItemFailure, MapResult
 from ._invoke import plan_invokers
+from ._segments import plan_segments, segmented_batches
 from ._work import BatchRows, BatchTask, Context, Flow
 
 __all__ = ["map_batches", "map_flow", "normalize_map_over"]
@@ -124,12 +125,15 @@ def map_flow(
     batch_size: int,
     writer: Any = None,
     in_flight: int = 1,
+    engine_window: int = 100_000,
 ) -> Flow:
     """Run ``plan`` over every item: yields `BatchTask` lists (up to ``in_flight`` batches
     at once) and `BatchRows`, receives finished tasks in any order, returns `MapResult`.
 
     Results leave in input order: finished batches wait in a reorder buffer for the ones
-    before them, so memory stays O(in_flight x batch_size).
+    before them, so memory stays O(in_flight x batch_size). When the plan needs more
+    engines than the broker keeps alive, items go through in windows of ``engine_window``,
+    one engine segment after the other (see ``_segments``).
     """
     t_start = time.perf_counter()
     bus = ctx.bus if ctx.bus.active else None
@@ -166,6 +170,33 @@ def map_flow(
                     graph_obj=plan.graph,
                 )
             )
+
+        def report(first: int, done: BatchTask | None) -> Flow:
+            """Hand one finished batch on (nothing for a batch stored by an earlier run)."""
+            n_done = n_failed = 0
+            if done is not None:
+                n_done = len(done.indices)
+                n_failed = len((yield from _emit(done, plan, writer, ctx, result)))
+            if bus is not None:
+                bus.publish(
+                    BatchFinished(
+                        path=path,
+                        graph=plan.graph.name,
+                        start=first,
+                        n_items=n_done,
+                        n_failed=n_failed,
+                        n_done=result.n_items,
+                    )
+                )
+
+        segments = plan_segments(plan, ctx.settings)
+        if segments is not None:
+            windows = _windows(batches, map_over, skip, result, engine_window)
+            yield from segmented_batches(
+                segments, windows, constants, constant_keys, ctx, report, plan
+            )
+            finished = True
+            return result
         pending: dict[int, BatchTask] = {}  # in flight, by sequence number
         ready: dict[int, tuple[int, BatchTask | None]] = {}  # done, waiting for their turn
         starts: dict[int, int] = {}
@@ -174,21 +205,7 @@ def map_flow(
         while True:
             while emitted in ready:  # hand on what is done, in input order, before reading on
                 first, done = ready.pop(emitted)
-                n_done = n_failed = 0
-                if done is not None:
-                    n_done = len(done.indices)
-                    n_failed = len((yield from _emit(done, plan, writer, ctx, result)))
-                if bus is not None:
-                    bus.publish(
-                        BatchFinished(
-                            path=path,
-                            graph=plan.graph.name,
-                            start=first,
-                            n_items=n_done,
-                            n_failed=n_failed,
-                            n_done=result.n_items,
-                        )
-                    )
+                yield from report(first, done)
                 emitted += 1
             new: list[BatchTask] = []
             while not exhausted and len(pending) < in_flight:
@@ -255,6 +272,42 @@ def map_flow(
                 )
             )
     return result
+
+
+def _windows(
+    batches: Iterator[list[list[Any]]],
+    map_over: Sequence[str],
+    skip: Container[int],
+    result: MapResult,
+    size: int,
+) -> Iterator[list[tuple[int, list[int], dict[str, list[Any]]]]]:
+    """Map batches grouped ``size`` items at a time: ``(first, indices, columns)`` each,
+    the items an earlier run stored already left out."""
+    start = 0
+    window: list[tuple[int, list[int], dict[str, list[Any]]]] = []
+    n = 0
+    for batch in batches:
+        n_read = len(batch[0])
+        indices = list(range(start, start + n_read))
+        first, start = start, start + n_read
+        if skip:
+            keep = [pos for pos, i in enumerate(indices) if i not in skip]
+            result.n_skipped += n_read - len(keep)
+            if len(keep) < n_read:
+                indices = [indices[pos] for pos in keep]
+                batch = [[col[pos] for pos in keep] for col in batch]
+        while indices:  # a batch that crosses the window's end is cut there
+            take = min(len(indices), size - n)
+            part = [col[:take] for col in batch]
+            window.append((first, indices[:take], dict(zip(map_over, part))))
+            n += take
+            indices, batch = indices[take:], [col[take:] for col in batch]
+            first = indices[0] if indices else first
+            if n >= size:
+                yield window
+                window, n = [], 0
+    if window:
+        yield window
 
 
 def _emit(task: BatchTask, plan: Plan, writer: Any, ctx: Context, result: MapResult) -> Flow:

@@ -278,6 +278,7 @@ class BatchTask:
         "constants",
         "error",
         "indices",
+        "key_columns",
         "local",
         "outcome",
         "plan",
@@ -296,6 +297,7 @@ class BatchTask:
         *,
         seq: int = 0,
         constant_keys: dict[str, str | None] | None = None,
+        key_columns: dict[str, list[str | None]] | None = None,
     ) -> None:
         self.plan = plan
         self.columns = columns
@@ -305,6 +307,7 @@ class BatchTask:
         self.local = local
         self.seq = seq  # the batch's position in the map: results are emitted in this order
         self.constant_keys = constant_keys
+        self.key_columns = key_columns  # given when the inputs' cache keys are known already
         self.outcome: BatchOutcome | None = None
         self.error: BaseException | None = None
 

@@ -90,6 +90,7 @@ class AsyncRunner(BaseRunner):
         writer: None = ...,
         on_error: str = ...,
         handlers: Mapping[str, Any] | None = ...,
+        engine_window: int = ...,
     ) -> list[Any]: ...
 
     @overload
@@ -105,6 +106,7 @@ class AsyncRunner(BaseRunner):
         writer: Writer,
         on_error: str = ...,
         handlers: Mapping[str, Any] | None = ...,
+        engine_window: int = ...,
     ) -> MapResult: ...
 
     async def map(
@@ -118,6 +120,7 @@ class AsyncRunner(BaseRunner):
         writer: Writer | None = None,
         on_error: str = "raise",
         handlers: Mapping[str, Any] | None = None,
+        engine_window: int = 100_000,
     ) -> list[Any] | MapResult:
         """Run ``graph`` once per item of the ``map_over`` inputs, items concurrently.
 
@@ -126,7 +129,7 @@ class AsyncRunner(BaseRunner):
         """
         return await self._map(
             graph, inputs, map_over, map_mode, output_name, batch_size, writer, on_error,
-            handlers,
+            handlers, engine_window=engine_window,
         )  # fmt: skip
 
     async def _map(
@@ -140,12 +143,13 @@ class AsyncRunner(BaseRunner):
         writer: Writer | None = None,
         on_error: str = "raise",
         handlers: Mapping[str, Any] | None = None,
+        engine_window: int = 100_000,
         **context: Any,  # an iter() session and its event sink
     ) -> list[Any] | MapResult:
         loop = asyncio.get_running_loop()
         flow = self._map_flow(
             graph, inputs, map_over, map_mode, output_name, batch_size, writer, on_error,
-            handlers, loop=loop, **context,
+            handlers, engine_window=engine_window, loop=loop, **context,
         )  # fmt: skip
         rows: list[Any] = []
         driver = AsyncDriver(Limiter(self.max_concurrency))

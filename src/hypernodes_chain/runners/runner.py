@@ -73,6 +73,7 @@ class Runner(BaseRunner):
         writer: None = ...,
         on_error: str = ...,
         handlers: Mapping[str, Any] | None = ...,
+        engine_window: int = ...,
     ) -> list[Any]: ...
 
     @overload
@@ -88,6 +89,7 @@ class Runner(BaseRunner):
         writer: Writer,
         on_error: str = ...,
         handlers: Mapping[str, Any] | None = ...,
+        engine_window: int = ...,
     ) -> MapResult: ...
 
     def map(
@@ -101,6 +103,7 @@ class Runner(BaseRunner):
         writer: Writer | None = None,
         on_error: str = "raise",
         handlers: Mapping[str, Any] | None = None,
+        engine_window: int = 100_000,
     ) -> list[Any] | MapResult:
         """Run ``graph`` once per item of the ``map_over`` inputs.
 
@@ -109,7 +112,7 @@ class Runner(BaseRunner):
         """
         flow = self._map_flow(
             graph, inputs, map_over, map_mode, output_name, batch_size, writer, on_error,
-            handlers,
+            handlers, engine_window=engine_window,
         )  # fmt: skip
         rows: list[Any] = []
         batches = self._driver().batches(flow)
@@ -131,6 +134,7 @@ class Runner(BaseRunner):
         writer: None = None,
         on_error: str = "raise",
         handlers: Mapping[str, Any] | None = None,
+        engine_window: int = 100_000,
     ) -> Iterator[Any]:
         """Like `map`, lazily: yields each item's result in input order, batch by batch.
 
@@ -141,8 +145,9 @@ class Runner(BaseRunner):
             msg = "imap yields results instead of writing them; use map(..., writer=...)"
             raise ValueError(msg)
         flow = self._map_flow(
-            graph, inputs, map_over, map_mode, output_name, batch_size, None, on_error, handlers
-        )
+            graph, inputs, map_over, map_mode, output_name, batch_size, None, on_error, handlers,
+            engine_window=engine_window,
+        )  # fmt: skip
         yield from iterate(self._driver().batches(flow))
 
     def close(self) -> None:
