@@ -271,3 +271,29 @@ def test_two_engines_that_do_not_fit_run_one_segment_after_the_other(
     assert [r["final"] for r in rows] == [
         r["final"] for r in both if not isinstance(r, ItemFailure)
     ]
+
+
+def test_engine_starts_show_on_the_runs_bus(
+    tiny_llama: Path, build_llama: Any, tmp_path: Path
+) -> None:
+    from hypernodes_chain.events import EngineStarted, EngineStopped
+
+    seen: list[Any] = []
+    broker = EngineBroker(
+        {"first": TransformersEngine(tiny_llama),
+         "second": TransformersEngine(build_llama(tmp_path / "b", seed=5))},
+        max_live=1,
+    )  # fmt: skip
+    Runner(engines=broker, callbacks=[seen.append]).map(
+        two_engine_graph(), {"review": REVIEWS[:2]}, map_over="review", on_error="collect"
+    )
+    names = [
+        (type(e).__name__, e.name) for e in seen if isinstance(e, (EngineStarted, EngineStopped))
+    ]
+    assert names == [
+        ("EngineStarted", "first"),
+        ("EngineStopped", "first"),
+        ("EngineStarted", "second"),
+    ]
+    broker.close()
+    assert not any(s["live"] for s in broker.status().values())

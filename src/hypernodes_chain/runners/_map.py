@@ -280,12 +280,35 @@ def _windows(
     skip: Container[int],
     result: MapResult,
     size: int,
-) -> Iterator[list[tuple[int, list[int], dict[str, list[Any]]]]]:
-    """Map batches grouped ``size`` items at a time: ``(first, indices, columns)`` each,
-    the items an earlier run stored already left out."""
-    start = 0
-    window: list[tuple[int, list[int], dict[str, list[Any]]]] = []
-    n = 0
+) -> Iterator[Iterator[tuple[int, list[int], dict[str, list[Any]]]]]:
+    """Map batches ``size`` items at a time, each window an iterator to exhaust before the
+    next (nothing of a window is held here): ``(first, indices, columns)`` per batch, the
+    items an earlier run stored already left out, a batch crossing a window's end cut."""
+    parts = _parts(batches, map_over, skip, result, size)
+    pending = next(parts, None)
+
+    def window() -> Iterator[tuple[int, list[int], dict[str, list[Any]]]]:
+        nonlocal pending
+        while pending is not None:
+            part, closes = pending
+            pending = next(parts, None)
+            yield part
+            if closes:
+                return
+
+    while pending is not None:
+        yield window()
+
+
+def _parts(
+    batches: Iterator[list[list[Any]]],
+    map_over: Sequence[str],
+    skip: Container[int],
+    result: MapResult,
+    size: int,
+) -> Iterator[tuple[tuple[int, list[int], dict[str, list[Any]]], bool]]:
+    """``((first, indices, columns), closes_its_window)`` for every stretch of a batch."""
+    start = n = 0
     for batch in batches:
         n_read = len(batch[0])
         indices = list(range(start, start + n_read))
@@ -299,15 +322,11 @@ def _windows(
         while indices:  # a batch that crosses the window's end is cut there
             take = min(len(indices), size - n)
             part = [col[:take] for col in batch]
-            window.append((first, indices[:take], dict(zip(map_over, part))))
             n += take
+            yield (first, indices[:take], dict(zip(map_over, part))), n >= size
+            n %= size
             indices, batch = indices[take:], [col[take:] for col in batch]
             first = indices[0] if indices else first
-            if n >= size:
-                yield window
-                window, n = [], 0
-    if window:
-        yield window
 
 
 def _emit(task: BatchTask, plan: Plan, writer: Any, ctx: Context, result: MapResult) -> Flow:

@@ -121,7 +121,7 @@ _KEY = "\x00key:"  # spilled cache keys travel as columns of their own
 
 def segmented_batches(
     segments: Sequence[Plan],
-    windows: Iterator[list[tuple[int, list[int], dict[str, list[Any]]]]],
+    windows: Iterator[Iterator[tuple[int, list[int], dict[str, list[Any]]]]],
     constants: dict[str, Any],
     constant_keys: dict[str, str | None] | None,
     ctx: Context,
@@ -130,8 +130,9 @@ def segmented_batches(
 ) -> Flow:
     """Each window through every segment in turn, then each batch handed to ``report``.
 
-    ``windows`` yields lists of ``(first, indices, input columns)`` map batches (skipped items
-    already left out), ``engine_window`` items at a time.
+    ``windows`` yields, ``engine_window`` items at a time, iterators of ``(first, indices,
+    input columns)`` map batches (skipped items already left out); each batch is spilled as
+    it is read, so a window is never held in memory.
     """
     with tempfile.TemporaryDirectory(prefix="hypernodes-segments-") as tmp:
         for w, window in enumerate(windows):
