@@ -150,6 +150,8 @@ def test_every_runner_gives_the_same_replies(engine: Counting) -> None:
     runner = AsyncRunner(engines=broker)
     amap = asyncio.run(runner.map(graph, {"review": REVIEWS}, map_over="review", batch_size=3))
     assert amap == sync
+    with Runner(engines=broker, max_workers=4) as pooled:
+        assert pooled.map(graph, {"review": REVIEWS}, map_over="review", batch_size=3) == sync
     one = Runner(engines=broker).run(graph, {"review": REVIEWS[4]})
     assert one["summary"] == sync[4]["summary"]
     assert asyncio.run(runner.run(graph, {"review": REVIEWS[4]})) == one
@@ -271,6 +273,9 @@ def test_two_engines_that_do_not_fit_run_one_segment_after_the_other(
     assert [r["final"] for r in rows] == [
         r["final"] for r in both if not isinstance(r, ItemFailure)
     ]
+    again, status = run(max_live=1, window=8, writer=StreamWriter(tmp_path / "out", resume=True))
+    assert (again.n_skipped, again.n_items, again.n_failed) == (22, 1, 1)  # item 3 retried
+    assert status["first"]["starts"] == 1  # one window: only item 3
 
 
 def test_engine_starts_show_on_the_runs_bus(
