@@ -259,3 +259,23 @@ def test_runner_settings_changed_after_construction_count() -> None:
     assert runner.map(graph, {"x": [1, 2]}, map_over="x") == [{"y": 1}, {"y": 2}]
     assert calls == [1, 2]  # the second map came from the cache set after construction
     assert any(type(e).__name__ == "MapFinished" for e in seen)
+
+
+def test_a_blocking_sync_node_under_asyncrunner_never_blocks_the_loop() -> None:
+    """The sync node's first rows wait for the async node, which needs a free loop."""
+    import threading
+
+    loop_ran = threading.Event()
+
+    @node(output_name="blocked")
+    def blocking(x: int) -> bool:
+        return loop_ran.wait(timeout=5)  # True only if the loop got to `free` meanwhile
+
+    @node(output_name="free")
+    async def free(x: int) -> int:
+        loop_ran.set()
+        return x
+
+    graph = Graph([blocking, free])
+    out = asyncio.run(AsyncRunner().map(graph, {"x": [1, 2, 3]}, map_over="x"))
+    assert out == [{"blocked": True, "free": x} for x in (1, 2, 3)]

@@ -77,6 +77,13 @@ def _merge(parts: list[Outcome]) -> Outcome:
     return values, failed
 
 
+def _timed(fn: Callable[[int, int], Outcome], start: int, stop: int) -> tuple[Outcome, float]:
+    """``fn(start, stop)`` and the seconds it took, measured where it ran."""
+    t0 = _perf()
+    out = fn(start, stop)
+    return out, _perf() - t0
+
+
 def _ranges(n: int, parts: int) -> list[tuple[int, int]]:
     size = max(1, -(-n // max(1, parts)))
     return [(s, min(n, s + size)) for s in range(0, n, size)]
@@ -243,11 +250,12 @@ class AsyncDriver:
     """Runs work as asyncio tasks; whichever pieces finish first are sent back first."""
 
     threads = 8  # a slow plain column is cut into this many pieces for worker threads
-    probe = 4  # rows of a plain column timed on the loop to tell quick from slow
+    probe = 4  # rows of a plain column timed (in a thread) to tell quick from slow
     inline_budget = 0.005  # seconds of quick rows the loop may spend on a column at once
 
     def __init__(self, limiter: Limiter) -> None:
         self.limiter = limiter
+        self._quick: dict[object, bool] = {}  # per node: may its columns run on the loop?
 
     async def drive(self, flow: Flow, on_rows: Callable[[list[Any]], Any] | None = None) -> Any:
         """Drive ``flow`` to its end; the rows of finished batches go to ``on_rows``."""
@@ -325,15 +333,26 @@ class AsyncDriver:
         raise TypeError(msg)
 
     async def _rows(self, effect: Rows) -> Outcome:
-        """A plain column: a few rows on the loop first, timed; quick rows (cheap code, no
-        I/O) finish there, slow ones go to worker threads so the loop stays free."""
+        """A plain column. The first column of a node: a few rows in a worker thread, timed
+        there; quick rows (cheap code, no I/O) finish on the loop, saving thread hops, slow
+        ones go to worker threads in pieces, and the driver remembers which the node is.
+        Unknown code never blocks the loop; a quick node that turns slow goes to threads."""
         n, start, parts = effect.n, 0, []
-        if effect.inline:
-            start = min(n, self.probe)
+        quick = self._quick.get(effect.key) if effect.key is not None else None
+        if effect.inline and quick:
             t0 = _perf()
-            parts.append(effect.fn(0, start))
-            per_row = (_perf() - t0) / max(1, start)
-            if per_row * (n - start) <= self.inline_budget:
+            out = effect.fn(0, n)
+            if _perf() - t0 > 2 * self.inline_budget:
+                self._quick[effect.key] = False
+            return out
+        if effect.inline and quick is None:
+            start = min(n, self.probe)
+            part, took = await self._thread(_timed, effect.fn, 0, start)
+            parts.append(part)
+            fast = took / max(1, start) * max(1, n - start) <= self.inline_budget
+            if effect.key is not None:
+                self._quick[effect.key] = fast
+            if fast:
                 parts.append(effect.fn(start, n))
                 return _merge(parts)
         ranges = [(a + start, b + start) for a, b in _ranges(n - start, self.threads)]

@@ -97,16 +97,18 @@ class Either:
 
 
 class Rows:
-    __slots__ = ("fn", "inline", "n")
+    __slots__ = ("fn", "inline", "key", "n")
 
     def __init__(
         self,
         fn: Callable[[int, int], tuple[list[Any], dict[int, BaseException]]],
         n: int,
         inline: bool = True,
+        key: object = None,
     ) -> None:
         self.fn, self.n = fn, n
         self.inline = inline  # may run on an event loop's own thread (no interrupt waits)
+        self.key = key  # the same for every column of one node: a driver may learn its speed
 
 
 class AwaitRows:
@@ -306,7 +308,7 @@ class PlainInvoker(Invoker):
     def column(self, call: ColumnCall) -> Body:
         if call.local is not None:  # rows that may wait for an answer: never on the loop
             return (yield Rows(_each_call(call, scoped=True), call.n, inline=False))
-        return (yield Rows(_plain_rows(call), call.n))
+        return (yield Rows(_plain_rows(call), call.n, key=call.step))
 
 
 def _plain_rows(

@@ -1,0 +1,454 @@
+"""OllamaEngine: a model served by Ollama, through the official ``ollama`` client.
+
+A str prompt goes to ``/api/generate``, chat messages to ``/api/chat``; one request per
+prompt, up to ``max_concurrency`` in flight (a thread pool for `generate`, a semaphore and
+``asyncio.gather`` for `agenerate`). ``schema`` goes as ``format=<JSON schema>`` (Ollama's
+structured outputs); the sampling keywords become Ollama ``options`` (``max_tokens`` as
+``num_predict``; ``temperature``, ``top_p``, ``seed``, ``stop`` and any other option as
+given). ``start()`` loads the model (an empty generate request with ``keep_alive``),
+``stop()`` unloads it (``keep_alive=0``).
+
+Transient failures (connection refused or reset, timeouts, HTTP 429 and 5xx) are retried
+``retries`` times with exponential back-off and jitter (tenacity); what still fails is that
+prompt's `OllamaError`, naming the engine, the model and the host. Connecting times out after
+a few seconds, so a server that is down is an error, never a hang.
+
+``ollama`` and ``tenacity`` are imported when the engine is used, never at import time
+(install them with the ``llm`` extra).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib
+import json
+import os
+import threading
+import urllib.parse
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ..exceptions import HypernodesError
+from .base import Prompt
+
+__all__ = ["OllamaEngine", "OllamaError"]
+
+DEFAULT_HOST = "http://127.0.0.1:11434"
+# back-off between attempts: 0.2 s, 0.4 s, 0.8 s, ... (at most 5 s), plus up to 0.2 s of jitter
+_WAIT_MULTIPLIER = 0.2
+_WAIT_MAX = 5.0
+_WAIT_JITTER = 0.2
+_CONNECT_TIMEOUT = 5.0
+
+
+class OllamaError(HypernodesError, RuntimeError):
+    """A request to Ollama that failed (after retries where the failure was transient)."""
+
+
+def _lib(name: str) -> Any:
+    """Import an optional library lazily (typed as Any, installed or not)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            f"OllamaEngine needs {name!r}: pip install 'hypernodes-chain[llm]'"
+        ) from exc
+
+
+def _normalize_host(host: str | None) -> str:
+    """``host`` (or ``$OLLAMA_HOST``) as ``scheme://host:port`` (the client's own rules)."""
+    raw = (host or os.environ.get("OLLAMA_HOST") or DEFAULT_HOST).strip()
+    scheme, sep, rest = raw.partition("://")
+    if not sep:
+        scheme, rest = "http", raw
+    default_port = (
+        {"http": 80, "https": 443}[scheme] if sep and scheme in ("http", "https") else 11434
+    )
+    split = urllib.parse.urlsplit(f"{scheme}://{rest}")
+    name = split.hostname or "127.0.0.1"
+    if ":" in name:
+        name = f"[{name}]"
+    port = split.port or default_port
+    path = split.path.strip("/")
+    return f"{scheme}://{name}:{port}" + (f"/{path}" if path else "")
+
+
+def _status(exc: BaseException) -> int | None:
+    code = getattr(exc, "status_code", None)
+    return code if isinstance(code, int) and code >= 0 else None
+
+
+def _transient(exc: BaseException) -> bool:
+    """Connection refused or reset, timeouts, HTTP 429 and 5xx."""
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    httpx = _lib("httpx")
+    if isinstance(exc, httpx.TransportError):
+        return True
+    code = _status(exc)
+    return code is not None and (code == 429 or code >= 500)
+
+
+def _messages(prompt: Prompt) -> list[dict[str, Any]]:
+    messages = []
+    for message in prompt:
+        if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
+            raise TypeError(f"a chat message is a mapping with role and content, got {message!r}")
+        messages.append(dict(message))
+    return messages
+
+
+class OllamaEngine:
+    """A model of an Ollama server (``ollama serve``), e.g. ``OllamaEngine("llama3.2")``.
+
+    ``host``: ``"http://127.0.0.1:11434"`` by default (or ``$OLLAMA_HOST``). ``keep_alive``:
+    how long the server keeps the model loaded after a request (``"5m"``, seconds, ``-1`` for
+    ever). ``max_concurrency``: requests in flight at once. ``options``: Ollama options sent
+    with every request (``num_ctx``, ``top_k``, ...), under the sampling keywords of a call.
+    ``retries``: extra attempts after a transient failure. ``timeout``: seconds for one
+    request (connecting: at most 5 s).
+
+    Sampling keywords of `generate` / `stream`: ``max_tokens`` (``num_predict``),
+    ``temperature``, ``top_p``, ``seed``, ``stop`` (a string or strings); any other keyword
+    is an Ollama option.
+    """
+
+    kind = "ollama"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        host: str | None = None,
+        keep_alive: float | str = "5m",
+        max_concurrency: int = 8,
+        options: Mapping[str, Any] | None = None,
+        retries: int = 3,
+        timeout: float = 60.0,
+    ) -> None:
+        if not model:
+            raise ValueError("OllamaEngine needs a model name")
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0, got {timeout}")
+        self.model = model
+        self.host = _normalize_host(host)
+        self.keep_alive = keep_alive
+        self.max_concurrency = max_concurrency
+        self.options = dict(options or {})
+        self.retries = retries
+        self.timeout = float(timeout)
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self._loaded = False
+        self._digest: str | None = None
+
+    def __repr__(self) -> str:
+        return f"OllamaEngine({self.model!r}, host={self.host!r})"
+
+    # ----------------------------------------------------------------- plumbing
+
+    def _timeout(self) -> Any:
+        return _lib("httpx").Timeout(self.timeout, connect=min(self.timeout, _CONNECT_TIMEOUT))
+
+    def _sync_client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = _lib("ollama").Client(host=self.host, timeout=self._timeout())
+            return self._client
+
+    def _async_client(self) -> Any:
+        # an httpx.AsyncClient belongs to the loop it first ran on: one per call
+        return _lib("ollama").AsyncClient(host=self.host, timeout=self._timeout())
+
+    def _retry_args(self) -> dict[str, Any]:
+        tenacity = _lib("tenacity")
+        wait = tenacity.wait_exponential(
+            multiplier=_WAIT_MULTIPLIER, max=_WAIT_MAX
+        ) + tenacity.wait_random(0, _WAIT_JITTER)
+        return {
+            "stop": tenacity.stop_after_attempt(self.retries + 1),
+            "wait": wait,
+            "retry": tenacity.retry_if_exception(_transient),
+            "reraise": True,
+        }
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        return _lib("tenacity").Retrying(**self._retry_args())(fn)
+
+    async def _acall(self, fn: Callable[[], Any]) -> Any:
+        return await _lib("tenacity").AsyncRetrying(**self._retry_args())(fn)
+
+    def _error(self, exc: BaseException, what: str = "request") -> OllamaError:
+        """``exc`` as an error naming the engine, the model and the host."""
+        if isinstance(exc, OllamaError):
+            return exc
+        code = _status(exc)
+        where = f"ollama engine, model {self.model!r} at {self.host}"
+        if code == 404:
+            msg = (
+                f"{where}: model {self.model!r} not found at {self.host} (ollama pull {self.model})"
+            )
+        elif isinstance(exc, ConnectionError) or _is_connect_error(exc):
+            msg = f"{where}: cannot connect to the Ollama server at {self.host} (is it running?)"
+        else:
+            detail = str(exc) or type(exc).__name__
+            msg = f"{where}: {what} failed: {type(exc).__name__}: {detail}"
+            if _transient(exc):
+                msg += f" (after {self.retries} retries)"
+        error = OllamaError(msg)
+        error.__cause__ = exc
+        return error
+
+    def _request(
+        self,
+        prompt: Prompt,
+        schema: Mapping[str, Any] | None,
+        sampling: Mapping[str, Any],
+        stream: bool,
+    ) -> tuple[str, dict[str, Any]]:
+        """The client method (``generate`` or ``chat``) and its keywords for one prompt."""
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "options": self._options(sampling),
+            "keep_alive": self.keep_alive,
+            "stream": stream,
+        }
+        if schema is not None:
+            kwargs["format"] = dict(schema)
+        if isinstance(prompt, str):
+            return "generate", {**kwargs, "prompt": prompt}
+        if isinstance(prompt, Sequence):
+            return "chat", {**kwargs, "messages": _messages(prompt)}
+        raise TypeError(f"a prompt is a str or a list of chat messages, got {prompt!r}")
+
+    def _options(self, sampling: Mapping[str, Any]) -> dict[str, Any]:
+        options = dict(self.options)
+        for key, value in sampling.items():
+            if value is None:
+                continue
+            if key == "max_tokens":
+                options["num_predict"] = int(value)
+            elif key == "stop":
+                options["stop"] = [value] if isinstance(value, str) else list(value)
+            else:
+                options[key] = value
+        return options
+
+    @staticmethod
+    def _text(part: Any) -> str:
+        message = getattr(part, "message", None)
+        if message is not None:
+            return str(message.content or "")
+        return str(getattr(part, "response", None) or "")
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Load the model on the server (an empty generate request with ``keep_alive``).
+
+        Raises `OllamaError` when the server is down or does not have the model."""
+        client = self._sync_client()
+        try:
+            self._call(lambda: client.generate(model=self.model, keep_alive=self.keep_alive))
+        except Exception as exc:
+            raise self._error(exc, "loading the model") from exc
+        self._loaded = True
+        self._digest = None  # the model may have been pulled again: look its digest up anew
+
+    def stop(self) -> None:
+        """Unload the model (``keep_alive=0``); idempotent. A server that is down or no
+        longer has the model holds nothing, so those are not errors."""
+        with self._lock:
+            client, self._client = self._client, None
+            loaded, self._loaded = self._loaded, False
+        if client is None:
+            return
+        try:
+            if loaded:
+                try:
+                    client.generate(model=self.model, keep_alive=0)
+                except Exception as exc:
+                    if _status(exc) == 404 or isinstance(exc, ConnectionError):
+                        return
+                    if _is_connect_error(exc):
+                        return
+                    raise self._error(exc, "unloading the model") from exc
+        finally:
+            client.close()
+
+    def identity(self) -> dict[str, Any]:
+        """Engine kind, model name, the model's digest (from ``/api/tags``, or a hash of
+        ``/api/show`` where the list lacks it) and the host; it loads no model."""
+        if self._digest is None:
+            self._digest = self._lookup_digest()
+        return {"engine": self.kind, "model": self.model, "digest": self._digest, "host": self.host}
+
+    def _lookup_digest(self) -> str:
+        client = self._sync_client()
+        names = {self.model} if ":" in self.model else {self.model, f"{self.model}:latest"}
+        try:
+            listing = self._call(client.list)
+            for entry in listing.models:
+                name = entry.model or getattr(entry, "name", None)
+                if name in names and entry.digest:
+                    return str(entry.digest)
+            shown = self._call(lambda: client.show(self.model))
+        except Exception as exc:
+            raise self._error(exc, "looking up the model's digest") from exc
+        blob = json.dumps(shown.model_dump(mode="json"), sort_keys=True, default=str)
+        return "show:" + hashlib.sha256(blob.encode()).hexdigest()
+
+    # ----------------------------------------------------------------- generation
+
+    def _one(
+        self,
+        client: Any,
+        prompt: Prompt,
+        schema: Mapping[str, Any] | None,
+        sampling: Mapping[str, Any],
+    ) -> str | Exception:
+        try:
+            method, kwargs = self._request(prompt, schema, sampling, stream=False)
+        except Exception as exc:
+            return exc
+        try:
+            part = self._call(lambda: getattr(client, method)(**kwargs))
+        except Exception as exc:
+            return self._error(exc)
+        self._loaded = True
+        return self._text(part)
+
+    def generate(
+        self, prompts: Sequence[Prompt], *, schema: Mapping[str, Any] | None = None, **sampling: Any
+    ) -> list[str | Exception]:
+        """One reply per prompt, in order, ``max_concurrency`` requests at a time; a prompt
+        that fails (after retries) gets its exception."""
+        if isinstance(prompts, str):
+            raise TypeError("generate takes a list of prompts, not one str")
+        prompts = list(prompts)
+        if not prompts:
+            return []
+        client = self._sync_client()
+        if len(prompts) == 1 or self.max_concurrency == 1:
+            return [self._one(client, p, schema, sampling) for p in prompts]
+        workers = min(self.max_concurrency, len(prompts))
+        with ThreadPoolExecutor(workers, thread_name_prefix="OllamaEngine") as pool:
+            return list(pool.map(lambda p: self._one(client, p, schema, sampling), prompts))
+
+    async def agenerate(
+        self, prompts: Sequence[Prompt], *, schema: Mapping[str, Any] | None = None, **sampling: Any
+    ) -> list[str | Exception]:
+        """The async twin of `generate` (``AsyncClient``, a semaphore of ``max_concurrency``)."""
+        if isinstance(prompts, str):
+            raise TypeError("agenerate takes a list of prompts, not one str")
+        prompts = list(prompts)
+        if not prompts:
+            return []
+        semaphore = asyncio.Semaphore(self.max_concurrency)
+        async with self._async_client() as client:
+
+            async def one(prompt: Prompt) -> str | Exception:
+                try:
+                    method, kwargs = self._request(prompt, schema, sampling, stream=False)
+                except Exception as exc:
+                    return exc
+                async with semaphore:
+                    try:
+                        part = await self._acall(lambda: getattr(client, method)(**kwargs))
+                    except Exception as exc:
+                        return self._error(exc)
+                self._loaded = True
+                return self._text(part)
+
+            return list(await asyncio.gather(*(one(p) for p in prompts)))
+
+    # ----------------------------------------------------------------- streaming
+
+    def stream(self, prompt: Prompt, **sampling: Any) -> Iterator[str]:
+        """The text chunks of one reply as the server streams them (``schema=`` too).
+        Opening the stream is retried like a request; a failure later is an `OllamaError`."""
+        schema = sampling.pop("schema", None)
+        method, kwargs = self._request(prompt, schema, sampling, stream=True)
+        client = self._sync_client()
+
+        def open_stream() -> tuple[Any, Any]:
+            parts = getattr(client, method)(**kwargs)
+            try:
+                return parts, next(parts)
+            except StopIteration:
+                return parts, None
+
+        try:
+            parts, first = self._call(open_stream)
+        except Exception as exc:
+            raise self._error(exc, "streaming") from exc
+        self._loaded = True
+        try:
+            if first is None:
+                return
+            text = self._text(first)
+            if text:
+                yield text
+            while True:
+                try:
+                    part = next(parts)
+                except StopIteration:
+                    return
+                except Exception as exc:
+                    raise self._error(exc, "streaming") from exc
+                text = self._text(part)
+                if text:
+                    yield text
+        finally:
+            parts.close()
+
+    async def astream(self, prompt: Prompt, **sampling: Any) -> AsyncIterator[str]:
+        """The async twin of `stream`."""
+        schema = sampling.pop("schema", None)
+        method, kwargs = self._request(prompt, schema, sampling, stream=True)
+        async with self._async_client() as client:
+
+            async def open_stream() -> tuple[Any, Any]:
+                parts = await getattr(client, method)(**kwargs)
+                try:
+                    return parts, await parts.__anext__()
+                except StopAsyncIteration:
+                    return parts, None
+
+            try:
+                parts, first = await self._acall(open_stream)
+            except Exception as exc:
+                raise self._error(exc, "streaming") from exc
+            self._loaded = True
+            try:
+                if first is None:
+                    return
+                text = self._text(first)
+                if text:
+                    yield text
+                while True:
+                    try:
+                        part = await parts.__anext__()
+                    except StopAsyncIteration:
+                        return
+                    except Exception as exc:
+                        raise self._error(exc, "streaming") from exc
+                    text = self._text(part)
+                    if text:
+                        yield text
+            finally:
+                await parts.aclose()
+
+
+def _is_connect_error(exc: BaseException) -> bool:
+    try:
+        httpx = _lib("httpx")
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)

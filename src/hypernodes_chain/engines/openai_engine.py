@@ -1,0 +1,548 @@
+"""OpenAIEngine: any OpenAI-compatible chat completions server over HTTP.
+
+vLLM (``vllm serve``), llama.cpp's server, TGI, SGLang and hosted APIs all answer
+``POST {base_url}/chat/completions``. One request per prompt, at most ``max_concurrency`` in
+flight (a thread pool for `generate`, an ``asyncio.Semaphore`` per event loop for
+`agenerate`). ``schema`` goes as ``response_format={"type": "json_schema", ...}``.
+
+Transient failures (connection refused or reset, timeouts, HTTP 429 and 5xx) are retried
+``retries`` times with exponential back-off and jitter (tenacity); other 4xx answers are not
+retried. A prompt that still fails becomes that entry's `OpenAIEngineError`, naming the
+engine, the model and the base URL, with the server's own message.
+
+httpx and tenacity are imported when the engine is used, never at import time (install them
+with the ``llm`` extra).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import importlib
+import json
+import threading
+import weakref
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any
+
+from .base import Prompt
+
+__all__ = ["OpenAIEngine", "OpenAIEngineError"]
+
+DEFAULT_MAX_TOKENS = 256
+_RESERVED = frozenset({"model", "messages", "stream", "response_format"})
+
+
+def _lib(name: str) -> Any:
+    """Import an optional library lazily (typed as Any, installed or not)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            f"OpenAIEngine needs {name!r}: pip install 'hypernodes-chain[llm]'"
+        ) from exc
+
+
+class OpenAIEngineError(RuntimeError):
+    """A request that failed (after retries where the failure was transient).
+
+    ``status`` is the HTTP status (None for a connection failure or a timeout),
+    ``transient`` whether it was worth retrying, ``attempts`` how many requests were sent.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        transient: bool = False,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.transient = transient
+        self.attempts = attempts
+
+
+def _messages(prompt: Prompt) -> list[dict[str, Any]]:
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    messages = []
+    for message in prompt:
+        if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
+            raise TypeError(f"a chat message is a mapping with role and content, got {message!r}")
+        messages.append(dict(message))
+    return messages
+
+
+def _server_message(response: Any) -> str:
+    """The error message of an OpenAI-style error body, else the body's text (shortened)."""
+    try:
+        body = response.json()
+    except Exception:
+        body = None
+    if isinstance(body, Mapping):
+        error = body.get("error", body)
+        if isinstance(error, Mapping) and error.get("message"):
+            return str(error["message"])
+        if isinstance(error, str):
+            return error
+        if body.get("detail"):
+            return str(body["detail"])
+    text = str(getattr(response, "text", "") or "").strip()
+    return text[:500] or getattr(response, "reason_phrase", "") or "no message"
+
+
+def _content(body: Any) -> str:
+    try:
+        message = body["choices"][0]["message"]
+    except (KeyError, IndexError, TypeError):
+        raise ValueError(f"not a chat completion: {str(body)[:300]}") from None
+    content = message.get("content")
+    if content is None:
+        refusal = message.get("refusal")
+        raise ValueError(f"the reply has no content{f' (refusal: {refusal})' if refusal else ''}")
+    return str(content)
+
+
+def _delta(data: str) -> str:
+    """The text of one SSE ``data:`` event (empty for role-only or final events)."""
+    event = json.loads(data)
+    if isinstance(event, Mapping) and "error" in event:
+        error = event["error"]
+        raise ValueError(error.get("message", error) if isinstance(error, Mapping) else error)
+    choices = event.get("choices") or [{}]
+    return str((choices[0].get("delta") or {}).get("content") or "")
+
+
+class OpenAIEngine:
+    """An OpenAI-compatible server: ``base_url`` is the API root (``http://host:8000/v1``).
+
+    ``api_key`` is sent as a bearer token (never part of `identity`). ``timeout``: seconds a
+    request may take (read/write/pool); ``connect_timeout`` bounds connecting, so a down
+    server fails fast. ``retries``: retries of a transient failure; ``backoff=(first,
+    most)``: seconds of the first wait and the cap of the exponential back-off (jittered).
+
+    Sampling keywords of `generate` / `stream`: ``max_tokens`` (default 256),
+    ``temperature`` (default 0), ``top_p`` (default 1), ``seed``, ``stop``; any other keyword
+    (``top_k``, ``presence_penalty``, ...) is put into the request body as it is.
+    """
+
+    kind = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        max_concurrency: int = 16,
+        retries: int = 3,
+        timeout: float = 60.0,
+        connect_timeout: float = 5.0,
+        backoff: tuple[float, float] = (0.5, 8.0),
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api_key = api_key
+        self.max_concurrency = max_concurrency
+        self.retries = retries
+        self.timeout = float(timeout)
+        self.connect_timeout = float(min(connect_timeout, timeout))
+        self.backoff = (float(backoff[0]), float(backoff[1]))
+        self.headers = dict(headers or {})
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._loop_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._entry: dict[str, Any] | None = None  # the model's entry in /models
+        self._looked_up = False
+
+    def __repr__(self) -> str:
+        return f"OpenAIEngine({self.base_url!r}, {self.model!r})"
+
+    def _where(self) -> str:
+        return f"OpenAIEngine(model={self.model!r}, base_url={self.base_url!r})"
+
+    # ----------------------------------------------------------------- clients
+
+    def _client_kwargs(self) -> dict[str, Any]:
+        httpx = _lib("httpx")
+        headers = {"Accept": "application/json", **self.headers}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return {
+            "headers": headers,
+            "timeout": httpx.Timeout(self.timeout, connect=self.connect_timeout),
+            "limits": httpx.Limits(
+                max_connections=self.max_concurrency,
+                max_keepalive_connections=self.max_concurrency,
+            ),
+        }
+
+    def _sync_client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = _lib("httpx").Client(**self._client_kwargs())
+            return self._client
+
+    def _url(self, path: str) -> str:
+        return f"{self.base_url}/{path}"
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Check the server (``GET /models``); a clear error within ``connect_timeout``
+        seconds if it cannot be reached. Idempotent."""
+        client = self._sync_client()
+        httpx = _lib("httpx")
+        try:
+            response = client.get(self._url("models"))
+        except httpx.HTTPError as exc:
+            raise OpenAIEngineError(
+                f"{self._where()}: cannot reach the server ({type(exc).__name__}: {exc}); "
+                "is it running?",
+                transient=True,
+            ) from exc
+        if response.status_code in (401, 403):
+            raise OpenAIEngineError(
+                f"{self._where()}: the server refused the API key (HTTP "
+                f"{response.status_code}): {_server_message(response)}",
+                status=response.status_code,
+            )
+        self._remember(response)
+
+    def stop(self) -> None:
+        """Close the HTTP client (idempotent); a later call opens a new one."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def _remember(self, response: Any) -> None:
+        """Keep this model's entry of a ``/models`` answer (None when it has none)."""
+        entry = None
+        if response.status_code == 200:
+            try:
+                data = response.json().get("data") or []
+            except Exception:
+                data = []
+            for item in data:
+                if isinstance(item, Mapping) and item.get("id") == self.model:
+                    entry = dict(item)
+                    break
+        self._entry, self._looked_up = entry, True
+
+    def identity(self) -> dict[str, Any]:
+        """Engine kind, base URL, model, and the stable fields of the model's ``/models``
+        entry (``id``, ``owned_by``, ``root``) when the server lists it.
+
+        ``created`` is left out on purpose: vLLM and llama.cpp report the time of the
+        request there, which would make every run a cache miss. The lookup is made once
+        (and again by each `start`), so the identity is the same before and after starting.
+        """
+        if not self._looked_up:
+            try:
+                self._remember(self._sync_client().get(self._url("models")))
+            except Exception:
+                self._entry, self._looked_up = None, True
+        identity: dict[str, Any] = {
+            "engine": self.kind,
+            "base_url": self.base_url,
+            "model": self.model,
+        }
+        for key in ("id", "owned_by", "root"):
+            if self._entry is not None and self._entry.get(key) is not None:
+                identity[key] = self._entry[key]
+        return identity
+
+    # ----------------------------------------------------------------- requests
+
+    def _body(
+        self,
+        prompt: Prompt,
+        *,
+        schema: Mapping[str, Any] | None = None,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        stream: bool = False,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        reserved = sorted(_RESERVED & set(extra))
+        if reserved:
+            raise TypeError(f"OpenAIEngine sets {', '.join(reserved)} itself")
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": _messages(prompt),
+            "temperature": temperature,
+            "top_p": top_p,
+            "max_tokens": max_tokens,
+        }
+        if seed is not None:
+            body["seed"] = seed
+        if stop is not None:
+            body["stop"] = [stop] if isinstance(stop, str) else list(stop)
+        if schema is not None:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": dict(schema), "strict": True},
+            }
+        if stream:
+            body["stream"] = True
+        body.update(extra)
+        return body
+
+    def _check(self, response: Any, attempt: int) -> None:
+        """Raise for an error status (transient for 429 and 5xx)."""
+        status = int(response.status_code)
+        if status < 400:
+            return
+        transient = status == 429 or status >= 500
+        raise OpenAIEngineError(
+            f"{self._where()}: HTTP {status}: {_server_message(response)}",
+            status=status,
+            transient=transient,
+            attempts=attempt,
+        )
+
+    def _transient(self, exc: BaseException) -> bool:
+        if isinstance(exc, OpenAIEngineError):
+            return exc.transient
+        httpx = _lib("httpx")
+        return isinstance(
+            exc, (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+        )
+
+    def _retrying_kwargs(self) -> dict[str, Any]:
+        tenacity = _lib("tenacity")
+        return {
+            "stop": tenacity.stop_after_attempt(self.retries + 1),
+            "wait": tenacity.wait_exponential_jitter(
+                initial=self.backoff[0], max=self.backoff[1], jitter=self.backoff[0]
+            ),
+            "retry": tenacity.retry_if_exception(self._transient),
+            "reraise": True,
+        }
+
+    def _final(self, exc: BaseException, attempts: int) -> OpenAIEngineError:
+        """The entry's error: the engine, the model, the URL, the cause, the attempts."""
+        if isinstance(exc, OpenAIEngineError):
+            message = str(exc)
+            status, transient = exc.status, exc.transient
+        else:
+            message = f"{self._where()}: {type(exc).__name__}: {exc}"
+            status, transient = None, self._transient(exc)
+        if transient and attempts > 1:
+            message += f" (after {attempts} attempts)"
+        error = OpenAIEngineError(message, status=status, transient=transient, attempts=attempts)
+        error.__cause__ = exc
+        return error
+
+    def _post(self, client: Any, body: dict[str, Any]) -> str:
+        tenacity = _lib("tenacity")
+        attempts = 0
+
+        def once() -> str:
+            nonlocal attempts
+            attempts += 1
+            with self._slots:
+                response = client.post(self._url("chat/completions"), json=body)
+            self._check(response, attempts)
+            return _content(response.json())
+
+        try:
+            result: str = tenacity.Retrying(**self._retrying_kwargs())(once)
+        except Exception as exc:
+            raise self._final(exc, attempts) from exc
+        return result
+
+    async def _apost(self, client: Any, slots: asyncio.Semaphore, body: dict[str, Any]) -> str:
+        tenacity = _lib("tenacity")
+        attempts = 0
+
+        async def once() -> str:
+            nonlocal attempts
+            attempts += 1
+            async with slots:
+                response = await client.post(self._url("chat/completions"), json=body)
+            self._check(response, attempts)
+            return _content(response.json())
+
+        try:
+            result: str = await tenacity.AsyncRetrying(**self._retrying_kwargs())(once)
+        except Exception as exc:
+            raise self._final(exc, attempts) from exc
+        return result
+
+    def _loop_semaphore(self) -> asyncio.Semaphore:
+        """One semaphore per event loop: ``max_concurrency`` bounds every call on it."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            slots = self._loop_slots.get(loop)
+            if slots is None:
+                slots = self._loop_slots[loop] = asyncio.Semaphore(self.max_concurrency)
+            return slots
+
+    # ----------------------------------------------------------------- generation
+
+    def _bodies(
+        self, prompts: Sequence[Prompt], schema: Mapping[str, Any] | None, sampling: Any
+    ) -> tuple[list[str | Exception], dict[int, dict[str, Any]]]:
+        """Placeholder results, and the request body of each prompt that has one (a prompt
+        that is not a str or chat messages gets its exception; bad keywords fail the call)."""
+        if isinstance(prompts, str):
+            raise TypeError("generate takes a list of prompts, not one str")
+        reserved = sorted(_RESERVED & set(sampling))
+        if reserved:
+            raise TypeError(f"OpenAIEngine sets {', '.join(reserved)} itself")
+        results: list[str | Exception] = []
+        bodies: dict[int, dict[str, Any]] = {}
+        for i, prompt in enumerate(prompts):
+            try:
+                bodies[i] = self._body(prompt, schema=schema, **sampling)
+                results.append(RuntimeError("no reply"))
+            except TypeError as exc:
+                results.append(exc)
+        return results, bodies
+
+    def generate(
+        self, prompts: Sequence[Prompt], *, schema: Mapping[str, Any] | None = None, **sampling: Any
+    ) -> list[str | Exception]:
+        """One reply per prompt, in order; a prompt that fails gets its exception."""
+        results, bodies = self._bodies(prompts, schema, sampling)
+        if not bodies:
+            return results
+        client = self._sync_client()
+        workers = min(self.max_concurrency, len(bodies))
+        with concurrent.futures.ThreadPoolExecutor(workers, "OpenAIEngine") as pool:
+            futures = {i: pool.submit(self._post, client, body) for i, body in bodies.items()}
+            for i, future in futures.items():
+                try:
+                    results[i] = future.result()
+                except Exception as exc:
+                    results[i] = exc
+        return results
+
+    async def agenerate(
+        self, prompts: Sequence[Prompt], *, schema: Mapping[str, Any] | None = None, **sampling: Any
+    ) -> list[str | Exception]:
+        """The async twin of `generate` (``httpx.AsyncClient``, bounded by a semaphore)."""
+        results, bodies = self._bodies(prompts, schema, sampling)
+        if not bodies:
+            return results
+        slots = self._loop_semaphore()
+        async with _lib("httpx").AsyncClient(**self._client_kwargs()) as client:
+            replies = await asyncio.gather(
+                *(self._apost(client, slots, body) for body in bodies.values()),
+                return_exceptions=True,
+            )
+        for i, reply in zip(bodies, replies):
+            if isinstance(reply, BaseException) and not isinstance(reply, Exception):
+                raise reply
+            results[i] = reply
+        return results
+
+    # ----------------------------------------------------------------- streaming
+
+    def stream(self, prompt: Prompt, **sampling: Any) -> Iterator[str]:
+        """The text chunks of one reply (``stream: true``, server-sent events); takes
+        `generate`'s keywords, ``schema`` included. Opening the stream is retried like a
+        request; a failure after the first chunk is raised."""
+        body = self._body(prompt, stream=True, **sampling)
+        client = self._sync_client()
+        tenacity = _lib("tenacity")
+        attempts = 0
+
+        def open_stream() -> Any:
+            nonlocal attempts
+            attempts += 1
+            self._slots.acquire()
+            try:
+                request = client.build_request("POST", self._url("chat/completions"), json=body)
+                response = client.send(request, stream=True)
+                try:
+                    if response.status_code >= 400:
+                        response.read()
+                    self._check(response, attempts)
+                except BaseException:
+                    response.close()
+                    raise
+            except BaseException:
+                self._slots.release()
+                raise
+            return response
+
+        try:
+            response = tenacity.Retrying(**self._retrying_kwargs())(open_stream)
+        except Exception as exc:
+            raise self._final(exc, attempts) from exc
+        try:
+            for line in response.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                text = _delta(data)
+                if text:
+                    yield text
+        finally:
+            response.close()
+            self._slots.release()
+
+    async def astream(self, prompt: Prompt, **sampling: Any) -> AsyncIterator[str]:
+        """The async twin of `stream`."""
+        body = self._body(prompt, stream=True, **sampling)
+        slots = self._loop_semaphore()
+        tenacity = _lib("tenacity")
+        attempts = 0
+        async with _lib("httpx").AsyncClient(**self._client_kwargs()) as client:
+
+            async def open_stream() -> Any:
+                nonlocal attempts
+                attempts += 1
+                await slots.acquire()
+                try:
+                    request = client.build_request("POST", self._url("chat/completions"), json=body)
+                    response = await client.send(request, stream=True)
+                    try:
+                        if response.status_code >= 400:
+                            await response.aread()
+                        self._check(response, attempts)
+                    except BaseException:
+                        await response.aclose()
+                        raise
+                except BaseException:
+                    slots.release()
+                    raise
+                return response
+
+            try:
+                response = await tenacity.AsyncRetrying(**self._retrying_kwargs())(open_stream)
+            except Exception as exc:
+                raise self._final(exc, attempts) from exc
+            try:
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    text = _delta(data)
+                    if text:
+                        yield text
+            finally:
+                await response.aclose()
+                slots.release()
