@@ -302,3 +302,26 @@ def test_engine_starts_show_on_the_runs_bus(
     ]
     broker.close()
     assert not any(s["live"] for s in broker.status().values())
+
+
+def test_a_segmented_map_is_cached_like_any_other(
+    tiny_llama: Path, build_llama: Any, tmp_path: Path
+) -> None:
+    first, second = Counting(tiny_llama), Counting(build_llama(tmp_path / "s", seed=4))
+    cache = MemoryCache()
+    reviews = [f"Review {i}: fine" for i in range(9)]
+
+    def run(max_live: int) -> Any:
+        broker = EngineBroker({"first": first, "second": second}, max_live=max_live)
+        runner = Runner(engines=broker, cache=cache)
+        return runner.map(two_engine_graph(), {"review": reviews}, map_over="review",
+                          batch_size=4, engine_window=5, on_error="collect")  # fmt: skip
+
+    def plain(rows: list[Any]) -> list[Any]:
+        return [(r.index, r.node) if isinstance(r, ItemFailure) else r for r in rows]
+
+    split = plain(run(max_live=1))
+    calls = (list(first.calls), list(second.calls))
+    assert sum(calls[0]) == 9 and sum(calls[1]) == 8  # item 3 fails between the models
+    assert plain(run(max_live=1)) == split and (first.calls, second.calls) == calls  # cached
+    assert plain(run(max_live=2)) == split and (first.calls, second.calls) == calls  # same keys
