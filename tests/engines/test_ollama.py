@@ -25,7 +25,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("xgrammar")
 pydantic = pytest.importorskip("pydantic")
 
-from hypernodes_chain import Graph, Runner  # noqa: E402
+from hypernodes_chain import AsyncRunner, Graph, Runner  # noqa: E402
 from hypernodes_chain.engines.base import Engine  # noqa: E402
 from hypernodes_chain.engines.ollama import OllamaEngine, OllamaError  # noqa: E402
 from hypernodes_chain.llm import llm_node  # noqa: E402
@@ -204,7 +204,7 @@ def test_unknown_model_names_model_and_host(srv: Server) -> None:
 
 def test_a_server_that_is_down_fails_fast(srv: Server) -> None:
     host = f"http://127.0.0.1:{closed_port()}"
-    engine = OllamaEngine(NAME, host=host, retries=2)
+    engine = OllamaEngine(NAME, host=host)  # retries=3: refused at once, backed off
     began = time.monotonic()
     with pytest.raises(OllamaError, match=rf"cannot connect .*{host}"):
         engine.start()
@@ -269,6 +269,21 @@ def test_llm_node_map_through_runner(srv: Server) -> None:
     assert all(isinstance(row["summary"], Summary) for row in out)
     stats = srv.stats()
     assert stats["loads"] <= 1 and stats["formats"] and stats["formats"][0]["type"] == "object"
+    srv.reset()
+    srv.get("/debug/delay?s=0.02")
+    arunner = AsyncRunner(engines={"o": engine_of(srv, max_concurrency=4)})
+    aout = asyncio.run(arunner.map(Graph([summarize]), {"review": reviews}, map_over="review"))
+    assert aout == out  # greedy on the server: the same replies
+    assert 1 < srv.stats()["peak"] <= 4
+
+
+def test_importing_the_engine_imports_no_client() -> None:
+    code = (
+        "import sys, hypernodes_chain.engines, hypernodes_chain.engines.ollama\n"
+        "print(sorted(m for m in ('ollama', 'tenacity', 'httpx') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 @pytest.mark.ollama

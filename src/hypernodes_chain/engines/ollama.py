@@ -26,7 +26,7 @@ import json
 import os
 import threading
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -144,7 +144,6 @@ class OllamaEngine:
         self.retries = retries
         self.timeout = float(timeout)
         self._lock = threading.Lock()
-        self._client: Any = None
         self._loaded = False
         self._digest: str | None = None
 
@@ -157,13 +156,12 @@ class OllamaEngine:
         return _lib("httpx").Timeout(self.timeout, connect=min(self.timeout, _CONNECT_TIMEOUT))
 
     def _sync_client(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                self._client = _lib("ollama").Client(host=self.host, timeout=self._timeout())
-            return self._client
+        # one client per call, closed when it ends: no connection outlives its call (an
+        # engine that is never stopped leaks no socket)
+        return _lib("ollama").Client(host=self.host, timeout=self._timeout())
 
     def _async_client(self) -> Any:
-        # an httpx.AsyncClient belongs to the loop it first ran on: one per call
+        # an httpx.AsyncClient belongs to the loop it first ran on: one per call too
         return _lib("ollama").AsyncClient(host=self.host, timeout=self._timeout())
 
     def _retry_args(self) -> dict[str, Any]:
@@ -181,7 +179,8 @@ class OllamaEngine:
     def _call(self, fn: Callable[[], Any]) -> Any:
         return _lib("tenacity").Retrying(**self._retry_args())(fn)
 
-    async def _acall(self, fn: Callable[[], Any]) -> Any:
+    async def _acall(self, fn: Callable[[], Awaitable[Any]]) -> Any:
+        # ``fn`` must be a coroutine function: tenacity awaits only what it sees as one
         return await _lib("tenacity").AsyncRetrying(**self._retry_args())(fn)
 
     def _error(self, exc: BaseException, what: str = "request") -> OllamaError:
@@ -253,11 +252,11 @@ class OllamaEngine:
         """Load the model on the server (an empty generate request with ``keep_alive``).
 
         Raises `OllamaError` when the server is down or does not have the model."""
-        client = self._sync_client()
-        try:
-            self._call(lambda: client.generate(model=self.model, keep_alive=self.keep_alive))
-        except Exception as exc:
-            raise self._error(exc, "loading the model") from exc
+        with self._sync_client() as client:
+            try:
+                self._call(lambda: client.generate(model=self.model, keep_alive=self.keep_alive))
+            except Exception as exc:
+                raise self._error(exc, "loading the model") from exc
         self._loaded = True
         self._digest = None  # the model may have been pulled again: look its digest up anew
 
@@ -265,22 +264,18 @@ class OllamaEngine:
         """Unload the model (``keep_alive=0``); idempotent. A server that is down or no
         longer has the model holds nothing, so those are not errors."""
         with self._lock:
-            client, self._client = self._client, None
             loaded, self._loaded = self._loaded, False
-        if client is None:
+        if not loaded:
             return
-        try:
-            if loaded:
-                try:
-                    client.generate(model=self.model, keep_alive=0)
-                except Exception as exc:
-                    if _status(exc) == 404 or isinstance(exc, ConnectionError):
-                        return
-                    if _is_connect_error(exc):
-                        return
-                    raise self._error(exc, "unloading the model") from exc
-        finally:
-            client.close()
+        with self._sync_client() as client:
+            try:
+                client.generate(model=self.model, keep_alive=0)
+            except Exception as exc:
+                if _status(exc) == 404 or isinstance(exc, ConnectionError):
+                    return
+                if _is_connect_error(exc):
+                    return
+                raise self._error(exc, "unloading the model") from exc
 
     def identity(self) -> dict[str, Any]:
         """Engine kind, model name, the model's digest (from ``/api/tags``, or a hash of
@@ -290,17 +285,17 @@ class OllamaEngine:
         return {"engine": self.kind, "model": self.model, "digest": self._digest, "host": self.host}
 
     def _lookup_digest(self) -> str:
-        client = self._sync_client()
         names = {self.model} if ":" in self.model else {self.model, f"{self.model}:latest"}
-        try:
-            listing = self._call(client.list)
-            for entry in listing.models:
-                name = entry.model or getattr(entry, "name", None)
-                if name in names and entry.digest:
-                    return str(entry.digest)
-            shown = self._call(lambda: client.show(self.model))
-        except Exception as exc:
-            raise self._error(exc, "looking up the model's digest") from exc
+        with self._sync_client() as client:
+            try:
+                listing = self._call(client.list)
+                for entry in listing.models:
+                    name = entry.model or getattr(entry, "name", None)
+                    if name in names and entry.digest:
+                        return str(entry.digest)
+                shown = self._call(lambda: client.show(self.model))
+            except Exception as exc:
+                raise self._error(exc, "looking up the model's digest") from exc
         blob = json.dumps(shown.model_dump(mode="json"), sort_keys=True, default=str)
         return "show:" + hashlib.sha256(blob.encode()).hexdigest()
 
@@ -334,12 +329,12 @@ class OllamaEngine:
         prompts = list(prompts)
         if not prompts:
             return []
-        client = self._sync_client()
-        if len(prompts) == 1 or self.max_concurrency == 1:
-            return [self._one(client, p, schema, sampling) for p in prompts]
-        workers = min(self.max_concurrency, len(prompts))
-        with ThreadPoolExecutor(workers, thread_name_prefix="OllamaEngine") as pool:
-            return list(pool.map(lambda p: self._one(client, p, schema, sampling), prompts))
+        with self._sync_client() as client:  # httpx.Client is thread-safe
+            if len(prompts) == 1 or self.max_concurrency == 1:
+                return [self._one(client, p, schema, sampling) for p in prompts]
+            workers = min(self.max_concurrency, len(prompts))
+            with ThreadPoolExecutor(workers, thread_name_prefix="OllamaEngine") as pool:
+                return list(pool.map(lambda p: self._one(client, p, schema, sampling), prompts))
 
     async def agenerate(
         self, prompts: Sequence[Prompt], *, schema: Mapping[str, Any] | None = None, **sampling: Any
@@ -359,8 +354,12 @@ class OllamaEngine:
                 except Exception as exc:
                     return exc
                 async with semaphore:
+
+                    async def request() -> Any:
+                        return await getattr(client, method)(**kwargs)
+
                     try:
-                        part = await self._acall(lambda: getattr(client, method)(**kwargs))
+                        part = await self._acall(request)
                     except Exception as exc:
                         return self._error(exc)
                 self._loaded = True
@@ -375,38 +374,38 @@ class OllamaEngine:
         Opening the stream is retried like a request; a failure later is an `OllamaError`."""
         schema = sampling.pop("schema", None)
         method, kwargs = self._request(prompt, schema, sampling, stream=True)
-        client = self._sync_client()
+        with self._sync_client() as client:
 
-        def open_stream() -> tuple[Any, Any]:
-            parts = getattr(client, method)(**kwargs)
-            try:
-                return parts, next(parts)
-            except StopIteration:
-                return parts, None
-
-        try:
-            parts, first = self._call(open_stream)
-        except Exception as exc:
-            raise self._error(exc, "streaming") from exc
-        self._loaded = True
-        try:
-            if first is None:
-                return
-            text = self._text(first)
-            if text:
-                yield text
-            while True:
+            def open_stream() -> tuple[Any, Any]:
+                parts = getattr(client, method)(**kwargs)
                 try:
-                    part = next(parts)
+                    return parts, next(parts)
                 except StopIteration:
+                    return parts, None
+
+            try:
+                parts, first = self._call(open_stream)
+            except Exception as exc:
+                raise self._error(exc, "streaming") from exc
+            self._loaded = True
+            try:
+                if first is None:
                     return
-                except Exception as exc:
-                    raise self._error(exc, "streaming") from exc
-                text = self._text(part)
+                text = self._text(first)
                 if text:
                     yield text
-        finally:
-            parts.close()
+                while True:
+                    try:
+                        part = next(parts)
+                    except StopIteration:
+                        return
+                    except Exception as exc:
+                        raise self._error(exc, "streaming") from exc
+                    text = self._text(part)
+                    if text:
+                        yield text
+            finally:
+                parts.close()
 
     async def astream(self, prompt: Prompt, **sampling: Any) -> AsyncIterator[str]:
         """The async twin of `stream`."""
