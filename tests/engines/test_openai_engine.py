@@ -271,3 +271,30 @@ def test_an_llm_node_map_returns_validated_models(base_url: str) -> None:
     assert again == out
     assert debug(base_url, "stats")["requests"] == 6  # all from the cache
     eng.stop()
+
+
+def test_retry_after_is_honoured(engine: OpenAIEngine, base_url: str) -> None:
+    debug(base_url, "fail", n=1, status=429, retry_after=0.5)
+    begin = time.monotonic()
+    (reply,) = engine.generate(["the water"], max_tokens=4)
+    assert isinstance(reply, str), reply
+    assert time.monotonic() - begin >= 0.5  # the back-off alone would wait about 0.04 s
+    assert debug(base_url, "stats")["requests"] == 2
+
+
+def test_pickles_as_its_configuration(engine: OpenAIEngine) -> None:
+    import pickle
+
+    engine.generate(["a"], max_tokens=2)  # a live client, locks: none of them travel
+    copy = pickle.loads(pickle.dumps(engine))
+    assert copy.identity() == engine.identity() and copy.backoff == engine.backoff
+    assert copy.generate(["a"], max_tokens=2) == engine.generate(["a"], max_tokens=2)
+    copy.stop()
+
+
+def test_importing_the_engine_imports_no_http_client() -> None:
+    code = (
+        "import sys, hypernodes_chain.engines, hypernodes_chain.engines.openai_engine\n"
+        "assert 'httpx' not in sys.modules and 'tenacity' not in sys.modules, sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from .base import Engine, Message, Prompt
 from .broker import EngineBroker, EngineStatus, UnknownEngineError
+from .ollama import OllamaEngine, OllamaError
+from .openai_engine import OpenAIEngine, OpenAIEngineError
 from .tiny import build_tiny_model
 from .transformers_engine import TransformersEngine
 
@@ -16,6 +18,10 @@ __all__ = [
     "EngineBroker",
     "EngineStatus",
     "Message",
+    "OllamaEngine",
+    "OllamaError",
+    "OpenAIEngine",
+    "OpenAIEngineError",
     "Prompt",
     "TransformersEngine",
     "UnknownEngineError",

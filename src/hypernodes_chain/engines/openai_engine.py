@@ -30,6 +30,8 @@ from .base import Prompt
 __all__ = ["OpenAIEngine", "OpenAIEngineError"]
 
 DEFAULT_MAX_TOKENS = 256
+_MAX_RETRY_AFTER = 60.0  # seconds: the longest Retry-After that is honoured
+_SSE = {"Accept": "text/event-stream"}
 _RESERVED = frozenset({"model", "messages", "stream", "response_format"})
 
 
@@ -62,6 +64,7 @@ class OpenAIEngineError(RuntimeError):
         self.status = status
         self.transient = transient
         self.attempts = attempts
+        self.retry_after: float | None = None  # the server's Retry-After, in seconds
 
 
 def _messages(prompt: Prompt) -> list[dict[str, Any]]:
@@ -158,14 +161,30 @@ class OpenAIEngine:
         self.connect_timeout = float(min(connect_timeout, timeout))
         self.backoff = (float(backoff[0]), float(backoff[1]))
         self.headers = dict(headers or {})
+        self._init_state()
+
+    _CONFIG = (
+        "base_url", "model", "api_key", "max_concurrency", "retries", "timeout",
+        "connect_timeout", "backoff", "headers",
+    )  # fmt: skip
+
+    def _init_state(self) -> None:
         self._lock = threading.Lock()
         self._client: Any = None
-        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._slots = threading.BoundedSemaphore(self.max_concurrency)
         self._loop_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary()
         )
         self._entry: dict[str, Any] | None = None  # the model's entry in /models
         self._looked_up = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Only the configuration travels (to Dask workers): clients and locks are rebuilt."""
+        return {name: getattr(self, name) for name in self._CONFIG}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_state()
 
     def __repr__(self) -> str:
         return f"OpenAIEngine({self.base_url!r}, {self.model!r})"
@@ -251,8 +270,9 @@ class OpenAIEngine:
         (and again by each `start`), so the identity is the same before and after starting.
         """
         if not self._looked_up:
-            try:
-                self._remember(self._sync_client().get(self._url("models")))
+            try:  # a client of its own: an engine never started holds no connection
+                with _lib("httpx").Client(**self._client_kwargs()) as client:
+                    self._remember(client.get(self._url("models")))
             except Exception:
                 self._entry, self._looked_up = None, True
         identity: dict[str, Any] = {
@@ -310,12 +330,17 @@ class OpenAIEngine:
         if status < 400:
             return
         transient = status == 429 or status >= 500
-        raise OpenAIEngineError(
+        error = OpenAIEngineError(
             f"{self._where()}: HTTP {status}: {_server_message(response)}",
             status=status,
             transient=transient,
             attempts=attempt,
         )
+        try:
+            error.retry_after = max(0.0, float(response.headers.get("Retry-After", "")))
+        except ValueError:  # absent, or an HTTP date: the back-off decides
+            pass
+        raise error
 
     def _transient(self, exc: BaseException) -> bool:
         if isinstance(exc, OpenAIEngineError):
@@ -325,13 +350,28 @@ class OpenAIEngine:
             exc, (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
         )
 
+    def _wait(self, tenacity: Any) -> Any:
+        """Exponential from ``backoff[0]`` up to ``backoff[1]`` plus up to ``backoff[0]`` of
+        jitter; at least the server's ``Retry-After`` seconds (up to a minute)."""
+        backoff = tenacity.wait_exponential(
+            multiplier=self.backoff[0], max=self.backoff[1]
+        ) + tenacity.wait_random(0, self.backoff[0])
+
+        def wait(state: Any) -> float:
+            seconds = float(backoff(state))
+            exc = state.outcome.exception() if state.outcome is not None else None
+            retry_after = getattr(exc, "retry_after", None)
+            if retry_after is not None:
+                seconds = max(seconds, min(float(retry_after), _MAX_RETRY_AFTER))
+            return seconds
+
+        return wait
+
     def _retrying_kwargs(self) -> dict[str, Any]:
         tenacity = _lib("tenacity")
         return {
             "stop": tenacity.stop_after_attempt(self.retries + 1),
-            "wait": tenacity.wait_exponential_jitter(
-                initial=self.backoff[0], max=self.backoff[1], jitter=self.backoff[0]
-            ),
+            "wait": self._wait(tenacity),
             "retry": tenacity.retry_if_exception(self._transient),
             "reraise": True,
         }
@@ -470,7 +510,9 @@ class OpenAIEngine:
             attempts += 1
             self._slots.acquire()
             try:
-                request = client.build_request("POST", self._url("chat/completions"), json=body)
+                request = client.build_request(
+                    "POST", self._url("chat/completions"), json=body, headers=_SSE
+                )
                 response = client.send(request, stream=True)
                 try:
                     if response.status_code >= 400:
@@ -515,7 +557,9 @@ class OpenAIEngine:
                 attempts += 1
                 await slots.acquire()
                 try:
-                    request = client.build_request("POST", self._url("chat/completions"), json=body)
+                    request = client.build_request(
+                        "POST", self._url("chat/completions"), json=body, headers=_SSE
+                    )
                     response = await client.send(request, stream=True)
                     try:
                         if response.status_code >= 400:
