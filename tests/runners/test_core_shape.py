@@ -279,3 +279,35 @@ def test_a_blocking_sync_node_under_asyncrunner_never_blocks_the_loop() -> None:
     graph = Graph([blocking, free])
     out = asyncio.run(AsyncRunner().map(graph, {"x": [1, 2, 3]}, map_over="x"))
     assert out == [{"blocked": True, "free": x} for x in (1, 2, 3)]
+
+
+def test_a_slow_first_batch_bounds_how_far_the_map_reads_ahead() -> None:
+    """Finished batches waiting for an earlier one count toward the in-flight window."""
+    drawn: list[int] = []
+    seen_when_released: list[int] = []
+
+    def numbers():
+        for i in range(40):
+            drawn.append(i)
+            yield i
+
+    class HoldFirst(SyncDriver):
+        held: Any = None
+
+        def execute(self, work: list[Any]) -> list[Any]:
+            for piece in work:
+                self.run(piece)
+            if self.held is None and work and type(work[0]) is BatchTask:  # a map batch
+                self.held, work = work[0], work[1:]
+            if not work and self.held is not None:  # the flow waits: let the first one go
+                seen_when_released.append(len(drawn))
+                work, self.held = [self.held], False
+            return work
+
+    inputs = {"x": numbers()}
+    plan = build_plan(GRAPH, None, inputs)
+    ctx = Context(Settings(on_error="collect"), Local())
+    flow = map_flow(plan, inputs, ("x",), "zip", ctx, batch_size=4, in_flight=2)
+    rows = [row for batch in SyncDriver.batches(HoldFirst(), flow) for row in batch]
+    assert len(rows) == 40
+    assert seen_when_released == [8]  # two batches of 4 out, no more, while the first waited

@@ -208,7 +208,8 @@ def map_flow(
                 yield from report(first, done)
                 emitted += 1
             new: list[BatchTask] = []
-            while not exhausted and len(pending) < in_flight:
+            # batches out = in flight + done but waiting for an earlier one: at most in_flight
+            while not exhausted and len(pending) + len(ready) < in_flight:
                 batch = next(batches, None)
                 if batch is None:
                     exhausted = True
