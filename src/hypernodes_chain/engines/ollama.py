@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib
 import json
 import os
 import threading
@@ -31,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..exceptions import HypernodesError
+from ._optional import optional
 from .base import Prompt
 
 __all__ = ["OllamaEngine", "OllamaError"]
@@ -48,13 +48,7 @@ class OllamaError(HypernodesError, RuntimeError):
 
 
 def _lib(name: str) -> Any:
-    """Import an optional library lazily (typed as Any, installed or not)."""
-    try:
-        return importlib.import_module(name)
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            f"OllamaEngine needs {name!r}: pip install 'hypernodes-chain[llm]'"
-        ) from exc
+    return optional(name, "OllamaEngine", "llm")
 
 
 def _normalize_host(host: str | None) -> str:

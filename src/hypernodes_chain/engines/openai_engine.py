@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import importlib
 import json
 import threading
 import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
+from ._optional import optional
 from .base import Prompt
 
 __all__ = ["OpenAIEngine", "OpenAIEngineError"]
@@ -36,13 +36,7 @@ _RESERVED = frozenset({"model", "messages", "stream", "response_format"})
 
 
 def _lib(name: str) -> Any:
-    """Import an optional library lazily (typed as Any, installed or not)."""
-    try:
-        return importlib.import_module(name)
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            f"OpenAIEngine needs {name!r}: pip install 'hypernodes-chain[llm]'"
-        ) from exc
+    return optional(name, "OpenAIEngine", "llm")
 
 
 class OpenAIEngineError(RuntimeError):

@@ -8,11 +8,11 @@ a JSON schema, constrained decoding still makes them valid JSON.
 
 from __future__ import annotations
 
-import importlib
 import json
 import random
 from pathlib import Path
-from typing import Any
+
+from ._optional import optional
 
 __all__ = ["build_tiny_model"]
 
@@ -50,13 +50,9 @@ def build_tiny_model(folder: str | Path, *, seed: int = 0) -> Path:
     that reads Hugging Face folders can load.
     """
     folder = Path(folder)
-    try:  # through importlib: typed as Any, whether the `local` extra is installed or not
-        torch: Any = importlib.import_module("torch")
-        transformers: Any = importlib.import_module("transformers")
-        toks: Any = importlib.import_module("tokenizers")
-    except ImportError as exc:
-        msg = "the tiny model needs torch and transformers: pip install 'hypernodes-chain[local]'"
-        raise ImportError(msg) from exc
+    torch = optional("torch", "the tiny model", "local")
+    transformers = optional("transformers", "the tiny model", "local")
+    toks = optional("tokenizers", "the tiny model", "local")
 
     rng = random.Random(seed)
     corpus = []

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import gc
 import hashlib
-import importlib
 import json
 import os
 import re
@@ -28,6 +27,7 @@ from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequenc
 from pathlib import Path
 from typing import Any
 
+from ._optional import optional
 from .base import Prompt
 
 __all__ = ["TransformersEngine"]
@@ -40,14 +40,7 @@ _CONTROL = re.compile("[\x00-\x1f]")
 
 
 def _lib(name: str) -> Any:
-    """Import an optional library lazily (typed as Any: mypy sees no difference whether the
-    ``local`` extra is installed or not)."""
-    try:
-        return importlib.import_module(name)
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            f"TransformersEngine needs {name!r}: pip install 'hypernodes-chain[local]'"
-        ) from exc
+    return optional(name, "TransformersEngine", "local")
 
 
 def _stop_list(stop: str | Sequence[str] | None) -> list[str]:
