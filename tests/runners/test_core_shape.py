@@ -311,3 +311,29 @@ def test_a_slow_first_batch_bounds_how_far_the_map_reads_ahead() -> None:
     rows = [row for batch in SyncDriver.batches(HoldFirst(), flow) for row in batch]
     assert len(rows) == 40
     assert seen_when_released == [8]  # two batches of 4 out, no more, while the first waited
+
+
+POOLED = """
+from hypernodes_chain import Graph, node, Runner
+@node(output_name="a")
+def a(x): return x + 1
+@node(output_name="b")
+def b(x): return x * 2
+@node(output_name="c")
+def c(x): return x - 1
+with Runner(max_workers=2) as runner:
+    out = runner.map(Graph([a, b, c]), {"x": list(range(5000))}, map_over="x")
+print(out[-1])
+"""
+
+
+def test_a_small_pool_runs_more_independent_columns_than_it_has_threads() -> None:
+    """Pool threads never wait on the pool (they used to, and three columns on two threads
+    deadlocked); a subprocess, so a regression fails on its timeout instead of hanging."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", POOLED], capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "{'a': 5000, 'b': 9998, 'c': 4998}"

@@ -189,9 +189,11 @@ class SyncDriver:
 
     def _pooled(self, work: list[Any]) -> list[Any]:
         """Independent pieces side by side: rows cut across the pool, other calls each in
-        a pool thread, nested graphs and batch tasks here (their calls use the pool)."""
+        a pool thread, nested graphs and batch tasks here (their calls use the pool). Only
+        this thread submits to the pool, so no pool thread ever waits on the pool."""
         assert self.pool is not None
         here: list[Any] = []
+        split: list[tuple[ColumnCall, Body, list[Future[Any]]]] = []
         futures: list[Future[Any]] = []
         for piece in work:
             if type(piece) is BatchTask or piece.invoker.nested:
@@ -200,28 +202,21 @@ class SyncDriver:
                 body = _body(piece)
                 first = next(body, None)
                 if type(first) is Rows:
-                    futures.append(self.pool.submit(self._finish_rows, piece, body, first))
+                    ranges = _ranges(first.n, self.workers)
+                    parts = [self.pool.submit(first.fn, a, b) for a, b in ranges]
+                    split.append((piece, body, parts))
                 else:
                     futures.append(self.pool.submit(self._finish, piece, body, first))
             else:
                 futures.append(self.pool.submit(self.run, piece))
         for piece in here:
             self.run(piece)
+        for column, body, parts in split:
+            self._finish(column, body, None, sent=_merge([f.result() for f in parts]))
         wait(futures)
         for f in futures:
             f.result()
         return work
-
-    def _finish_rows(self, piece: ColumnCall, body: Body, first: Rows) -> None:
-        ranges = _ranges(first.n, self.workers)
-        assert self.pool is not None
-        if len(ranges) > 1:  # pieces in other pool threads; this one takes the first
-            futures = [self.pool.submit(first.fn, a, b) for a, b in ranges[1:]]
-            parts = [first.fn(*ranges[0]), *(f.result() for f in futures)]
-            value: Any = _merge(parts)
-        else:
-            value = first.fn(0, first.n)
-        self._finish(piece, body, None, sent=value)
 
     def _finish(self, piece: Any, body: Body, first: Any, sent: Any = None) -> None:
         try:
