@@ -218,11 +218,7 @@ def map_flow(
                 indices = list(range(start, start + n_read))
                 starts[seq], start = start, start + n_read
                 if skip:
-                    keep = [pos for pos, i in enumerate(indices) if i not in skip]
-                    result.n_skipped += n_read - len(keep)
-                    if len(keep) < n_read:
-                        indices = [indices[pos] for pos in keep]
-                        batch = [[col[pos] for pos in keep] for col in batch]
+                    indices, batch = _unstored(indices, batch, skip, result)
                 if indices:
                     task = BatchTask(
                         plan,
@@ -301,6 +297,17 @@ def _windows(
         yield window()
 
 
+def _unstored(
+    indices: list[int], batch: list[list[Any]], skip: Container[int], result: MapResult
+) -> tuple[list[int], list[list[Any]]]:
+    """The batch less the items an earlier run stored (counted as skipped)."""
+    keep = [pos for pos, i in enumerate(indices) if i not in skip]
+    result.n_skipped += len(indices) - len(keep)
+    if len(keep) == len(indices):
+        return indices, batch
+    return [indices[pos] for pos in keep], [[col[pos] for pos in keep] for col in batch]
+
+
 def _parts(
     batches: Iterator[list[list[Any]]],
     map_over: Sequence[str],
@@ -315,11 +322,7 @@ def _parts(
         indices = list(range(start, start + n_read))
         first, start = start, start + n_read
         if skip:
-            keep = [pos for pos, i in enumerate(indices) if i not in skip]
-            result.n_skipped += n_read - len(keep)
-            if len(keep) < n_read:
-                indices = [indices[pos] for pos in keep]
-                batch = [[col[pos] for pos in keep] for col in batch]
+            indices, batch = _unstored(indices, batch, skip, result)
         while indices:  # a batch that crosses the window's end is cut there
             take = min(len(indices), size - n)
             part = [col[:take] for col in batch]

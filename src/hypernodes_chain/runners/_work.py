@@ -256,13 +256,6 @@ class BatchOutcome:
             return [self.constants[name]] * n
         return [None] * n  # never computed: every item failed earlier (or there are none)
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        for k, v in state.items():
-            setattr(self, k, v)
-
 
 class BatchTask:
     """One batch of a map, as a message: run it with ``batch_flow(task)``.
