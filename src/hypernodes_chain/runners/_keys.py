@@ -21,7 +21,15 @@ from ..exceptions import InterruptError, NodeError
 from ..node import Node
 from ..plan import Step
 
-__all__ = ["chain_key", "node_error", "node_fingerprint", "output_key", "store", "unpack"]
+__all__ = [
+    "chain_key",
+    "node_error",
+    "node_fingerprint",
+    "output_key",
+    "seed_fingerprint",
+    "store",
+    "unpack",
+]
 
 # node -> its fingerprint (None: uncacheable), or (fingerprint, the helper names it followed)
 _NODE_FP: weakref.WeakKeyDictionary[
@@ -64,6 +72,12 @@ def node_fingerprint(node: Node[..., Any]) -> str | None:
     fp = None if None in parts else hashing.combine(*parts)  # type: ignore[arg-type]
     _NODE_FP[node] = (fp, tuple(refs)) if refs else fp
     return fp
+
+
+def seed_fingerprint(node: Node[..., Any], fp: str | None) -> None:
+    """Take ``fp`` as the node's fingerprint: a copy of a node sent to another process
+    keeps the one computed where its source could be read."""
+    _NODE_FP[node] = fp
 
 
 def chain_key(fp: str | None, source_keys: Sequence[str | None]) -> str | None:

@@ -1,0 +1,21 @@
+"""The Dask worker plugin of `DaskRunner` (imported only where distributed is installed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from ._remote import close_brokers
+
+__all__ = ["EngineTeardown"]
+
+
+class EngineTeardown(WorkerPlugin):  # type: ignore[misc]
+    """Stops the engines a worker process started when the worker closes."""
+
+    name = "hypernodes-chain-engines"
+    idempotent = True
+
+    def teardown(self, worker: Any) -> None:
+        close_brokers()

@@ -1,0 +1,305 @@
+"""`DaskRunner`: the core's flows, with their batch tasks and node calls run on Dask.
+
+The map flow, the writer, the reorder buffer and the events all stay on the driver, as
+under `Runner`; only the driver of the work differs (`DaskDriver`): each `BatchTask` of a
+``map`` becomes one Dask task that runs the core's batch flow on a worker with the sync
+driver, and each node call of ``run`` becomes one task, so independent nodes run on
+different workers. Nested graphs are driven here, their calls shipped the same way; calls
+that may wait for an interrupt's answer run here, where the answer is.
+
+dask and distributed are imported when a runner first needs its client (extra ``dask``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+import weakref
+from collections.abc import Generator, Mapping, Sequence
+from typing import Any
+
+from ..cache import Cache, MemoryCache
+from ..engines._optional import optional
+from ..events import Subscriber
+from . import _remote
+from ._drive import SyncDriver
+from ._work import BatchRows, BatchTask, ItemCall
+from .runner import Runner
+
+__all__ = ["DaskRunner"]
+
+_LARGE = 1 << 20  # shared parts above this many bytes are scattered once, not sent per task
+
+
+def _distributed() -> Any:
+    return optional("distributed", "DaskRunner", "dask")
+
+
+class DaskDriver(SyncDriver):
+    """Ships batch tasks and node calls to a Dask cluster; drives the flows here."""
+
+    def __init__(self, runner: DaskRunner) -> None:
+        super().__init__()
+        self.runner = runner
+        # (plan, constants, settings) ids -> (token, bytes or future, the objects: kept
+        # alive so that their ids are not reused while this driver runs)
+        self._shared: dict[tuple[int, int, int], tuple[str, Any, Any]] = {}
+
+    def batches(self, flow: Any) -> Generator[list[Any], None, Any]:
+        """Drive ``flow``: remote pieces go out as they are yielded, and come back to the
+        flow as they finish (several at a time when several finished)."""
+        distributed = _distributed()
+        client = self.runner.client
+        pending: dict[Any, Any] = {}  # future -> its piece
+        finished = distributed.as_completed()
+        sent: Any = None
+        try:
+            while True:
+                try:
+                    step = flow.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+                if type(step) is BatchRows:
+                    sent = None
+                    yield step.rows
+                    continue
+                here = []
+                for piece in step:
+                    if self._here(piece):
+                        self.run(piece)
+                        here.append(piece)
+                    else:
+                        future = self._submit(client, piece)
+                        pending[future] = piece
+                        finished.add(future)
+                if here:
+                    sent = here
+                    continue
+                if not pending:
+                    msg = "the flow waits for work it never handed out"
+                    raise RuntimeError(msg)
+                sent = [self._receive(f, pending.pop(f)) for f in finished.next_batch(block=True)]
+        finally:
+            if pending:
+                client.cancel(list(pending), force=True)
+            flow.close()
+
+    @staticmethod
+    def _here(piece: Any) -> bool:
+        """Nested graphs and calls that may wait for an interrupt's answer stay here."""
+        if type(piece) is BatchTask:
+            return piece.local.interactive is not None
+        return bool(piece.invoker.nested) or piece.local is not None
+
+    def _submit(self, client: Any, piece: Any) -> Any:
+        retries = self.runner.retries
+        if type(piece) is BatchTask:
+            token, shared = self._shared_part(client, piece)
+            listen = piece.local.bus.active
+            blob = _remote.pack_batch(piece)
+            return client.submit(
+                _remote.run_batch, token, shared, blob, listen, pure=False, retries=retries
+            )
+        assert type(piece) is ItemCall
+        return client.submit(
+            _remote.run_call, _remote.pack_call(piece), pure=False, retries=retries
+        )
+
+    def _shared_part(self, client: Any, task: BatchTask) -> tuple[str, Any]:
+        """The map's shared part, packed once per plan and settings of this driver."""
+        key = id(task.plan), id(task.constants), id(task.settings)
+        found = self._shared.get(key)
+        if found is None:
+            blob = _remote.pack_shared(task.plan, task.constants, task.constant_keys, task.settings)
+            shared: Any = blob
+            if len(blob) > _LARGE:  # one copy per worker instead of one per task
+                shared = client.scatter(blob, broadcast=True, hash=False)
+            objects = (task.plan, task.constants, task.settings)
+            found = self._shared[key] = (uuid.uuid4().hex, shared, objects)
+        return found[0], found[1]
+
+    def _receive(self, future: Any, piece: Any) -> Any:
+        """The piece, filled from its finished task; the events it raised are published."""
+        try:
+            blob = future.result()
+        except Exception as exc:
+            piece.error = exc
+            return piece
+        events = (
+            _remote.unpack_outcome(piece, blob)
+            if type(piece) is BatchTask
+            else _remote.unpack_call(piece, blob)
+        )
+        bus = piece.local.bus if type(piece) is BatchTask else piece.bus
+        if events and bus is not None:
+            try:
+                for event in events:
+                    bus.publish(event)
+            except Exception as exc:  # a failing callback stops the map, as under Runner
+                piece.error = exc
+        return piece
+
+
+class DaskRunner(Runner):
+    """Run graphs on a Dask cluster; ``run``, ``map`` and ``imap`` are `Runner`'s.
+
+    Parameters
+    ----------
+    client
+        A ``distributed.Client``, a scheduler address (``"tcp://host:8786"``), or None: a
+        ``distributed.LocalCluster`` of worker processes (one thread each, one per core)
+        is started on first use.
+    cache
+        A `DiskCache`, reopened by path on every worker (one machine or a shared file
+        system). A `MemoryCache` cannot be shared between processes and is refused.
+    callbacks
+        Subscribers of every event; events raised on workers travel back with their batch.
+    engines
+        An `EngineBroker` (or a dict of engines or factories): every worker process builds
+        its own broker from the registrations and stops its engines when it closes.
+    max_in_flight
+        Batches submitted at once (default: twice the cluster's threads); the driver holds
+        at most this many batches, whatever the length of the inputs.
+    retries
+        How often Dask runs a task again whose worker died (nothing is written twice: the
+        writer is on the driver).
+    cluster_options
+        Keywords of the ``LocalCluster`` started when ``client`` is None
+        (``n_workers``, ``threads_per_worker``, ``memory_limit``, ...).
+
+    ``close()``, the ``with`` block's exit and interpreter exit close the client and the
+    cluster this runner started (a client passed in is left open).
+    """
+
+    def __init__(
+        self,
+        client: Any = None,
+        *,
+        cache: Cache | None = None,
+        callbacks: Sequence[Subscriber] | Subscriber | None = None,
+        engines: Any = None,
+        max_in_flight: int | None = None,
+        retries: int = 3,
+        cluster_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if max_in_flight is not None and (
+            isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int)
+        ):
+            msg = f"max_in_flight must be a positive int or None, got {max_in_flight!r}"
+            raise TypeError(msg)
+        if max_in_flight is not None and max_in_flight < 1:
+            msg = f"max_in_flight must be a positive int or None, got {max_in_flight!r}"
+            raise ValueError(msg)
+        if retries < 0:
+            msg = f"retries must be 0 or more, got {retries!r}"
+            raise ValueError(msg)
+        _check_cache(cache)
+        super().__init__(cache=cache, callbacks=callbacks, engines=engines)
+        self._inline = False  # the core never calls functions itself: they run on workers
+        self._quiet.inline = False
+        self.max_in_flight = max_in_flight
+        self.retries = retries
+        self.cluster_options = dict(cluster_options or {})
+        self._given = client
+        self._client: Any = None
+        self._cluster: Any = None
+        self._lock = threading.Lock()
+        self._finalizer: Any = None
+        self._plugin = False
+
+    # -- the cluster ----------------------------------------------------------------------
+    @property
+    def client(self) -> Any:
+        """The ``distributed.Client`` (connected, or the local cluster started, on first use)."""
+        with self._lock:
+            if self._client is None:
+                self._connect()
+            return self._client
+
+    def _connect(self) -> None:
+        distributed = _distributed()
+        given = self._given
+        if isinstance(given, distributed.Client):
+            self._client = given
+            return
+        if isinstance(given, str):
+            client = distributed.Client(given, set_as_default=False)
+            cluster = None
+        elif given is None:
+            options = {
+                "processes": True,
+                "threads_per_worker": 1,
+                "dashboard_address": None,
+                "silence_logs": logging.ERROR,
+                **self.cluster_options,
+            }
+            cluster = distributed.LocalCluster(**options)
+            client = distributed.Client(cluster, set_as_default=False)
+        else:
+            msg = (
+                "DaskRunner(client=...) takes a distributed.Client, a scheduler address or "
+                f"None, got {type(given).__name__}"
+            )
+            raise TypeError(msg)
+        self._client, self._cluster = client, cluster
+        self._finalizer = weakref.finalize(self, _shutdown, client, cluster)
+
+    @property
+    def _in_flight(self) -> int:  # type: ignore[override]
+        if self.max_in_flight is not None:
+            return self.max_in_flight
+        threads = sum(self.client.nthreads().values())
+        return 2 * max(1, threads)
+
+    def close(self) -> None:
+        """Close the client and the cluster this runner started (idempotent)."""
+        with self._lock:
+            finalizer, self._finalizer = self._finalizer, None
+            self._client = self._cluster = None
+            self._plugin = False
+        if finalizer is not None:
+            finalizer()
+
+    def __enter__(self) -> DaskRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = "local cluster" if self._given is None else repr(self._given)
+        return f"DaskRunner({where}, max_in_flight={self.max_in_flight})"
+
+    # -- driving ------------------------------------------------------------------------
+    def _driver(self) -> SyncDriver:
+        """A driver for one run or map (checked before anything runs)."""
+        _check_cache(self.cache)
+        client = self.client
+        if self.engines is not None and not self._plugin:
+            from ._dask_plugin import EngineTeardown
+
+            client.register_plugin(EngineTeardown(), name=EngineTeardown.name)
+            self._plugin = True
+        return DaskDriver(self)
+
+
+def _check_cache(cache: Cache | None) -> None:
+    if isinstance(cache, MemoryCache):
+        msg = (
+            "DaskRunner cannot share a MemoryCache with its worker processes; "
+            "use DiskCache(path) (on a file system every worker can reach)"
+        )
+        raise TypeError(msg)
+
+
+def _shutdown(client: Any, cluster: Any) -> None:
+    """Close what the runner started: the client, then its local cluster."""
+    if cluster is None and client is None:
+        return
+    try:
+        client.close()
+    finally:
+        if cluster is not None:
+            cluster.close()
+
