@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
+import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import pytest
 from hypernodes_chain import (
     AsyncRunner,
     Callback,
+    DaskRunner,
     DiskCache,
     Graph,
     InterruptEvent,
@@ -107,10 +109,71 @@ ENTRIES = [
     Entry("Runner-4-workers", lambda **kw: SyncAdapter(Runner(max_workers=4, **kw))),
     Entry("AsyncRunner", lambda **kw: AsyncAdapter(AsyncRunner(**kw))),
     Entry("AsyncRunner.iter", lambda **kw: IterAdapter(AsyncRunner(**kw))),
-    # A new runner is one more entry here, e.g. (DESIGN: a MemoryCache is a clear error
-    # under Dask, so memory_cache_hits will then fail for that entry by design):
-    # Entry("DaskRunner", lambda **kw: SyncAdapter(DaskRunner(**kw))),
+    # worker processes of one LocalCluster for the module (see `dask_client`)
+    Entry("DaskRunner", lambda **kw: SyncAdapter(DaskRunner(dask_client(), **kw))),
 ]
+
+_DASK: dict[str, Any] = {}
+
+
+def dask_client() -> Any:
+    """The module's ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``,
+    started on first use and closed at the end of the module (`_close_dask`)."""
+    if "client" not in _DASK:
+        import logging
+
+        distributed = pytest.importorskip("distributed")
+        cluster = distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+        _DASK["cluster"], _DASK["client"] = cluster, distributed.Client(cluster)
+    return _DASK["client"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_dask():
+    yield
+    if "client" in _DASK:
+        _DASK.pop("client").close()
+        _DASK.pop("cluster").close()
+
+
+class Calls:
+    """A list of what nodes recorded, kept in a file: it fills the same way whether the
+    nodes run in this process or in worker processes (Dask)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.write_text("")
+
+    def append(self, value: Any) -> None:
+        with open(self.path, "a") as f:  # one short append per line: whole lines
+            f.write(json.dumps(value) + "\n")
+
+    def clear(self) -> None:
+        self.path.write_text("")
+
+    def _values(self) -> list[Any]:
+        return [json.loads(line) for line in self.path.read_text().splitlines()]
+
+    def __iter__(self) -> Any:
+        return iter(self._values())
+
+    def __len__(self) -> int:
+        return len(self._values())
+
+    def __getitem__(self, at: Any) -> Any:
+        return self._values()[at]
+
+    def __eq__(self, other: object) -> bool:
+        return self._values() == other
+
+    def __repr__(self) -> str:
+        return repr(self._values())
 
 
 class Rig:
@@ -120,6 +183,12 @@ class Rig:
         self.entry = entry
         self.tmp_path = tmp_path
         self._built: list[SyncAdapter] = []
+        self._n_calls = 0
+
+    def calls(self) -> Calls:
+        """A fresh record of node calls that works across processes."""
+        self._n_calls += 1
+        return Calls(self.tmp_path / f"calls-{self._n_calls}.jsonl")
 
     def make(self, cache: Any = None, callbacks: Any = None, entry: Entry | None = None):
         adapter = (entry or self.entry).build(cache=cache, callbacks=callbacks)
@@ -256,7 +325,7 @@ def case_run_diamond(rig: Rig) -> None:
 
 @case
 def case_output_name_narrows(rig: Rig) -> None:
-    calls: list[str] = []
+    calls = rig.calls()
 
     @node
     def lo(x: int) -> int:
@@ -311,8 +380,7 @@ def case_map_product_with_constant(rig: Rig) -> None:
 
 @case
 def case_generator_inputs_are_lazy(rig: Rig) -> None:
-    produced: list[int] = []
-    seen: dict[int, int] = {}
+    produced, seen_calls = rig.calls(), rig.calls()
 
     def numbers(n: int):
         for i in range(n):
@@ -321,12 +389,13 @@ def case_generator_inputs_are_lazy(rig: Rig) -> None:
 
     @node
     def scaled(x: int, k: int) -> int:
-        seen[x] = len(produced)  # how many items the generator had given by then
+        seen_calls.append([x, len(produced)])  # how many items the generator had given
         return x * k
 
     runner = rig.make()
     out = runner.map(Graph([scaled]), {"x": numbers(8), "k": 3}, map_over="x", batch_size=2)
     assert out == [{"scaled": 3 * i} for i in range(8)]
+    seen = dict(seen_calls)
     # each item runs before the generator is drawn more than one item past the batches the
     # runner keeps out at once (its in-flight window: memory O(in_flight x batch_size))
     ahead = getattr(getattr(runner, "runner", runner), "_in_flight", 1)
@@ -381,7 +450,7 @@ def case_nested_map_over_with_mappings(rig: Rig) -> None:
 
 @case
 def case_batch_node_run_and_map(rig: Rig) -> None:
-    sizes: list[int] = []
+    sizes = rig.calls()
 
     @node(output_name="emb", batch=True)
     def emb(x: list[int], scale: int) -> list[int]:
@@ -521,7 +590,7 @@ def case_handlers_map_item_error_collects(rig: Rig) -> None:
     assert outcome(out) == [{"inv": 1.0}, ("failed", 1, "inv", "ZeroDivisionError")]
 
 
-def _counted_graph(calls: list[int]) -> Graph:
+def _counted_graph(calls: Calls) -> Graph:
     @node
     def square(x: int) -> int:
         calls.append(x)
@@ -535,7 +604,7 @@ def _counted_graph(calls: list[int]) -> Graph:
 
 
 def _second_run_computes_nothing(rig: Rig, cache: Any) -> None:
-    calls: list[int] = []
+    calls = rig.calls()
     graph = _counted_graph(calls)
     first = rig.make(cache=cache)
     assert first.run(graph, {"x": 3}) == {"square": 9, "plus_one": 10}
@@ -556,6 +625,10 @@ def _second_run_computes_nothing(rig: Rig, cache: Any) -> None:
 
 @case
 def case_memory_cache_hits(rig: Rig) -> None:
+    if rig.entry.id == "DaskRunner":  # DESIGN: worker processes cannot share one
+        with pytest.raises(TypeError, match="cannot share a MemoryCache"):
+            rig.make(cache=MemoryCache())
+        return
     _second_run_computes_nothing(rig, MemoryCache())
 
 
@@ -567,7 +640,7 @@ def case_disk_cache_hits(rig: Rig) -> None:
 
 @case
 def case_cache_keys_equal_across_runners(rig: Rig) -> None:
-    calls: list[int] = []
+    calls = rig.calls()
     graph = _counted_graph(calls)
     expected = [{"square": i * i, "plus_one": i * i + 1} for i in (1, 2, 3)]
     with DiskCache(rig.tmp_path / "cache") as cache:

@@ -11,7 +11,7 @@ from ._remote import close_brokers
 __all__ = ["EngineTeardown"]
 
 
-class EngineTeardown(WorkerPlugin):  # type: ignore[misc]
+class EngineTeardown(WorkerPlugin):
     """Stops the engines a worker process started when the worker closes."""
 
     name = "hypernodes-chain-engines"

@@ -27,7 +27,7 @@ import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from ..engines._optional import optional
 from ..events import Event, EventBus
@@ -36,7 +36,7 @@ from ..plan import Plan, build_plan
 from ._drive import SyncDriver
 from ._flows import batch_flow
 from ._keys import node_fingerprint, seed_fingerprint
-from ._work import BatchOutcome, BatchTask, ItemCall, Local, Settings
+from ._work import BatchOutcome, BatchTask, ColumnCall, ItemCall, Local, Settings
 
 __all__ = [
     "RemoteError",
@@ -291,7 +291,7 @@ def _portable_event(event: Event) -> Event:
     error = getattr(event, "error", None)
     if error is None:
         return event
-    return dataclasses.replace(event, error=_portable_error(error))  # type: ignore[type-var]
+    return dataclasses.replace(event, error=_portable_error(error))  # type: ignore[call-arg]
 
 
 def unpack_outcome(task: BatchTask, blob: bytes) -> list[Event]:
@@ -302,15 +302,18 @@ def unpack_outcome(task: BatchTask, blob: bytes) -> list[Event]:
     return list(events)
 
 
-# -- one node call of ``run`` --------------------------------------------------------------
+# -- one node call (``run``; the rows of a nested graph's map) ---------------------------
 
 
-def pack_call(call: ItemCall) -> bytes:
-    """One node call, with its arguments and the run's settings."""
+def pack_call(call: ItemCall | ColumnCall) -> bytes:
+    """One node call (one item, or the rows of a column), its arguments and settings."""
+    column = type(call) is ColumnCall
+    shape = (call.n, call.indices, call.constant) if column else call.index  # type: ignore[union-attr]
     state = (
+        column,
         call.step,
         call.args,
-        call.index,
+        shape,
         call.path,
         call.pos,
         _travelling(call.settings) if call.settings is not None else None,
@@ -332,24 +335,40 @@ def pack_call(call: ItemCall) -> bytes:
 
 
 def run_call(blob: bytes) -> bytes:
-    """Run one node call (a Dask task); returns ``(ok, value or error, events)`` packed."""
+    """Run one node call (a Dask task); returns its outcome and events, packed: ``(ok,
+    value or error)`` for an item, ``(results, failed)`` for a column."""
     from ._invoke import invoker_for
 
-    step, args, index, path, pos, settings, listen, fp = pickle.loads(blob)
+    column, step, args, shape, path, pos, settings, listen, fp = pickle.loads(blob)
     seed_fingerprint(step.node, fp)
     bus, events = _recorder(listen)
-    call = ItemCall(
-        step, invoker_for(step), args, index, path, bus if listen else None, None, pos, settings
-    )
+    live = bus if listen else None
+    invoker = invoker_for(step)
+    call: ItemCall | ColumnCall
+    if column:
+        n, indices, constant = shape
+        call = ColumnCall(
+            step, invoker, args, n, indices, path, live, constant, None, pos, settings
+        )
+    else:
+        call = ItemCall(step, invoker, args, shape, path, live, None, pos, settings)
     _DRIVER.run(call)
-    if call.error is not None:
-        state: tuple[Any, ...] = (False, call.error, events)
+    state: tuple[Any, ...]
+    if isinstance(call, ColumnCall):
+        state = (call.results, call.failed, events)
+    elif call.error is not None:
+        state = (False, call.error, events)
     else:
         state = (True, call.result, events)
 
     def portable() -> tuple[Any, ...]:
-        ok, value, evs = state
-        return (ok, value if ok else _portable_error(value), [_portable_event(e) for e in evs])
+        first, second, evs = state
+        second = cast(Any, second)
+        if column:
+            second = {pos: _portable_error(e) for pos, e in second.items()}
+        elif not first:
+            second = _portable_error(second)
+        return first, second, [_portable_event(e) for e in evs]
 
     try:
         return bytes(_cloudpickle().dumps(state))
@@ -362,12 +381,13 @@ def run_call(blob: bytes) -> bytes:
         raise _cannot(what, exc).with_traceback(None) from None
 
 
-def unpack_call(call: ItemCall, blob: bytes) -> list[Event]:
-    """Fill ``call.result`` or ``call.error`` from a worker's reply; returns its events."""
-    ok, value, events = pickle.loads(blob)
-    if ok:
-        call.result = value
+def unpack_call(call: ItemCall | ColumnCall, blob: bytes) -> list[Event]:
+    """Fill the call's outcome from a worker's reply; returns the events it raised."""
+    first, second, events = pickle.loads(blob)
+    if type(call) is ColumnCall:
+        call.results, call.failed = first, second
+    elif first:
+        call.result = second  # type: ignore[union-attr]
     else:
-        call.error = value
+        call.error = second  # type: ignore[union-attr]
     return list(events)
-

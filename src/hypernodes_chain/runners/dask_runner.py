@@ -24,7 +24,7 @@ from ..engines._optional import optional
 from ..events import Subscriber
 from . import _remote
 from ._drive import SyncDriver
-from ._work import BatchRows, BatchTask, ItemCall
+from ._work import BatchRows, BatchTask
 from .runner import Runner
 
 __all__ = ["DaskRunner"]
@@ -101,7 +101,6 @@ class DaskDriver(SyncDriver):
             return client.submit(
                 _remote.run_batch, token, shared, blob, listen, pure=False, retries=retries
             )
-        assert type(piece) is ItemCall
         return client.submit(
             _remote.run_call, _remote.pack_call(piece), pure=False, retries=retries
         )
@@ -249,7 +248,7 @@ class DaskRunner(Runner):
     def _in_flight(self) -> int:  # type: ignore[override]
         if self.max_in_flight is not None:
             return self.max_in_flight
-        threads = sum(self.client.nthreads().values())
+        threads = int(sum(self.client.nthreads().values()))
         return 2 * max(1, threads)
 
     def close(self) -> None:
@@ -302,4 +301,3 @@ def _shutdown(client: Any, cluster: Any) -> None:
     finally:
         if cluster is not None:
             cluster.close()
-
