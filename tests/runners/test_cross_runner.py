@@ -127,7 +127,7 @@ def dask_client() -> Any:
             n_workers=2,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",
             silence_logs=logging.ERROR,
         )
         _DASK["cluster"], _DASK["client"] = cluster, distributed.Client(cluster)

@@ -162,7 +162,7 @@ def pack_shared(
         constants,
         constant_keys,
         _travelling(settings),
-        _fingerprints(graph),
+        _fingerprints(graph) if settings.cache is not None else [],  # keys need them
     )
     try:
         return bytes(_cloudpickle().dumps(state))
@@ -241,6 +241,8 @@ def run_batch(token: str, shared: bytes, blob: bytes, listen: bool) -> bytes:
         constant_keys=constant_keys,
         key_columns=key_columns,
     )
+    if settings.engines is not None:  # engine starts and stops travel back with the batch
+        settings.engines.bus = bus if listen else None
     outcome: BatchOutcome = _DRIVER.drive(batch_flow(task))
     made = {k: v for k, v in outcome.constants.items() if k not in constants}
     state = (outcome.columns, made, outcome.keys, outcome.failures, events)
@@ -318,7 +320,7 @@ def pack_call(call: ItemCall | ColumnCall) -> bytes:
         call.pos,
         _travelling(call.settings) if call.settings is not None else None,
         call.bus is not None,
-        node_fingerprint(call.step.node),
+        node_fingerprint(call.step.node) if call.settings and call.settings.cache else None,
     )
     try:
         return bytes(_cloudpickle().dumps(state))
@@ -340,7 +342,8 @@ def run_call(blob: bytes) -> bytes:
     from ._invoke import invoker_for
 
     column, step, args, shape, path, pos, settings, listen, fp = pickle.loads(blob)
-    seed_fingerprint(step.node, fp)
+    if fp is not None:
+        seed_fingerprint(step.node, fp)
     bus, events = _recorder(listen)
     live = bus if listen else None
     invoker = invoker_for(step)

@@ -52,7 +52,7 @@ class DaskDriver(SyncDriver):
         distributed = _distributed()
         client = self.runner.client
         pending: dict[Any, Any] = {}  # future -> its piece
-        finished = distributed.as_completed()
+        finished = distributed.as_completed(loop=client.loop)
         sent: Any = None
         try:
             while True:
@@ -229,7 +229,7 @@ class DaskRunner(Runner):
             options = {
                 "processes": True,
                 "threads_per_worker": 1,
-                "dashboard_address": None,
+                "dashboard_address": ":0",  # any free port: never a clash with 8787
                 "silence_logs": logging.ERROR,
                 **self.cluster_options,
             }
