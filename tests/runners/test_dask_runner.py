@@ -174,6 +174,30 @@ def test_callbacks_on_the_driver_see_the_workers_batches(client: Any) -> None:
     assert [e.n_ok for e in events if isinstance(e, MapFinished)] == [25]
 
 
+def test_json_logs_and_the_progress_display_work_unchanged(client: Any) -> None:
+    import io
+
+    from rich.console import Console
+
+    from hypernodes_chain import JsonLogCallback, ProgressCallback
+
+    logs, screen = io.StringIO(), io.StringIO()
+    console = Console(file=screen, width=100, force_terminal=False)
+    progress = ProgressCallback(console, enabled=True)
+    runner = DaskRunner(client, callbacks=[JsonLogCallback(logs), progress])
+    runner.map(CHAIN, {"x": range(30)}, map_over="x", batch_size=10)
+    progress.close()
+    records = [json.loads(line) for line in logs.getvalue().splitlines()]
+    kinds = Counter(r["event"] for r in records)
+    assert kinds["BatchFinished"] == 3 and kinds["MapFinished"] == 1
+    node_done = [r for r in records if r["event"] == "NodeFinished"]
+    assert sorted((r["node"], r["n_items"]) for r in node_done) == sorted(
+        [("add_one", 10)] * 3 + [("double", 10)] * 3
+    )
+    shown = screen.getvalue()
+    assert "add_one" in shown and "double" in shown and "30" in shown, shown
+
+
 def test_a_shared_disk_cache_makes_the_second_run_call_nothing(client: Any, tmp_path: Path) -> None:
     calls = tmp_path / "calls.jsonl"
 
