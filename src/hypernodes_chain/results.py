@@ -23,7 +23,7 @@ class ItemFailure:
     index: int
     node: str
     error: BaseException
-    traceback: str = ""
+    traceback: str = field(default="", repr=False)  # in `to_record` and `_errors/`
     path: tuple[str, ...] = ()
     inputs: Mapping[str, Any] | None = field(default=None, compare=False)
     """The item's mapped inputs, so that the failure can be reproduced."""
@@ -87,7 +87,7 @@ def _clip(value: object) -> object:
     return f"{text[:INPUT_LIMIT]}... [truncated: {len(text):,} characters]"
 
 
-@dataclass
+@dataclass(repr=False)
 class MapResult:
     """What ``map(..., writer=...)`` returns instead of a list.
 
@@ -113,6 +113,32 @@ class MapResult:
     def total_items(self) -> int:
         """Items the folder holds, as rows or as failure records."""
         return self.total_ok + self.total_failed
+
+    def __repr__(self) -> str:
+        """The counts and where things are; never the tracebacks (they are in
+        ``failures`` and the ``_errors/`` shards)."""
+        parts = [f"n_items={self.n_items:,}", f"n_ok={self.n_ok:,}", f"n_failed={self.n_failed:,}"]
+        if self.n_skipped:
+            parts.append(f"n_skipped={self.n_skipped:,}")
+        if (self.total_ok, self.total_failed) != (self.n_ok, self.n_failed):
+            parts.append(f"total_ok={self.total_ok:,}, total_failed={self.total_failed:,}")
+        parts.append(f"files={len(self.files)}")
+        if self.path is not None:
+            parts.append(f"path={str(self.path)!r}")
+        parts.append(f"duration_s={self.duration_s:.2f}")
+        if self.failures:
+            first = self.failures[0]
+            where = f" in {str(self.path / '_errors')!r}" if self.path is not None else ""
+            parts.append(
+                f"failures=[{len(self.failures):,}{where}; first: item {first.index}, node "
+                f"{first.node!r}, {first.error_type}: {_short(first.message)}]"
+            )
+        return f"MapResult({', '.join(parts)})"
+
+
+def _short(text: str, limit: int = 120) -> str:
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 class Writer(Protocol):
