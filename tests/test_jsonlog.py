@@ -209,3 +209,22 @@ def test_runs_in_many_threads_write_whole_lines():
     assert sum(line["event"] == "MapFinished" for line in lines) == 80
     per_map = len(lines) // 80
     assert per_map * 80 == len(lines)
+
+
+def test_a_maps_failures_are_one_line_per_batch_not_per_item():
+    @node
+    def inv(x: int) -> float:
+        return 1 / x
+
+    stream = io.StringIO()
+    xs = [0 if i % 3 == 0 else i for i in range(100)]  # 34 failures over 10 batches
+    Runner(callbacks=[JsonLogCallback(stream)]).map(
+        Graph([inv]), {"x": xs}, map_over="x", batch_size=10, on_error="collect"
+    )
+    lines = parse(stream.getvalue())
+    failed = [line for line in lines if line["event"] == "NodeFailed"]
+    assert len(failed) == 10, "one NodeFailed per batch"
+    assert sum(f["n_items"] for f in failed) == 34
+    assert [f["index"] for f in failed] == [0, 12, 21, 30, 42, 51, 60, 72, 81, 90]
+    finished = [line for line in lines if line["event"] == "NodeFinished"]
+    assert sum(f["n_failed"] for f in finished) == 34

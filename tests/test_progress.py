@@ -305,3 +305,26 @@ def test_the_running_graph_wins_and_the_tree_can_be_turned_off():
 )
 def test_format_seconds(seconds, text):
     assert format_seconds(seconds) == text
+
+
+def test_failures_of_many_batches_agree_between_table_and_footer():
+    clock = MockClock()
+    graph = make_graph(clock, fail_on=None)
+
+    @node(output_name="a")
+    def add_one(x: int) -> int:
+        clock.advance(0.1)
+        if x % 4 == 0:
+            raise ValueError(f"bad item {x}")
+        return x + 1
+
+    graph = Graph([add_one, *[n for n in graph.nodes if n.name == "double"]], name="chain")
+    console = text_console()
+    cb = ProgressCallback(console, show_tree=False, get_time=clock, enabled=True)
+    Runner(callbacks=[cb]).map(
+        graph, {"x": list(range(40))}, map_over="x", batch_size=8, on_error="collect"
+    )
+    text = output(console)
+    rows = {row[0]: row for row in table_rows(text)}
+    assert rows["add_one"][1:4] == ["40", "0", "10"]
+    assert "40 items · 30 ok · 10 failed" in text

@@ -82,9 +82,13 @@ class NodeFinished(Event):
 
 @dataclass(frozen=True, slots=True)
 class NodeFailed(Event):
+    """A node failed: for one item of a run, or for ``n_items`` items of a map's batch
+    (``error`` and ``index`` are the first one's; every record is in the map's results)."""
+
     node: str
     error: BaseException
     index: int | None = None
+    n_items: int = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -292,7 +292,7 @@ class ProgressCallback(Callback):
             return
         key = (*event.path[1:], event.node)
         stats = view.node(key)
-        stats.failed += 1
+        stats.failed += event.n_items  # a map's batch: one event for its failed items
         elapsed = view.stop_timer(key, event.index, self.get_time())
         if elapsed is not None:  # a run's node that raised: no NodeFinished follows
             stats.seconds += elapsed

@@ -491,13 +491,23 @@ def _put(step: Step, st: _State, pos: int, result: Any, key: str | None) -> None
 
 
 def _fail(step: Step, st: _State, b: _Batch, pos: int, error: BaseException) -> None:
+    """Record that the item at ``pos`` failed (or raise, under ``on_error="raise"``); the
+    caller publishes one `NodeFailed` for the batch (`_failed_event`)."""
     index = b.indices[pos]
-    if b.bus is not None:
-        b.bus.publish(NodeFailed(path=b.path, node=step.node.name, error=error, index=index))
     if b.raise_errors:
+        _failed_event(step, b, pos, error, 1)
         raise node_error(step, error, index, b.path) from error
     if pos not in st.failures:  # the first node that failed the item tells its story
         st.failures[pos] = ItemFailure.from_exception(index, step.node.name, error, b.path)
+
+
+def _failed_event(step: Step, b: _Batch, pos: int, error: BaseException, n: int) -> None:
+    """One `NodeFailed` for the ``n`` items of the batch that failed in ``step``."""
+    if b.bus is not None:
+        index = b.indices[pos]
+        b.bus.publish(
+            NodeFailed(path=b.path, node=step.node.name, error=error, index=index, n_items=n)
+        )
 
 
 def _finish_column(call: ColumnCall, st: _State, b: _Batch) -> None:
@@ -509,6 +519,7 @@ def _finish_column(call: ColumnCall, st: _State, b: _Batch) -> None:
         st.columns[outputs[0]] = results  # the hot path: the column as it came
     else:
         gone: set[int] = set()
+        first: tuple[int, BaseException] | None = None
         to_cache: list[tuple[str, Any]] = []
         cacheable = call.invoker.cacheable
         for row, (pos, result) in enumerate(zip(positions, results)):
@@ -525,8 +536,12 @@ def _finish_column(call: ColumnCall, st: _State, b: _Batch) -> None:
                     continue
             gone.add(pos)
             _fail(step, st, b, pos, error)
+            if first is None:
+                first = pos, error
         if to_cache and ctx.cache is not None:
             ctx.cache.set_many(to_cache)
+        if first is not None:
+            _failed_event(step, b, first[0], first[1], len(gone))
         if gone:
             st.alive = [p for p in st.alive if p not in gone]
         n_failed = len(gone)
@@ -607,6 +622,8 @@ def _fail_all(call: ItemCall, st: _State, b: _Batch, error: BaseException) -> No
     n = len(st.alive)
     for pos in list(st.alive):
         _fail(call.step, st, b, pos, error)
+    if n:
+        _failed_event(call.step, b, st.alive[0], error, n)
     st.alive = []
     if b.bus is not None:
         b.bus.publish(
