@@ -134,10 +134,13 @@ def indices(folder: Path, fmt: str) -> list[int]:
 
 
 def error_line(proc: Ran | subprocess.CompletedProcess[str]) -> str:
+    """The one error line, last on stderr (after the plain progress lines and summary
+    that a non-terminal stderr gets), with no traceback anywhere."""
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
+    errors = [line for line in lines if line.startswith("hypernodes-chain: error")]
+    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
-    return lines[0]
+    return errors[0]
 
 
 # --------------------------------------------------------------------------- run
@@ -332,7 +335,9 @@ def test_json_logs_are_json_lines(cli, work: Path) -> None:
 def test_json_logs_error_is_json(cli, work: Path) -> None:
     proc = cli("run", "pipe.py:nope", "numbers.jsonl", "out", "--json-logs", cwd=work)
     assert proc.returncode == 2
-    record = json.loads(error_line(proc))
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr  # JSON logs: nothing but JSON
+    record = json.loads(lines[0])
     assert record["event"] == "Error"
     assert record["exit_code"] == 2
     assert "no graph 'nope'" in record["message"]

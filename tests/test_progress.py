@@ -239,16 +239,54 @@ def test_async_runner_events_from_tasks_and_threads():
     assert "8 items · 8 ok · 0 failed · " in text
 
 
-def test_quiet_when_the_console_is_not_a_terminal():
+def test_plain_status_lines_and_the_summary_when_the_console_is_not_a_terminal():
     clock = MockClock()
     graph = make_graph(clock)
     console = text_console()
-    cb = ProgressCallback(console, graph=graph, get_time=clock)
-    assert cb.enabled is False
-    Runner(callbacks=[cb]).map(graph, {"x": [1, 2]}, map_over="x")
-    Runner(callbacks=[cb]).run(graph, {"x": 1})
-    assert console.file.getvalue() == ""
-    assert cb._view is None
+    cb = ProgressCallback(console, graph=graph, show_tree=False, get_time=clock, log_every=2.0)
+    assert cb.enabled and cb.plain
+    Runner(callbacks=[cb]).map(graph, {"x": list(range(20))}, map_over="x", batch_size=2)
+    text = output(console)
+    lines = [line for line in text.splitlines() if line.startswith("chain: ") and "items" in line]
+    # 0.8 s of fake time per batch of 2: a line each time 2 s have passed since the last
+    assert lines[0] == "chain: 6/20 items (30.0%) · 2.5 items/s · 0 failed · ETA 5.60s"
+    assert len(lines) == 3, lines
+    assert BAR not in text, "no bars in a log file"
+    assert text.endswith("20 items · 20 ok · 0 failed · 8.00s wall · 2.5 items/s\n")
+
+
+def test_a_resumed_map_starts_its_bars_at_the_stored_items(tmp_path):
+    from hypernodes_chain.io import StreamWriter
+
+    clock = MockClock()
+    graph = make_graph(clock, fail_on=None)
+    out = tmp_path / "out"
+    Runner().map(graph, {"x": list(range(6))}, map_over="x",
+                 writer=StreamWriter(out, max_lines_per_file=2))  # fmt: skip
+    console = text_console()
+    cb = ProgressCallback(console, show_tree=False, get_time=clock, enabled=True)
+    Runner(callbacks=[cb]).map(
+        graph,
+        {"x": list(range(10))},
+        map_over="x",
+        writer=StreamWriter(out, max_lines_per_file=2, resume=True),
+    )
+    text = output(console)
+    assert f"chain     {BAR} 10/10" in text
+    assert f"  add_one {BAR} 10/10" in text, text
+    rows = {row[0]: row for row in table_rows(text)}
+    assert rows["add_one"][1] == "4", "the table counts this run's items"
+    assert "4 items · 4 ok · 0 failed" in text
+
+
+def test_engine_starts_and_stops_are_one_line_each():
+    from hypernodes_chain.events import EngineStarted, EngineStopped
+
+    console = text_console()
+    cb = ProgressCallback(console, enabled=True)
+    cb(EngineStarted(path=(), name="small", seconds=2.5))
+    cb(EngineStopped(path=(), name="small", reason="idle"))
+    assert output(console) == "engine 'small' started in 2.50s\nengine 'small' stopped (idle)\n"
 
 
 def test_enabled_in_a_terminal_and_in_jupyter():

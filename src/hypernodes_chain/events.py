@@ -113,6 +113,7 @@ class MapStarted(Event):
     total: int | None
     batch_size: int
     graph_obj: Any = field(default=None, repr=False, compare=False)  # the Graph, for displays
+    n_skipped: int = 0  # items a resumed map finds stored already (of ``total``)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,8 @@ from rich.text import Text
 from .callbacks import Callback
 from .events import (
     BatchFinished,
+    EngineStarted,
+    EngineStopped,
     Event,
     GraphFinished,
     GraphStarted,
@@ -107,9 +109,16 @@ class RunView:
     """The state of the run or map on display: its nodes, counts and bars."""
 
     def __init__(
-        self, root: tuple[str, ...], total: int | None, progress: Progress, *, is_map: bool
+        self,
+        root: tuple[str, ...],
+        total: int | None,
+        progress: Progress,
+        *,
+        is_map: bool,
+        skipped: int = 0,
     ) -> None:
         self.root = root
+        self.skipped = skipped  # a resumed map: items stored before, where the bars start
         self.is_map = is_map
         self.total = total  # items per top-level node: map total (or None), 1 for a run
         self.progress = progress
@@ -120,7 +129,11 @@ class RunView:
         self.started: dict[tuple[tuple[str, ...], int | None], list[float]] = {}
         self.n_failed = 0
         # a map gets an overall bar (items done), its node bars indented under it
-        self.overall = progress.add_task(root[0], total=total, failed=0) if is_map else None
+        self.overall = (
+            progress.add_task(root[0], total=total, failed=0, completed=skipped) if is_map else None
+        )
+        self.done = skipped  # items of the map finished, stored ones included
+        self.last_line = 0.0  # when the last plain status line was printed
 
     def node(self, key: tuple[str, ...]) -> NodeStats:
         stats = self.nodes.get(key)
@@ -129,9 +142,11 @@ class RunView:
         return stats
 
     def _add_bar(self, key: tuple[str, ...]) -> TaskID:
-        total = self.total if len(key) == 1 else None  # nested nodes: count and rate only
+        top = len(key) == 1
+        total = self.total if top else None  # nested nodes: count and rate only
         label = ("  " if self.is_map else "") + "/".join(key)
-        return self.progress.add_task(label, total=total, cached=0, failed=0)
+        start = self.skipped if top else 0
+        return self.progress.add_task(label, total=total, cached=0, failed=0, completed=start)
 
     def stop_timer(self, key: tuple[str, ...], index: int | None, now: float) -> float | None:
         starts = self.started.get((key, index))
@@ -177,6 +192,22 @@ def summary(view: RunView, graph: str, counts: tuple[int, int, int], wall: float
     return Group(table, footer)
 
 
+def status_line(view: RunView, now: float) -> str:
+    """``chain: 12,000/300,000 items (4.0%) · 2,345 items/s · 3 failed · ETA 2m03s``."""
+    done, total = view.done, view.total
+    this_run = done - view.skipped
+    elapsed = now - view.t0
+    rate = this_run / elapsed if elapsed > 0 else None
+    parts = [f"{view.root[0]}: {done:,}" + (f"/{total:,}" if total is not None else "") + " items"]
+    if total:
+        parts[0] += f" ({100 * done / total:.1f}%)"
+    parts.append(format_rate(rate))
+    parts.append(f"{view.n_failed:,} failed")
+    if total is not None and rate:
+        parts.append(f"ETA {format_seconds((total - done) / rate)}")
+    return " · ".join(parts)
+
+
 class ProgressCallback(Callback):
     """Show a run or map on a rich console: the graph's tree, a live bar per node, a summary.
 
@@ -196,8 +227,15 @@ class ProgressCallback(Callback):
     get_time
         The clock for node times, rates and ETA (tests pass a fake one).
     enabled
-        ``None``: draw only when the console is a terminal or Jupyter; ``True``: always
-        (to a file, the bars are printed once, at the end); ``False``: never.
+        ``None``: live bars on a terminal or in Jupyter; elsewhere (a CI log, ``nohup``, a
+        file) a plain status line every ``log_every`` seconds and the summary. ``True``:
+        always bars (to a file, printed once, at the end); ``False``: nothing.
+    log_every
+        Seconds between the plain status lines where the console is not interactive.
+
+    Engine starts and stops (`EngineStarted`, `EngineStopped`) are one line each. After a
+    resume, bars start at the items the folder already holds, so rate and ETA are this
+    run's.
 
     It shows one run at a time: a new run closes the previous one's bars. A map that
     raises sends no finish event, so use it as ``with ProgressCallback() as cb:`` (or call
@@ -214,16 +252,18 @@ class ProgressCallback(Callback):
         refresh_per_second: float = 8,
         get_time: Callable[[], float] = time.monotonic,
         enabled: bool | None = None,
+        log_every: float = 5.0,
     ) -> None:
         self.console = console if console is not None else Console(stderr=True)
+        self.log_every = log_every
         self.graph = graph
         self.show_tree = show_tree
         self.transient = transient
         self.refresh_per_second = refresh_per_second
         self.get_time = get_time
-        if enabled is None:
-            enabled = self.console.is_terminal or self.console.is_jupyter
-        self.enabled = enabled
+        interactive = self.console.is_terminal or self.console.is_jupyter
+        self.plain = enabled is None and not interactive  # status lines instead of bars
+        self.enabled = True if enabled is None else enabled
         self._lock = threading.RLock()
         self._view: RunView | None = None
 
@@ -239,7 +279,7 @@ class ProgressCallback(Callback):
 
     def on_map_started(self, event: MapStarted) -> None:
         if len(event.path) == 1:
-            self._start(event, event.graph, total=event.total, is_map=True)
+            self._start(event, event.graph, total=event.total, is_map=True, skipped=event.n_skipped)
 
     def on_graph_finished(self, event: GraphFinished) -> None:
         view = self._view
@@ -256,8 +296,10 @@ class ProgressCallback(Callback):
     def close(self) -> None:
         """Stop the live display of a run that never finished (it raised), if any."""
         with self._lock:
-            if self._view is not None:
-                self._view.progress.stop()
+            if self._view is not None and not self.plain:
+                progress = self._view.progress
+                progress.refresh()  # the last frame (Jupyter keeps it; stop() may not draw)
+                progress.stop()
             self._view = None
 
     def __enter__(self) -> ProgressCallback:
@@ -303,10 +345,26 @@ class ProgressCallback(Callback):
         view = self._view
         if view is not None and event.path == view.root and view.overall is not None:
             view.n_failed += event.n_failed
-            view.progress.update(view.overall, completed=event.n_done, failed=view.n_failed)
+            view.done = view.skipped + event.n_done
+            view.progress.update(view.overall, completed=view.done, failed=view.n_failed)
+            if self.plain:
+                now = self.get_time()
+                if now - view.last_line >= self.log_every:
+                    view.last_line = now
+                    self.console.print(status_line(view, now), highlight=False)
+
+    def on_engine_started(self, event: EngineStarted) -> None:
+        self.console.print(
+            Text(f"engine {event.name!r} started in {format_seconds(event.seconds)}", "cyan")
+        )
+
+    def on_engine_stopped(self, event: EngineStopped) -> None:
+        self.console.print(Text(f"engine {event.name!r} stopped ({event.reason})", "cyan"))
 
     # -- helpers ------------------------------------------------------------------------
-    def _start(self, event: Event, name: str, *, total: int | None, is_map: bool) -> None:
+    def _start(
+        self, event: Event, name: str, *, total: int | None, is_map: bool, skipped: int = 0
+    ) -> None:
         self.close()  # a previous run that raised never sent its finish event
         graph = getattr(event, "graph_obj", None)
         if graph is None and self.graph is not None and self.graph.name == name:
@@ -327,9 +385,10 @@ class ProgressCallback(Callback):
             refresh_per_second=self.refresh_per_second,
             get_time=self.get_time,
         )
-        self._view = RunView(event.path, total, progress, is_map=is_map)
-        self._view.t0 = self.get_time()
-        progress.start()
+        self._view = RunView(event.path, total, progress, is_map=is_map, skipped=skipped)
+        self._view.t0 = self._view.last_line = self.get_time()
+        if not self.plain:
+            progress.start()
 
     def _finish(self, name: str, counts: tuple[int, int, int], error: Any) -> None:
         view = self._view

@@ -168,6 +168,7 @@ def map_flow(
                     total=total,
                     batch_size=batch_size,
                     graph_obj=plan.graph,
+                    n_skipped=_n_stored(skip),
                 )
             )
 
@@ -269,6 +270,14 @@ def map_flow(
                 )
             )
     return result
+
+
+def _n_stored(skip: Container[int]) -> int:
+    """How many items a writer said are stored already (0 when it cannot say)."""
+    try:
+        return len(skip)  # type: ignore[arg-type]
+    except TypeError:
+        return 0
 
 
 def _windows(
