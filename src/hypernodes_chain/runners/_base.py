@@ -16,6 +16,7 @@ from ..graph import Graph
 from ..plan import build_plan
 from ._flows import item_flow
 from ._map import map_flow, normalize_map_over
+from ._sources import as_inputs
 from ._work import Context, Flow, Local, Settings
 
 __all__ = ["BaseRunner"]
@@ -121,6 +122,7 @@ class BaseRunner:
             msg = f"engine_window must be a positive int, got {engine_window!r}"
             raise ValueError(msg)
         over = normalize_map_over(map_over)
+        inputs = as_inputs(inputs, over)  # a table's columns, if a table was given
         _check_map_args(inputs, over, map_mode, batch_size, on_error)
         plan = build_plan(graph, output_name, inputs)
         ctx = self._context(handlers, on_error, **context)

@@ -23,6 +23,7 @@ from ..plan import Plan
 from ..results import ItemFailure, MapResult
 from ._invoke import plan_invokers
 from ._segments import plan_segments, segmented_batches
+from ._sources import as_column
 from ._work import BatchRows, BatchTask, Context, Flow
 
 __all__ = ["map_batches", "map_flow", "normalize_map_over"]
@@ -96,8 +97,9 @@ def map_batches(
     inputs: Mapping[str, Any], map_over: Sequence[str], map_mode: str, batch_size: int
 ) -> tuple[Iterator[list[list[Any]]], int | None]:
     """Batches as columns (one list per ``map_over`` input) and the item count if known."""
-    lengths = [_length(inputs[name]) for name in map_over]
-    iterables = [_iterator(name, inputs[name]) for name in map_over]
+    columns = [as_column(inputs[name]) for name in map_over]  # library columns: Python values
+    lengths = [_length(values) for values in columns]
+    iterables = [_iterator(name, values) for name, values in zip(map_over, columns)]
     if map_mode == "zip":
         known = [n for n in lengths if n is not None]
         if len(known) == len(lengths) and len(set(known)) > 1:
