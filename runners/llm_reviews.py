@@ -3,6 +3,7 @@
     python runners/llm_reviews.py                          # 2,000 reviews, a tiny model built now
     python runners/llm_reviews.py --model /models/qwen2.5-0.5b-instruct --rows 50000
     python runners/llm_reviews.py --resume                 # after a crash or Ctrl-C
+    python runners/llm_reviews.py --engine ollama:llama3.2  # any engine spec, see below
 
 The graph (``graph`` below) reads ``text`` and ``stars`` per review:
 
@@ -16,6 +17,11 @@ constrained decoding, so every reply is valid JSON even from a model with random
 writer flattens the summary into ``summary.title``, ``summary.sentiment``, ``summary.stars``.
 Without ``--model`` the job builds a tiny random Llama on the spot (no download, no server):
 its titles are placeholder text, but the pipeline, batching, validation and files are real.
+
+``--engine SPEC`` answers with another engine instead (`engine_from_spec`):
+``ollama:llama3.2`` (or ``ollama:NAME@http://host:11434``), ``vllm:/models/qwen`` (offline, in
+this process; ``vllm+server:`` for a ``vllm serve`` subprocess), ``transformers:/models/tiny``
+(``--device`` and ``--batch-size`` apply) or ``openai:http://127.0.0.1:8000/v1@MODEL``.
 """
 
 from __future__ import annotations
@@ -99,6 +105,20 @@ class Reviews:
 
 
 # --------------------------------------------------------------------------- main job
+def _is_local(args: argparse.Namespace) -> bool:
+    """Whether torch runs in this process (the tiny model, --model or a transformers: spec)."""
+    return args.engine is None or args.engine.strip().startswith("transformers:")
+
+
+def _spec_engine(args: argparse.Namespace) -> object:
+    """The engine of ``--engine SPEC``; built, not started (a bad spec is a ValueError)."""
+    from hypernodes_chain.engines import engine_from_spec
+
+    local = _is_local(args)
+    options = {"device": args.device, "max_batch_size": args.batch_size} if local else {}
+    return engine_from_spec(args.engine, **options)
+
+
 def _engine(args: argparse.Namespace) -> object:
     from hypernodes_chain.engines import TransformersEngine, build_tiny_model
 
@@ -129,12 +149,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=2_000, help="reviews to generate (2,000)")
     parser.add_argument("--model", type=Path, default=None, help="a Hugging Face model folder")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    parser.add_argument(
+        "--engine",
+        metavar="SPEC",
+        help="an engine spec instead of --model: ollama:NAME[@HOST], vllm:MODEL, "
+        "vllm+server:MODEL, transformers:PATH or openai:URL@MODEL",
+    )
     parser.add_argument("--out", default="out/llm_reviews", help="output folder")
     parser.add_argument("--batch-size", type=int, default=64, help="prompts per generate call")
     parser.add_argument("--max-lines-per-file", type=int, default=1_000)
     parser.add_argument("--resume", action="store_true", help="continue --out")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     args = parser.parse_args(argv)
+    engine = None
+    if args.engine is not None:
+        if args.model is not None:
+            parser.error("give --model or --engine, not both")
+        try:
+            engine = _spec_engine(args)
+        except ValueError as exc:
+            parser.error(f"--engine: {exc}")
+        print(f"engine: {engine!r}", flush=True)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # 2-core machines: no OpenMP busy-waiting
     out = Path(args.out)
     if out.exists() and not args.resume:
@@ -142,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {out} exists and is not an output folder of this job", file=sys.stderr)
             return 2
         shutil.rmtree(out)
-    engine = _engine(args)
-    if args.device == "cpu":
+    if engine is None:
+        engine = _engine(args)
+    if _is_local(args) and args.device == "cpu":  # torch in this process: one thread
         import torch
 
         torch.set_num_threads(1)

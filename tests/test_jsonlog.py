@@ -55,6 +55,7 @@ def test_one_line_per_event_in_order():
         "graph": "chain",
         "total": 3,
         "batch_size": 2,
+        "n_skipped": 0,
     }
     finished = lines[2]
     assert finished["event"] == "NodeFinished"

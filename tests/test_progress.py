@@ -66,7 +66,8 @@ def table_rows(text: str) -> list[list[str]]:
     for line in lines:
         if " · " in line:  # the footer
             break
-        rows.append(line.split())
+        if not line.lstrip().startswith("("):  # (cache), (writer), (other): real clock
+            rows.append(line.split())
     return rows
 
 
@@ -366,3 +367,26 @@ def test_failures_of_many_batches_agree_between_table_and_footer():
     rows = {row[0]: row for row in table_rows(text)}
     assert rows["add_one"][1:4] == ["40", "0", "10"]
     assert "40 items · 30 ok · 10 failed" in text
+
+
+def test_cache_and_writer_time_are_rows_and_the_shares_add_up_to_the_wall(tmp_path):
+    from hypernodes_chain import DiskCache
+    from hypernodes_chain.io import StreamWriter
+
+    @node
+    def square(x: int) -> int:
+        return x * x
+
+    graph = Graph([square], name="squares")
+    console = text_console()
+    with DiskCache(tmp_path / "cache") as cache:
+        cb = ProgressCallback(console, show_tree=False, enabled=True)
+        Runner(cache=cache, callbacks=[cb]).map(
+            graph, {"x": range(20_000)}, map_over="x", batch_size=1_000,
+            writer=StreamWriter(tmp_path / "out", format="parquet"),
+        )  # fmt: skip
+    lines = output(console).split("─" * 10, 1)[1].splitlines()[1:]
+    rows = {line.split()[0]: line.split() for line in lines if " · " not in line and line}
+    assert {"square", "(cache)", "(writer)"} <= set(rows), rows
+    shares = [float(row[-1].rstrip("%")) for row in rows.values()]
+    assert abs(sum(shares) - 100) < 1.0, rows  # nodes + cache + writer + other = the wall

@@ -1,4 +1,5 @@
-"""Loading the graph named by ``FILE.py:GRAPH``: import the file from its path, find the `Graph`.
+"""Loading the graph named by ``FILE.py:GRAPH``: import the file from its path, find the `Graph`,
+and the engines its LLM nodes use (the file's ``engines``, then ``--engine NAME=SPEC``).
 
 Every failure is a `CliError` with a one-line message; a wrong graph name lists the file's graphs.
 """
@@ -8,12 +9,13 @@ from __future__ import annotations
 import importlib.util
 import re
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ._cli_errors import CliError, one_line
 
-__all__ = ["load_graph", "parse_spec"]
+__all__ = ["graph_engines", "load_graph", "load_target", "parse_spec", "run_engines"]
 
 _SPEC_HINT = "expected FILE.py:GRAPH, e.g. pipeline.py:graph"
 _MISSING = object()
@@ -90,6 +92,11 @@ def _graphs_hint(module: Any, path: Path) -> str:
 
 def load_graph(spec: str) -> Any:
     """The `Graph` named by ``FILE.py:GRAPH`` (raises `CliError` with a one-line message)."""
+    return load_target(spec)[0]
+
+
+def load_target(spec: str) -> tuple[Any, Any, Path]:
+    """The `Graph` named by ``FILE.py:GRAPH``, the module it was found in, and the file."""
     from .graph import Graph
 
     path, name = parse_spec(spec)
@@ -104,4 +111,100 @@ def load_graph(spec: str) -> Any:
             f"{name!r} in {str(path)!r} is a {type(value).__name__}, not a Graph; "
             f"{_graphs_hint(module, path)}"
         )
-    return value
+    return value, module, path
+
+
+# --------------------------------------------------------------------------- engines
+_SPEC_EXAMPLES = "e.g. ollama:llama3.2, transformers:/models/tiny"
+
+
+def graph_engines(graph: Any) -> dict[str, list[str]]:
+    """The engine names the graph's LLM nodes use (nested graphs included), in order of first
+    use, each with the names of the nodes that use it."""
+    from .llm import LLMNode
+
+    used: dict[str, list[str]] = {}
+
+    def walk(g: Any) -> None:
+        for n in g.nodes:
+            if isinstance(n, LLMNode):
+                used.setdefault(n.engine, []).append(n.name)
+            inner = getattr(n, "graph", None)
+            if inner is not None and hasattr(inner, "nodes"):
+                walk(inner)
+
+    walk(graph)
+    return used
+
+
+def _parse_engine_flags(flags: Sequence[str]) -> dict[str, tuple[str, Any]]:
+    """``--engine NAME=SPEC`` flags -> {name: (flag text, engine)}; each spec is parsed."""
+    from .engines.specs import engine_from_spec
+
+    parsed: dict[str, tuple[str, Any]] = {}
+    for flag in flags:
+        name, eq, spec = flag.partition("=")
+        name = name.strip()
+        if not eq or not name or not spec.strip():
+            raise CliError(f"--engine {flag!r}: expected NAME=SPEC ({_SPEC_EXAMPLES})")
+        if name in parsed:
+            raise CliError(f"--engine {flag!r}: engine {name!r} is given twice")
+        try:
+            engine = engine_from_spec(spec)
+        except (ValueError, TypeError) as exc:
+            raise CliError(f"--engine {flag!r}: {one_line(exc)}") from exc
+        parsed[name] = (flag, engine)
+    return parsed
+
+
+def _module_engines(module: Any, path: Path) -> Any:
+    """The file's top-level ``engines``: None, an `EngineBroker`, or a dict it is built from."""
+    from .engines.broker import EngineBroker
+
+    value = getattr(module, "engines", None)
+    if value is None or isinstance(value, EngineBroker):
+        return value
+    if not isinstance(value, Mapping):
+        raise CliError(
+            f"'engines' in {str(path)!r} is a {type(value).__name__}; it must be an "
+            f"EngineBroker or a dict of name -> engine (or zero-argument factory)"
+        )
+    try:
+        return EngineBroker(dict(value))
+    except (TypeError, ValueError) as exc:
+        raise CliError(f"'engines' in {str(path)!r}: {one_line(exc)}") from exc
+
+
+def run_engines(graph: Any, module: Any, path: Path, flags: Sequence[str]) -> Any:
+    """The `EngineBroker` of a run (None when the graph uses no engine and none is given):
+    the file's ``engines``, with each ``--engine NAME=SPEC`` registered over it.
+
+    A flag naming an engine the graph does not use, and an engine the graph uses that
+    neither gives, are `CliError` (nothing has started yet)."""
+    from .engines.broker import EngineBroker
+
+    used = graph_engines(graph)
+    overrides = _parse_engine_flags(flags)
+    for name, (flag, _) in overrides.items():
+        if name not in used:
+            uses = ", ".join(map(repr, used))
+            what = f"its LLM nodes use {uses}" if used else "it has no LLM nodes"
+            raise CliError(
+                f"--engine {flag!r}: graph {graph.name!r} uses no engine {name!r}; {what}"
+            )
+    broker = _module_engines(module, path)
+    if broker is None and (used or overrides):
+        broker = EngineBroker()
+    for name, (_, engine) in overrides.items():
+        broker.register(name, engine)
+    missing = [name for name in used if broker is None or name not in broker]
+    if missing:
+        name = missing[0]
+        nodes = ", ".join(map(repr, used[name]))
+        plural = "s" if len(used[name]) > 1 else ""
+        raise CliError(
+            f"graph {graph.name!r} needs engine {name!r} (llm node{plural} {nodes}), which "
+            f"{str(path)!r} does not define in its 'engines': pass --engine {name}=SPEC "
+            f"({_SPEC_EXAMPLES})"
+        )
+    return broker

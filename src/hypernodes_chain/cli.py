@@ -5,7 +5,8 @@
     hypernodes-chain run FILE.py:GRAPH INPUTS OUT_DIR [--map-over a,b] [--set name=value]
                          [--format jsonl|parquet] [--max-lines-per-file N] [--batch-size N]
                          [--cache DIR] [--resume] [--on-error raise|collect]
-                         [--runner sync|async] [--quiet | --verbose | --json-logs]
+                         [--runner sync|async] [--engine NAME=SPEC ...]
+                         [--quiet | --verbose | --json-logs]
     hypernodes-chain inspect FILE.py:GRAPH
 
 ``FILE.py`` is imported from its path (its folder is put on ``sys.path``); ``GRAPH`` names a
@@ -16,10 +17,17 @@ otherwise silently go unused), except ``_index`` (the item index in an earlier r
 which can thus be read back); ``--map-over`` picks the fields to read and ignores the rest.
 ``--set name=value`` gives a constant input (the value parsed as JSON, else kept as text).
 
+The engines of the graph's LLM nodes come from the file's top-level ``engines`` (an
+`EngineBroker`, or a dict of name -> engine or zero-argument factory); ``--engine NAME=SPEC``
+adds or replaces the one named NAME: ``ollama:NAME[@HOST]``, ``vllm:MODEL``,
+``vllm+server:MODEL``, ``transformers:PATH`` or ``openai:URL@MODEL`` (see
+`hypernodes_chain.engines.engine_from_spec`). ``inspect`` lists the engines the graph uses.
+
 Results stream into ``OUT_DIR`` through a `StreamWriter` (shards, ``_manifest.json``,
 ``_errors/``). Exit codes: 0 done (also when ``--on-error collect`` recorded failures), 1 a node
 failed (``--on-error raise``) or something unexpected broke, 2 a usage error (bad
-``FILE.py:GRAPH``, a missing file or graph, unknown columns, an output folder that needs
+``FILE.py:GRAPH``, a missing file or graph, unknown columns, a bad ``--engine`` spec, a NAME
+no LLM node uses or an engine the graph needs that nothing gives, an output folder that needs
 ``--resume``), 130 interrupted. Errors are one line on stderr; ``--verbose`` adds the traceback.
 """
 
@@ -45,7 +53,7 @@ from ._cli_inputs import (
     open_reader,
     parse_sets,
 )
-from ._cli_load import load_graph
+from ._cli_load import graph_engines, load_graph, load_target, run_engines
 
 __all__ = ["CliError", "load_graph", "main"]
 
@@ -103,6 +111,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     out.write(f"inputs: {', '.join(graph.inputs) or '-'}\n")
     out.write(f"optional inputs: {', '.join(graph.optional_inputs) or '-'}\n")
     out.write(f"outputs: {', '.join(graph.outputs) or '-'}\n")
+    engines = graph_engines(graph)
+    if engines:  # a graph without LLM nodes prints no engines line
+        out.write(f"engines: {', '.join(engines)}\n")
     return 0
 
 
@@ -117,11 +128,31 @@ def _output_format(args: argparse.Namespace, out: Path) -> ShardFormat:
     return "jsonl"
 
 
+def _map(
+    args: argparse.Namespace,
+    graph: Any,
+    inputs: dict[str, Any],
+    settings: dict[str, Any],
+    map_kwargs: dict[str, Any],
+) -> Any:
+    """Map with the runner ``--runner`` names: the one place runners are built.
+
+    ``settings`` are the runner's (``cache``, ``callbacks``, ``engines``), ``map_kwargs``
+    its ``map``'s."""
+    from . import AsyncRunner, Runner
+
+    if args.runner == "async":
+        return asyncio.run(AsyncRunner(**settings).map(graph, inputs, **map_kwargs))
+    with Runner(**settings) as runner:
+        return runner.map(graph, inputs, **map_kwargs)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import AsyncRunner, DiskCache, Runner
+    from . import DiskCache
     from .io import StreamWriter
 
-    graph = load_graph(args.graph)
+    graph, module, path = load_target(args.graph)
+    engines = run_engines(graph, module, path, args.engine or [])
     inputs_path, out = Path(args.inputs), Path(args.out_dir)
     fmt, reader = open_reader(inputs_path, graph)
     constants = parse_sets(args.set or [])
@@ -160,6 +191,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         resume="force" if args.resume == "force" else bool(args.resume),
     )
     inputs: dict[str, Any] = {**constants, **map_inputs(fmt, reader, chosen, args.batch_size)}
+    settings = {"cache": cache, "callbacks": callbacks, "engines": engines}
     kwargs = {
         "map_over": chosen,
         "batch_size": args.batch_size,
@@ -167,18 +199,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         "on_error": args.on_error,
     }
     try:
-        if args.runner == "async":
-            result = asyncio.run(
-                AsyncRunner(cache=cache, callbacks=callbacks).map(graph, inputs, **kwargs)
-            )
-        else:
-            with Runner(cache=cache, callbacks=callbacks) as runner:
-                result = runner.map(graph, inputs, **kwargs)
+        result = _map(args, graph, inputs, settings, kwargs)
     finally:
-        for callback in callbacks:  # stop a live display, flush the logs
-            close = getattr(callback, "close", None)
-            if close is not None:
-                close()
+        try:
+            if engines is not None:
+                engines.close()  # unload the models now, not at interpreter exit
+        finally:
+            for callback in callbacks:  # stop a live display, flush the logs
+                close = getattr(callback, "close", None)
+                if close is not None:
+                    close()
     if args.json_logs:
         sys.stdout.write(json.dumps(summary_record(result, out)) + "\n")
     elif not args.quiet:
@@ -265,6 +295,16 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("sync", "async"),
         default="sync",
         help="sync: Runner (default); async: AsyncRunner",
+    )
+    run.add_argument(
+        "--engine",
+        action="append",
+        metavar="NAME=SPEC",
+        help=(
+            "the engine of the LLM nodes that name NAME, over the file's 'engines': "
+            "ollama:NAME[@HOST], vllm:MODEL, vllm+server:MODEL, transformers:PATH or "
+            "openai:URL@MODEL (repeatable)"
+        ),
     )
     _add_output_flags(run)
     run.set_defaults(func=cmd_run)

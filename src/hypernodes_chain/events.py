@@ -123,6 +123,8 @@ class BatchFinished(Event):
     n_items: int
     n_failed: int
     n_done: int  # items finished so far in this map
+    write_seconds: float = 0.0  # handing the batch to the writer
+    cache_seconds: float = 0.0  # the batch's cache look-ups and stores
 
 
 @dataclass(frozen=True, slots=True)

@@ -133,6 +133,8 @@ class RunView:
             progress.add_task(root[0], total=total, failed=0, completed=skipped) if is_map else None
         )
         self.done = skipped  # items of the map finished, stored ones included
+        self.cache_seconds = 0.0  # a map's cache look-ups and stores
+        self.write_seconds = 0.0  # a map's hand-off of batches to its writer
         self.last_line = 0.0  # when the last plain status line was printed
 
     def node(self, key: tuple[str, ...]) -> NodeStats:
@@ -175,14 +177,28 @@ def summary(view: RunView, graph: str, counts: tuple[int, int, int], wall: float
     table.add_column("node")
     for name in ("items", "cached", "failed", "time", "share"):
         table.add_column(name, justify="right")
-    busy = sum(s.seconds for key, s in view.nodes.items() if len(key) == 1)
+    nodes = sum(s.seconds for key, s in view.nodes.items() if len(key) == 1)
+    extra = [("cache", view.cache_seconds), ("writer", view.write_seconds)]
+    busy = nodes + sum(seconds for _, seconds in extra)
+    # shares of the wall time: what the nodes, the cache and the writer do not account for
+    # is "other" (reading inputs, the driver); overlapping work can add up past the wall
+    whole = max(wall, busy)
+    other = wall - busy
+    if whole > 0 and other / whole >= 0.001:
+        extra.append(("other", other))
     for key, s in view.ordered():
-        share = f"{100 * s.seconds / busy:.1f}%" if busy > 0 else "-"
+        share = f"{100 * s.seconds / whole:.1f}%" if whole > 0 else "-"
         failed = Text(f"{s.failed:,}", style="red" if s.failed else "")
         name = "  " * (len(key) - 1) + key[-1]
         table.add_row(
             name, f"{s.items:,}", f"{s.cached:,}", failed, format_seconds(s.seconds), share
         )
+    for name, seconds in extra:
+        if seconds > 0:
+            share = f"{100 * seconds / whole:.1f}%" if whole > 0 else "-"
+            table.add_row(
+                Text(f"({name})", style="dim"), "", "", "", format_seconds(seconds), share
+            )
     n_items, n_ok, n_failed = counts
     rate = n_items / wall if wall > 0 else None
     footer = Text(
@@ -346,6 +362,8 @@ class ProgressCallback(Callback):
         if view is not None and event.path == view.root and view.overall is not None:
             view.n_failed += event.n_failed
             view.done = view.skipped + event.n_done
+            view.cache_seconds += event.cache_seconds
+            view.write_seconds += event.write_seconds
             view.progress.update(view.overall, completed=view.done, failed=view.n_failed)
             if self.plain:
                 now = self.get_time()

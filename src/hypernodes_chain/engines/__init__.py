@@ -10,10 +10,13 @@ from .base import Engine, Message, Prompt
 from .broker import EngineBroker, EngineStatus, UnknownEngineError
 from .ollama import OllamaEngine, OllamaError
 from .openai_engine import OpenAIEngine, OpenAIEngineError
+from .specs import SPEC_FORMS, engine_from_spec
 from .tiny import build_tiny_model
 from .transformers_engine import TransformersEngine
+from .vllm_engine import VLLMEngine, VLLMEngineError
 
 __all__ = [
+    "SPEC_FORMS",
     "Engine",
     "EngineBroker",
     "EngineStatus",
@@ -25,5 +28,8 @@ __all__ = [
     "Prompt",
     "TransformersEngine",
     "UnknownEngineError",
+    "VLLMEngine",
+    "VLLMEngineError",
     "build_tiny_model",
+    "engine_from_spec",
 ]

@@ -43,12 +43,21 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_model(folder: str | Path, *, seed: int = 0) -> Path:
+def build_tiny_model(
+    folder: str | Path, *, seed: int = 0, hidden_size: int = 32, num_heads: int = 2
+) -> Path:
     """Train the tokenizer and save a seeded random ``LlamaForCausalLM`` into ``folder``.
 
-    Needs the ``local`` extra (torch, transformers). Returns the folder, which any engine
-    that reads Hugging Face folders can load.
+    ``hidden_size`` and ``num_heads`` shape the model (the MLP is twice as wide as the
+    hidden size); the defaults give the 32-wide model. vLLM's CPU attention needs a head
+    size of 64 or more: ``hidden_size=128, num_heads=2``. Needs the ``local`` extra (torch,
+    transformers). Returns the folder, which any engine that reads Hugging Face folders can
+    load.
     """
+    if hidden_size < 1 or num_heads < 1 or hidden_size % num_heads:
+        raise ValueError(
+            f"hidden_size must be a positive multiple of num_heads, got {hidden_size}, {num_heads}"
+        )
     folder = Path(folder)
     torch = optional("torch", "the tiny model", "local")
     transformers = optional("transformers", "the tiny model", "local")
@@ -83,11 +92,11 @@ def build_tiny_model(folder: str | Path, *, seed: int = 0) -> Path:
     hf_tokenizer.save_pretrained(folder)
     config = transformers.LlamaConfig(
         vocab_size=len(hf_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
         max_position_embeddings=512,
         initializer_range=0.2,  # the default 0.02 makes every prompt yield the same token
         tie_word_embeddings=False,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import hashlib
 import json
 import os
 import re
@@ -28,14 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from ._optional import optional
+from ._revision import FolderRevision, folder_revision
 from .base import Prompt
 
 __all__ = ["TransformersEngine"]
 
 DEFAULT_MAX_TOKENS = 256
-# Files up to this size enter the revision digest by content, larger ones by name, size and
-# modification time (reading many GB of weights at every start would be too slow).
-_CONTENT_DIGEST_LIMIT = 64 * 1024 * 1024
 _CONTROL = re.compile("[\x00-\x1f]")
 
 
@@ -203,7 +200,7 @@ class TransformersEngine:
         self._pad_id = 0
         self._eos_ids: list[int] = []
         self._vocab_size = 0
-        self._revision: tuple[tuple[Any, ...], str] | None = None
+        self._revision: FolderRevision | None = None
 
     def __repr__(self) -> str:
         dtype = self._dtype_name()
@@ -285,18 +282,7 @@ class TransformersEngine:
         the weights are rewritten. It never loads the model.
         """
         path = self._path()
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-        stats = [(p.name, st.st_size, st.st_mtime_ns) for p in files for st in [p.stat()]]
-        key = (str(path), *stats)
-        if self._revision is None or self._revision[0] != key:
-            digest = hashlib.sha256()
-            for p, (name, size, mtime) in zip(files, stats):
-                digest.update(f"{name}\0{size}\0".encode())
-                if size <= _CONTENT_DIGEST_LIMIT:
-                    digest.update(p.read_bytes())
-                else:
-                    digest.update(f"{mtime}\0".encode())
-            self._revision = (key, f"sha256:{digest.hexdigest()}")
+        self._revision = folder_revision(path, self._revision)
         return {
             "engine": self.kind,
             "model": str(path),

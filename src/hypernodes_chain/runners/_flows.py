@@ -311,7 +311,7 @@ class _State:
 class _Batch:
     """The fixed facts of one batch flow, passed to its helpers."""
 
-    __slots__ = ("bus", "ctx", "indices", "path", "raise_errors")
+    __slots__ = ("bus", "cache_seconds", "ctx", "indices", "path", "raise_errors")
 
     def __init__(
         self, ctx: Context, indices: list[int], path: tuple[str, ...], raise_errors: bool
@@ -321,6 +321,7 @@ class _Batch:
         self.indices = indices
         self.path = path
         self.raise_errors = raise_errors
+        self.cache_seconds = 0.0  # spent in cache look-ups and stores (timed when observed)
 
 
 def batch_columns(
@@ -400,7 +401,9 @@ def batch_columns(
                 _finish_constant(done, st, b)
             release(done.pos)
         work = []
-    return BatchOutcome(st.columns, st.constants, st.key_columns or {}, st.failures)
+    outcome = BatchOutcome(st.columns, st.constants, st.key_columns or {}, st.failures)
+    outcome.cache_seconds = b.cache_seconds
+    return outcome
 
 
 def _source_keys(st: _State, step: Step, pos: int) -> list[str | None]:
@@ -426,7 +429,10 @@ def _prepare_column(i: int, step: Step, invoker: Any, st: _State, b: _Batch) -> 
             keys[pos] = chain_key(fp, _source_keys(st, step, pos))
         looked = [pos for pos in alive if keys[pos] is not None]
         if looked and ctx.cache is not None and invoker.cacheable:
+            t0 = _perf() if bus is not None else 0.0
             found = ctx.cache.get_many([keys[p] for p in looked])  # type: ignore[misc]
+            if bus is not None:
+                b.cache_seconds += _perf() - t0
             for pos, value in zip(looked, found):
                 if value is not MISS:
                     hits.append(pos)
@@ -539,7 +545,10 @@ def _finish_column(call: ColumnCall, st: _State, b: _Batch) -> None:
             if first is None:
                 first = pos, error
         if to_cache and ctx.cache is not None:
+            t0 = _perf() if b.bus is not None else 0.0
             ctx.cache.set_many(to_cache)
+            if b.bus is not None:
+                b.cache_seconds += _perf() - t0
         if first is not None:
             _failed_event(step, b, first[0], first[1], len(gone))
         if gone:

@@ -177,9 +177,12 @@ def map_flow(
         def report(first: int, done: BatchTask | None) -> Flow:
             """Hand one finished batch on (nothing for a batch stored by an earlier run)."""
             n_done = n_failed = 0
+            t0 = time.perf_counter()
+            cache_seconds = 0.0
             if done is not None:
                 n_done = len(done.indices)
                 n_failed = len((yield from _emit(done, plan, writer, ctx, result)))
+                cache_seconds = done.outcome.cache_seconds if done.outcome is not None else 0.0
             if bus is not None:
                 bus.publish(
                     BatchFinished(
@@ -189,6 +192,8 @@ def map_flow(
                         n_items=n_done,
                         n_failed=n_failed,
                         n_done=result.n_items,
+                        write_seconds=time.perf_counter() - t0 if writer is not None else 0.0,
+                        cache_seconds=cache_seconds,
                     )
                 )
 

@@ -245,7 +245,7 @@ def run_batch(token: str, shared: bytes, blob: bytes, listen: bool) -> bytes:
         settings.engines.bus = bus if listen else None
     outcome: BatchOutcome = _DRIVER.drive(batch_flow(task))
     made = {k: v for k, v in outcome.constants.items() if k not in constants}
-    state = (outcome.columns, made, outcome.keys, outcome.failures, events)
+    state = (outcome.columns, made, outcome.keys, outcome.failures, events, outcome.cache_seconds)
     return _pack_back(state, plan, lambda: _portable_state(state))
 
 
@@ -281,12 +281,12 @@ def _portable_error(error: BaseException) -> BaseException:
 
 
 def _portable_state(state: tuple[Any, ...]) -> tuple[Any, ...]:
-    columns, made, keys, failures, events = state
+    columns, made, keys, failures, events, cache_seconds = state
     failures = {
         pos: dataclasses.replace(f, error=_portable_error(f.error)) for pos, f in failures.items()
     }
     events = [_portable_event(e) for e in events]
-    return columns, made, keys, failures, events
+    return columns, made, keys, failures, events, cache_seconds
 
 
 def _portable_event(event: Event) -> Event:
@@ -298,9 +298,10 @@ def _portable_event(event: Event) -> Event:
 
 def unpack_outcome(task: BatchTask, blob: bytes) -> list[Event]:
     """Fill ``task.outcome`` from a worker's reply; returns the events it raised."""
-    columns, made, keys, failures, events = pickle.loads(blob)
+    columns, made, keys, failures, events, cache_seconds = pickle.loads(blob)
     constants = {**task.constants, **made} if made else task.constants
     task.outcome = BatchOutcome(columns, constants, keys, failures)
+    task.outcome.cache_seconds = cache_seconds
     return list(events)
 
 

@@ -235,7 +235,7 @@ class ColumnCall:
 class BatchOutcome:
     """What `batch_flow` returns: output columns, their keys, and failed positions."""
 
-    __slots__ = ("columns", "constants", "failures", "keys")
+    __slots__ = ("cache_seconds", "columns", "constants", "failures", "keys")
 
     def __init__(
         self,
@@ -248,6 +248,7 @@ class BatchOutcome:
         self.constants = constants
         self.keys = keys
         self.failures = failures
+        self.cache_seconds = 0.0  # in cache look-ups and stores, where someone observed
 
     def column(self, name: str, n: int) -> list[Any]:
         if name in self.columns:
