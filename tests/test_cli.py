@@ -235,6 +235,33 @@ def test_async_runner(cli, work: Path) -> None:
     assert indices(work / "out", "jsonl") == list(range(200))
 
 
+@pytest.mark.slow
+def test_dask_runner_on_a_local_cluster_and_on_a_scheduler(work: Path) -> None:
+    """A real process each: ``--runner dask`` starts a local cluster; ``--scheduler`` uses
+    a running one. FILE.py is loaded by path, so its functions travel by value."""
+    distributed = pytest.importorskip("distributed")
+    proc = subprocess_cli("run", "pipe.py:graph", "numbers.jsonl", "out", "--runner", "dask",
+                          "-q", cwd=work)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert indices(work / "out", "jsonl") == list(range(200))
+    expected = list(read_jsonl(work / "out"))
+    with distributed.LocalCluster(
+        n_workers=1, processes=True, dashboard_address=":0", silence_logs=50
+    ) as cluster:
+        proc = subprocess_cli("run", "pipe.py:graph", "numbers.jsonl", "out2", "--runner",
+                              "dask", "--scheduler", cluster.scheduler_address, "-q",
+                              cwd=work)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert list(read_jsonl(work / "out2")) == expected
+
+
+def test_scheduler_without_the_dask_runner_is_a_usage_error(cli, work: Path) -> None:
+    proc = cli("run", "pipe.py:graph", "numbers.jsonl", "out", "--scheduler", "tcp://x:1",
+               cwd=work)  # fmt: skip
+    assert proc.returncode == 2
+    assert "--scheduler is for --runner dask" in error_line(proc)
+
+
 def test_cache_dir_is_used(cli, work: Path) -> None:
     for out in ("a", "b"):
         proc = cli("run", "pipe.py:graph", "numbers.jsonl", out, "--cache", "cache", cwd=work)

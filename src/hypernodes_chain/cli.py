@@ -5,7 +5,8 @@
     hypernodes-chain run FILE.py:GRAPH INPUTS OUT_DIR [--map-over a,b] [--set name=value]
                          [--format jsonl|parquet] [--max-lines-per-file N] [--batch-size N]
                          [--cache DIR] [--resume] [--on-error raise|collect]
-                         [--runner sync|async] [--engine NAME=SPEC ...]
+                         [--runner sync|async|dask] [--scheduler ADDRESS]
+                         [--engine NAME=SPEC ...]
                          [--quiet | --verbose | --json-logs]
     hypernodes-chain inspect FILE.py:GRAPH
 
@@ -139,20 +140,37 @@ def _map(
 
     ``settings`` are the runner's (``cache``, ``callbacks``, ``engines``), ``map_kwargs``
     its ``map``'s."""
-    from . import AsyncRunner, Runner
+    from . import AsyncRunner, DaskRunner, Runner
 
     if args.runner == "async":
         return asyncio.run(AsyncRunner(**settings).map(graph, inputs, **map_kwargs))
+    if args.runner == "dask":
+        with DaskRunner(args.scheduler, **settings) as dask:
+            return dask.map(graph, inputs, **map_kwargs)
     with Runner(**settings) as runner:
         return runner.map(graph, inputs, **map_kwargs)
+
+
+def _ship_by_value(module: Any) -> None:
+    """Dask workers cannot import FILE.py (it was loaded by path): its functions travel
+    with cloudpickle by value."""
+    try:
+        import cloudpickle
+    except ImportError:
+        raise CliError("--runner dask needs dask: pip install 'hypernodes-chain[dask]'") from None
+    cloudpickle.register_pickle_by_value(module)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from . import DiskCache
     from .io import StreamWriter
 
+    if args.scheduler is not None and args.runner != "dask":
+        raise CliError("--scheduler is for --runner dask")
     graph, module, path = load_target(args.graph)
     engines = run_engines(graph, module, path, args.engine or [])
+    if args.runner == "dask":
+        _ship_by_value(module)
     inputs_path, out = Path(args.inputs), Path(args.out_dir)
     fmt, reader = open_reader(inputs_path, graph)
     constants = parse_sets(args.set or [])
@@ -292,9 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--runner",
-        choices=("sync", "async"),
+        choices=("sync", "async", "dask"),
         default="sync",
-        help="sync: Runner (default); async: AsyncRunner",
+        help="sync: Runner (default); async: AsyncRunner; dask: DaskRunner (extra 'dask')",
+    )
+    run.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="with --runner dask: the scheduler to use (tcp://host:8786); default: a local "
+        "cluster of worker processes, one per core",
     )
     run.add_argument(
         "--engine",
