@@ -155,7 +155,7 @@ def _ship_by_value(module: Any) -> None:
     """Dask workers cannot import FILE.py (it was loaded by path): its functions travel
     with cloudpickle by value."""
     try:
-        import cloudpickle
+        import cloudpickle  # type: ignore[import-untyped]
     except ImportError:
         raise CliError("--runner dask needs dask: pip install 'hypernodes-chain[dask]'") from None
     cloudpickle.register_pickle_by_value(module)
