@@ -513,3 +513,12 @@ def test_jsonl_records_are_read_once_and_split_in_lockstep(tmp_path: Path) -> No
     assert len(passes) == 1
     stream = inputs["x"]._stream
     assert stream.peak <= 100 + 256  # one batch plus one read chunk, not the whole file
+
+
+def test_help_explains_every_option_and_the_exit_status(cli, tmp_path: Path) -> None:
+    from hypernodes_chain.cli import build_parser
+
+    run = build_parser()._subparsers._group_actions[0].choices["run"]  # type: ignore[union-attr]
+    silent = [a.option_strings for a in run._actions if a.option_strings and not a.help]
+    assert silent == [], f"options without help: {silent}"
+    assert "exit status: 0 done (also when --on-error collect" in run.format_help()

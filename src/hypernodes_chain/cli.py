@@ -268,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
             "Map GRAPH over the records of INPUTS (a .jsonl, .parquet or .csv file, or a folder "
             "of them), one item per record, streaming the results into sharded files in OUT_DIR."
         ),
+        epilog=(
+            "exit status: 0 done (also when --on-error collect recorded failed items: they are "
+            "in OUT_DIR/_errors/ and the summary counts them); 1 a node failed under --on-error "
+            "raise, or something unexpected broke; 2 a usage error; 130 interrupted (rerun with "
+            "--resume)"
+        ),
     )
     run.add_argument("graph", metavar="FILE.py:GRAPH", help="the file and the Graph in it")
     run.add_argument("inputs", metavar="INPUTS", help="records: a jsonl/parquet/csv file or folder")
@@ -288,8 +294,21 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("jsonl", "parquet"),
         help="shard format (default: jsonl, or the existing folder's with --resume)",
     )
-    run.add_argument("--max-lines-per-file", type=_positive_int, default=100_000, metavar="N")
-    run.add_argument("--batch-size", type=_positive_int, default=1024, metavar="N")
+    run.add_argument(
+        "--max-lines-per-file",
+        type=_positive_int,
+        default=100_000,
+        metavar="N",
+        help="rows per output shard (default: 100,000)",
+    )
+    run.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=1024,
+        metavar="N",
+        help="items per batch: each node runs once per batch, and a batch is committed to "
+        "OUT_DIR at once (default: 1,024)",
+    )
     run.add_argument("--cache", metavar="DIR", help="cache node results in a DiskCache at DIR")
     run.add_argument(
         "--resume",
