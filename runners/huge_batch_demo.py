@@ -149,14 +149,18 @@ def main(argv: list[str] | None = None) -> int:
     writer = StreamWriter(out, format=args.format, max_lines_per_file=shard, resume=args.resume)
     runner = Runner(callbacks=[] if args.quiet else _progress())
     rows = {"text": Generated(args.rows, review_text), "stars": Generated(args.rows, review_stars)}
-    result = runner.map(
-        graph,
-        inputs=rows,
-        map_over=["text", "stars"],
-        batch_size=args.batch_size,
-        writer=writer,
-        on_error="collect",
-    )
+    try:
+        result = runner.map(
+            graph,
+            inputs=rows,
+            map_over=["text", "stars"],
+            batch_size=args.batch_size,
+            writer=writer,
+            on_error="collect",
+        )
+    except KeyboardInterrupt:  # the finished shards are kept: --resume continues from them
+        print(f"interrupted: rerun with --resume to continue {out}/", file=sys.stderr)
+        return 130
     skipped = f"; {result.n_skipped:,} already done" if result.n_skipped else ""
     print(
         f"done: {result.n_items:,} rows ({result.n_ok:,} ok, {result.n_failed:,} failed{skipped}) "

@@ -390,3 +390,21 @@ def test_cache_and_writer_time_are_rows_and_the_shares_add_up_to_the_wall(tmp_pa
     assert {"square", "(cache)", "(writer)"} <= set(rows), rows
     shares = [float(row[-1].rstrip("%")) for row in rows.values()]
     assert abs(sum(shares) - 100) < 1.0, rows  # nodes + cache + writer + other = the wall
+
+
+def test_ctrl_c_in_a_node_is_reported_as_what_stopped_the_map():
+    from hypernodes_chain import MapFinished
+
+    events = []
+
+    @node
+    def stops(x: int) -> int:
+        if x == 5:
+            raise KeyboardInterrupt
+        return x
+
+    with pytest.raises(KeyboardInterrupt):
+        Runner(callbacks=[events.append]).map(Graph([stops]), {"x": range(10)}, map_over="x",
+                                              batch_size=2)  # fmt: skip
+    finished = [e for e in events if isinstance(e, MapFinished)]
+    assert len(finished) == 1 and type(finished[0].error) is KeyboardInterrupt, finished

@@ -92,6 +92,34 @@ class CountsColumn(ProgressColumn):
         return text
 
 
+def fitted_columns(
+    width: int, total: int | None, labels: list[str], *, is_map: bool
+) -> list[ProgressColumn]:
+    """The bar's columns for a console ``width`` wide, never wrapping a line: the bar
+    shrinks first (to 10 cells), then the rate goes, then the ETA; the counts of cached
+    and failed items always stay."""
+    label = max((len(x) for x in labels), default=16)
+    done = 2 * len(f"{total:,}") + 1 if total is not None else 13
+    # "12,345 cached" plus room for a few failures; a rate like "12,345.6 items/s"
+    parts: dict[str, int] = {"done": done, "rate": 16, "eta": 7, "counts": 18}
+    bar = 40
+    for drop in (None, "rate", "eta"):
+        if drop is not None:
+            del parts[drop]
+        fixed = label + sum(parts.values()) + len(parts) + 1  # one space between columns
+        bar = min(40, width - fixed)
+        if bar >= 10:
+            break
+    columns: list[ProgressColumn] = [TextColumn("{task.description}"), BarColumn(max(bar, 5))]
+    columns.append(DoneColumn())
+    if "rate" in parts:
+        columns.append(RateColumn())
+    if "eta" in parts:
+        columns.append(TimeRemainingColumn())
+    columns.append(CountsColumn())
+    return columns
+
+
 class NodeStats:
     """What one node (at one nesting path) did during a run."""
 
@@ -390,13 +418,12 @@ class ProgressCallback(Callback):
         if self.show_tree and graph is not None:
             self.console.print(rich_tree(graph))
         interactive = self.console.is_terminal or self.console.is_jupyter
+        labels = [name]
+        if graph is not None:
+            labels += [("  " if is_map else "") + n.name for n in graph.nodes]
+        columns = fitted_columns(self.console.width, total, labels, is_map=is_map)
         progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DoneColumn(),
-            RateColumn(),
-            TimeRemainingColumn(),
-            CountsColumn(),
+            *columns,
             console=self.console,
             transient=self.transient,
             auto_refresh=interactive,  # to a file, one final render is enough

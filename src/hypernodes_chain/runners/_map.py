@@ -254,7 +254,8 @@ def map_flow(
                 ready[task.seq] = (starts.pop(task.seq), task)
         finished = True
     except BaseException as exc:  # the map stops here: say so to listeners, then re-raise
-        error = exc
+        # closed by its driver on the way out of an error (Ctrl-C in a node): report that
+        error = exc.__context__ if isinstance(exc, GeneratorExit) and exc.__context__ else exc
         raise
     finally:
         if writer is not None:
