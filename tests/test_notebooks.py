@@ -96,6 +96,18 @@ def test_notebook_runs_top_to_bottom(path: Path, kernel_name: str, tmp_path: Pat
         if out.get("output_type") == "error"
     ]
     assert not errors, errors
+    if path.name == "quickstart.ipynb":
+        _final_frame_is_complete(nb)
+
+
+def _final_frame_is_complete(nb: object) -> None:
+    """The progress display's last frame, saved in the widget state, shows every bar done
+    (its map has 2,000 items): Live.stop() alone left an earlier frame there."""
+    import re
+
+    state = json.dumps(nb.metadata.get("widgets", {}))  # type: ignore[attr-defined]
+    counts = set(re.findall(r"([\d,]+)/2,000", state))
+    assert counts == {"2,000"}, f"the saved frame shows {sorted(counts)} of 2,000 items"
 
 
 def test_there_are_notebooks() -> None:
