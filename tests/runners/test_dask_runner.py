@@ -500,3 +500,18 @@ def test_the_runners_own_cluster_closes_without_warnings_or_leaks(how: str, tmp_
     assert not [p for p in pids if _alive(p)], "worker processes outlived the runner"
     noise = [line for line in done.stderr.splitlines() if line.strip()]
     assert noise == [], f"closing printed: {noise}"
+
+
+def test_closures_and_lambdas_travel(client: Any) -> None:
+    offset = 7
+    shifted = node(lambda x: x + offset, output_name="shifted")  # a lambda over a closure
+
+    def make(scale: int) -> Any:
+        @node(output_name="scaled")
+        def scaled(shifted: int) -> int:
+            return shifted * scale
+
+        return scaled
+
+    out = DaskRunner(client).map(Graph([shifted, make(3)]), {"x": range(5)}, map_over="x")
+    assert out == [{"shifted": i + 7, "scaled": 3 * (i + 7)} for i in range(5)]
