@@ -7,6 +7,7 @@ into another graph with `as_node`, but it never executes anything.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, cast
 
 from . import _types
@@ -92,6 +93,13 @@ class Graph:
         # the stable sort gives that same order back
         return (type(self), (self.nodes, self.name))
 
+    @staticmethod
+    def from_modules(*modules: Any, config: Mapping[str, Any] | None = None) -> Graph:
+        """The graph of an Apache Hamilton dataflow: `hypernodes_chain.hamilton.from_modules`."""
+        from . import hamilton  # late import: optional interop, above this layer
+
+        return hamilton.from_modules(*modules, config=config)
+
     def producer_of(self, output: str) -> Node[..., Any] | None:
         """The node that produces ``output`` (None for a root input)."""
         return self._producer.get(output)
@@ -126,11 +134,21 @@ class Graph:
             output_mapping=output_mapping,
         )
 
-    def visualize(self, filename: str | None = None) -> Any:
-        """A graphviz diagram of the graph (SVG in Jupyter); saved when ``filename`` is given."""
+    def visualize(self, filename: str | Path | None = None, *, show_types: bool = False) -> Any:
+        """A `viz.Diagram` of the graph (SVG in Jupyter; see `viz.visualize`).
+
+        ``filename`` also saves it (``.svg``, ``.png``, ``.pdf`` or ``.dot``); ``show_types``
+        puts the annotated types on the edges.
+        """
         from . import viz  # late import: viz is a front end over this layer, not part of it
 
-        return viz.visualize(self, filename=filename)
+        return viz.visualize(self, filename=filename, show_types=show_types)
+
+    def __rich__(self) -> Any:
+        """``rich.print(graph)`` shows `viz.rich_tree`."""
+        from . import viz
+
+        return viz.rich_tree(self)
 
     def __repr__(self) -> str:
         return (

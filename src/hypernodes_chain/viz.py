@@ -1,23 +1,57 @@
-"""Pictures of a graph: a rich tree for terminals, a graphviz diagram for notebooks.
+"""Pictures of a graph: a rich tree for terminals, a graphviz diagram for notebooks and files.
 
-Nothing here executes a graph. The DOT source is written by hand, so no graphviz
-package is needed to get it; rendering it to SVG uses the ``dot`` program when present.
+Nothing here executes a graph. The diagram is built with the ``graphviz`` package (the
+``viz`` extra), imported only when a diagram is asked for; turning it into SVG, PNG or PDF
+runs Graphviz's ``dot`` program, which is a system package, not a Python one.
+
+In the diagram graph inputs are blue ellipses (dashed when optional), nodes are boxes with
+their name over their outputs, final outputs (produced and read by no node) are green
+double ellipses, and a nested graph is a cluster around its own nodes, orange and labelled
+"map over ..." when it is mapped. Edges into a nested graph go straight to the inner nodes
+that read the value.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
+import html
+import urllib.parse
 from pathlib import Path
+from types import GenericAlias
 from typing import Any
 
+from rich.console import Console
 from rich.text import Text
 from rich.tree import Tree
 
+from . import _types
 from .graph import Graph, GraphNode
 from .node import Node
 
-__all__ = ["Diagram", "rich_tree", "to_dot", "visualize"]
+__all__ = ["Diagram", "DotNotFoundError", "print_tree", "rich_tree", "to_dot", "visualize"]
+
+INSTALL_DOT = (
+    "install Graphviz, which provides it: `apt-get install graphviz` (Debian/Ubuntu), "
+    "`brew install graphviz` (macOS), `conda install -c conda-forge graphviz`, or see "
+    "https://graphviz.org/download/"
+)
+
+
+class DotNotFoundError(RuntimeError):
+    """Graphviz's ``dot`` program, needed to render a diagram, is not on PATH."""
+
+
+# -- rich tree ----------------------------------------------------------------
+
+
+def _flags(node: Node[..., Any]) -> list[str]:
+    flags = []
+    if node.batch:
+        flags.append("batch")
+    if node.kind in ("async", "gen", "agen"):
+        flags.append({"async": "async", "gen": "stream", "agen": "async stream"}[node.kind])
+    if not node.cache:
+        flags.append("no cache")
+    return flags
 
 
 def _node_label(node: Node[..., Any]) -> Text:
@@ -26,15 +60,10 @@ def _node_label(node: Node[..., Any]) -> Text:
     text.append("(" + ", ".join(node.inputs) + ")", style="dim")
     text.append(" → ")
     text.append(", ".join(node.outputs), style="green")
-    flags = []
+    flags = _flags(node)
     if isinstance(node, GraphNode):
-        flags.append("graph" + (f", map over {', '.join(node.map_over)}" if node.map_over else ""))
-    if node.batch:
-        flags.append("batch")
-    if node.kind in ("async", "gen", "agen"):
-        flags.append({"async": "async", "gen": "stream", "agen": "async stream"}[node.kind])
-    if not node.cache:
-        flags.append("no cache")
+        over = f", map over {', '.join(node.map_over)}" if node.map_over else ""
+        flags.insert(0, "graph" + over)
     if flags:
         text.append("  [" + "; ".join(flags) + "]", style="yellow")
     return text
@@ -60,76 +89,234 @@ def rich_tree(graph: Graph) -> Tree:
     return tree
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def print_tree(graph: Graph, *, console: Console | None = None) -> None:
+    """Print `rich_tree` of ``graph`` (to ``console``, default rich's own)."""
+    (console or Console()).print(rich_tree(graph))
 
 
-def _dot_body(graph: Graph, prefix: str, lines: list[str]) -> None:
-    producer = {o: n for n in graph.nodes for o in n.outputs}
-    for name in graph.inputs + graph.optional_inputs:
-        style = "dashed" if name in graph.optional_inputs else "solid"
-        lines.append(
-            f"  {_quote(prefix + name)} [shape=ellipse, style={style}, label={_quote(name)}];"
+# -- graphviz diagram ---------------------------------------------------------
+
+
+def _graphviz() -> Any:
+    try:
+        import graphviz  # type: ignore[import-untyped]
+    except ImportError as exc:
+        msg = (
+            "drawing a graph needs the graphviz package: pip install 'hypernodes-chain[viz]' "
+            "(and Graphviz's `dot` program to render it: " + INSTALL_DOT + ")"
         )
-    for node in graph.nodes:
-        label = f"{node.name}\\n→ {', '.join(node.outputs)}"
-        shape = "box3d" if isinstance(node, GraphNode) else "box"
-        lines.append(f"  {_quote(prefix + node.name)} [shape={shape}, label={_quote(label)}];")
-        for inp in node.inputs:
-            source = producer[inp].name if inp in producer else inp
-            lines.append(f"  {_quote(prefix + source)} -> {_quote(prefix + node.name)};")
+        raise ImportError(msg) from exc
+    return graphviz
 
 
-def to_dot(graph: Graph) -> str:
-    """Graphviz DOT source for the graph (inputs as ellipses, nodes as boxes)."""
-    lines = [f"digraph {_quote(graph.name)} {{", "  rankdir=LR;", '  node [fontname="Helvetica"];']
-    _dot_body(graph, "", lines)
-    lines.append("}")
-    return "\n".join(lines)
+def _id(*parts: str) -> str:
+    # DOT ids are never shown; percent-encoding keeps "/" free as a separator and ":" (a port
+    # in edge statements) out of them, whatever the names hold
+    return "/".join(urllib.parse.quote(p, safe="") for p in parts)
+
+
+def _box_label(node: Node[..., Any]) -> str:
+    lines = [f"<b>{html.escape(node.name)}</b>"]
+    lines.append(f'<font point-size="10">→ {html.escape(", ".join(node.outputs))}</font>')
+    flags = _flags(node)
+    if flags:
+        lines.append(f'<font point-size="9" color="#8a6d00"><i>{"; ".join(flags)}</i></font>')
+    return "<" + "<br/>".join(lines) + ">"
+
+
+class _Drawing:
+    """Walks a graph and its nested graphs, adding graphviz statements as it goes."""
+
+    def __init__(self, root: Any, show_types: bool) -> None:
+        self.root = root
+        self.show_types = show_types
+
+    def edge(self, source: tuple[str, Any], head: str, wanted: Any = Any) -> None:
+        # every edge goes into the root graph: a node named in a cluster's edge statement
+        # would join that cluster
+        tail, made = source
+        label = None
+        if self.show_types:
+            tp = made if made is not Any else wanted
+            label = None if tp is Any else _types.type_name(tp)
+        self.root.edge(tail, head, label=label)
+
+    def body(
+        self, dot: Any, graph: Graph, path: tuple[str, ...], sources: dict[str, tuple[str, Any]]
+    ) -> dict[str, tuple[str, Any]]:
+        """Draw ``graph``'s nodes; ``sources`` maps its inputs to (dot id, type); returns
+        the same map with its outputs added."""
+        available = dict(sources)
+        for node in graph.nodes:
+            if isinstance(node, GraphNode):
+                available.update(self.cluster(dot, node, path, available))
+                continue
+            head = _id("node", *path, node.name)
+            dot.node(head, label=_box_label(node))
+            # a batch node's list annotations hold one item's value per element
+            per_item = _types.element_type if node.batch else (lambda tp: tp)
+            for inp in node.inputs:
+                self.edge(available[inp], head, per_item(node.input_type(inp)))
+            for out in node.outputs:
+                available[out] = (head, per_item(node.output_type(out)))
+        return available
+
+    def cluster(
+        self,
+        dot: Any,
+        node: GraphNode,
+        path: tuple[str, ...],
+        available: dict[str, tuple[str, Any]],
+    ) -> dict[str, tuple[str, Any]]:
+        inner_path = (*path, node.name)
+        title = f"<b>{html.escape(node.name)}</b>"
+        attrs = {"style": "rounded,filled", "color": "#9ca3af", "fillcolor": "#f5f5f5"}
+        if node.map_over:
+            title += f"<br/>map over {html.escape(', '.join(node.map_over))}"
+            attrs = {"style": "rounded,filled,bold", "color": "#d97706", "fillcolor": "#fff7e6"}
+        with dot.subgraph(name="cluster_" + _id(*inner_path)) as sub:
+            sub.attr(label=f"<{title}>", **attrs)
+            inner = {i: available[o] for i, o in node.input_map.items()}
+            made = self.body(sub, node.graph, inner_path, inner)
+        outputs = {}
+        for inner_name, outer_name in node.output_map.items():
+            head, tp = made[inner_name]
+            if node.map_over and tp is not Any:
+                tp = GenericAlias(list, (tp,))  # a mapped graph gives one list per output
+            outputs[outer_name] = (head, tp)
+        return outputs
+
+
+def _digraph(graph: Graph, *, show_types: bool = False) -> Any:
+    gv = _graphviz()
+    font = {"fontname": "Helvetica", "fontsize": "12"}
+    dot = gv.Digraph(
+        name=graph.name,
+        graph_attr={"rankdir": "LR", "label": gv.nohtml(graph.name), "labelloc": "t", **font},
+        node_attr={"shape": "box", "style": "rounded,filled", "fillcolor": "white", **font},
+        edge_attr={"fontname": "Helvetica", "fontsize": "10", "color": "#4b5563"},
+    )
+    sources: dict[str, tuple[str, Any]] = {}
+    for name in graph.inputs + graph.optional_inputs:
+        optional = name in graph.optional_inputs
+        sources[name] = (_id("input", name), Any)
+        dot.node(
+            sources[name][0],
+            label=gv.nohtml(name),
+            shape="ellipse",
+            style="filled,dashed" if optional else "filled",
+            fillcolor="#dbeafe",
+        )
+    drawing = _Drawing(dot, show_types)
+    made = drawing.body(dot, graph, (), sources)
+    read = {i for n in graph.nodes for i in n.inputs}
+    for out in (o for o in graph.outputs if o not in read):
+        head = _id("output", out)
+        dot.node(head, label=gv.nohtml(out), shape="ellipse", peripheries="2", fillcolor="#dcfce7")
+        drawing.edge(made[out], head)
+    return dot
+
+
+def to_dot(graph: Graph, *, show_types: bool = False) -> str:
+    """Graphviz DOT source of the diagram that `visualize` draws."""
+    return str(_digraph(graph, show_types=show_types).source)
 
 
 class Diagram:
-    """DOT source that renders itself as SVG in Jupyter when graphviz's ``dot`` is installed."""
+    """A graph's graphviz diagram: SVG in Jupyter, a file by extension with `save`.
 
-    def __init__(self, source: str) -> None:
-        self.source = source
+    ``digraph`` is the underlying ``graphviz.Digraph``, open to further styling.
+    """
 
-    def svg(self) -> str | None:
-        dot = shutil.which("dot")
-        if dot is None:
-            return None
-        done = subprocess.run(
-            [dot, "-Tsvg"], input=self.source, capture_output=True, text=True, check=False
-        )
-        return done.stdout if done.returncode == 0 else None
+    def __init__(self, digraph: Any) -> None:
+        self.digraph = digraph
 
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
-        bundle = {"text/plain": self.source}
-        svg = self.svg()
-        if svg is not None:
-            bundle["image/svg+xml"] = svg
-        return bundle
+    @property
+    def source(self) -> str:
+        """The DOT source."""
+        return str(self.digraph.source)
+
+    def pipe(self, format: str) -> bytes:
+        """Render with ``dot`` into ``format`` (``"svg"``, ``"png"``, ``"pdf"``, ...).
+
+        Raises
+        ------
+        DotNotFoundError
+            Graphviz's ``dot`` program is not on PATH.
+        """
+        gv = _graphviz()
+        try:
+            return bytes(self.digraph.pipe(format=format))
+        except gv.ExecutableNotFound as exc:
+            msg = f"rendering a diagram needs Graphviz's `dot` program on PATH; {INSTALL_DOT}"
+            raise DotNotFoundError(msg) from exc
+
+    def svg(self) -> str:
+        """The diagram as SVG text (needs ``dot``)."""
+        return self.pipe("svg").decode("utf-8")
 
     def save(self, filename: str | Path) -> Path:
-        """Write ``.svg`` (rendered; needs ``dot``) or any other suffix as DOT source."""
+        """Write the diagram in the format its extension names.
+
+        ``.svg``, ``.png``, ``.pdf`` (or any other Graphviz output format) are rendered with
+        ``dot``; ``.dot`` and ``.gv`` get the DOT source and need no ``dot``.
+
+        Raises
+        ------
+        ValueError
+            The extension names no Graphviz format.
+        DotNotFoundError
+            Rendering needs ``dot`` and it is not on PATH.
+        """
         path = Path(filename)
-        if path.suffix == ".svg":
-            svg = self.svg()
-            if svg is None:
-                msg = "rendering SVG needs graphviz's `dot` program; save as .dot instead"
-                raise RuntimeError(msg)
-            path.write_text(svg)
-        else:
+        fmt = path.suffix[1:].lower()
+        if fmt in ("dot", "gv"):
             path.write_text(self.source)
+            return path
+        if fmt not in _graphviz().FORMATS:
+            msg = (
+                f"cannot tell the format of {str(path)!r} from its extension; use .svg, .png, "
+                f".pdf (rendered with dot) or .dot for the source, got {path.suffix or 'none'!r}"
+            )
+            raise ValueError(msg)
+        path.write_bytes(self.pipe(fmt))
         return path
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        try:
+            return {"image/svg+xml": self.svg(), "text/plain": repr(self)}
+        except DotNotFoundError:
+            # a notebook shows this line, not a screenful of DOT source
+            msg = f"{self!r}: cannot draw it, Graphviz's `dot` program is not on PATH; "
+            return {"text/plain": msg + INSTALL_DOT}
+
+    def __repr__(self) -> str:
+        return f"<Diagram of graph {self.digraph.name!r}>"
 
     def __str__(self) -> str:
         return self.source
 
 
-def visualize(graph: Graph, filename: str | Path | None = None) -> Diagram:
-    """A `Diagram` of ``graph``; with ``filename`` it is also saved there."""
-    diagram = Diagram(to_dot(graph))
+def visualize(
+    graph: Graph, filename: str | Path | None = None, *, show_types: bool = False
+) -> Diagram:
+    """A `Diagram` of ``graph`` (SVG in Jupyter).
+
+    Parameters
+    ----------
+    filename
+        When given, also saved there in the format its extension names (see `Diagram.save`).
+    show_types
+        Put the annotated type of each value on its edges.
+
+    Raises
+    ------
+    ImportError
+        The ``graphviz`` package is missing (the ``viz`` extra).
+    DotNotFoundError
+        ``filename`` asks for a rendered format and ``dot`` is not on PATH.
+    """
+    diagram = Diagram(_digraph(graph, show_types=show_types))
     if filename is not None:
         diagram.save(filename)
     return diagram
