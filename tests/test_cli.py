@@ -522,3 +522,47 @@ def test_help_explains_every_option_and_the_exit_status(cli, tmp_path: Path) -> 
     silent = [a.option_strings for a in run._actions if a.option_strings and not a.help]
     assert silent == [], f"options without help: {silent}"
     assert "exit status: 0 done (also when --on-error collect" in run.format_help()
+
+
+DATAFLOW = '''
+"""A Hamilton dataflow: plain functions, no Graph."""
+from hamilton.function_modifiers import config
+
+
+def spend_eur(raw_spend: float, rate: float = 0.5) -> float:
+    return raw_spend * rate
+
+
+@config.when(region="eu")
+def tax__eu(spend_eur: float) -> float:
+    return spend_eur * 0.2
+
+
+@config.when(region="us")
+def tax__us(spend_eur: float) -> float:
+    return spend_eur * 0.1
+
+
+def total(spend_eur: float, tax: float) -> float:
+    return spend_eur + tax
+'''
+
+
+def test_a_hamilton_dataflow_runs_with_config_and_outputs(cli, work: Path) -> None:
+    pytest.importorskip("hamilton")
+    (work / "flow.py").write_text(DATAFLOW)
+    with open(work / "spend.jsonl", "w") as f:
+        for s in range(50):
+            f.write(json.dumps({"raw_spend": float(s)}) + "\n")
+    inspect = cli("inspect", "flow.py", "--config", "region=eu", cwd=work)
+    assert inspect.returncode == 0, inspect.stderr
+    assert "tax(spend_eur) → tax" in inspect.stdout and "optional inputs: rate" in inspect.stdout
+    proc = cli("run", "flow.py", "spend.jsonl", "out", "--config", "region=eu",
+               "--outputs", "total", "-q", cwd=work)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = list(read_jsonl(work / "out"))
+    assert rows[10] == {"_index": 10, "raw_spend": 10.0, "total": 10.0 * 0.5 * 1.2}
+    wrong = cli("run", "flow.py", "spend.jsonl", "out2", "--outputs", "nope", cwd=work)
+    assert wrong.returncode == 2 and "unknown output 'nope'" in error_line(wrong)
+    graph_file = cli("run", "pipe.py:graph", "numbers.jsonl", "out3", "--config", "a=1", cwd=work)
+    assert graph_file.returncode == 2 and "--config is for Hamilton" in error_line(graph_file)

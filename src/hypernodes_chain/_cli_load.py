@@ -90,15 +90,52 @@ def _graphs_hint(module: Any, path: Path) -> str:
     return f"graphs in {str(path)!r}: {', '.join(names)}"
 
 
-def load_graph(spec: str) -> Any:
+def load_graph(spec: str, config: Sequence[str] = ()) -> Any:
     """The `Graph` named by ``FILE.py:GRAPH`` (raises `CliError` with a one-line message)."""
-    return load_target(spec)[0]
+    return load_target(spec, config)[0]
 
 
-def load_target(spec: str) -> tuple[Any, Any, Path]:
-    """The `Graph` named by ``FILE.py:GRAPH``, the module it was found in, and the file."""
+def _dataflow(
+    spec: str, config: Sequence[str], outputs: Sequence[str] | None
+) -> tuple[Any, Any, Path] | None:
+    """``FILE.py`` (no ``:GRAPH``) that defines no Graph: its Hamilton dataflow, if it is one."""
+    path = Path(spec)
+    if ":" in spec or path.suffix != ".py":
+        return None
+    module = _import_file(path)
+    if _graphs_in(module):
+        return None  # a file of graphs: parse_spec says which to name
+    try:
+        from .hamilton import is_dataflow, load_dataflow, parse_config
+    except ImportError:
+        return None
+    try:
+        if not is_dataflow(module):
+            return None
+    except ImportError:  # Hamilton is not installed
+        raise CliError(
+            f"{spec!r} defines no Graph; to run it as a Hamilton dataflow, "
+            "pip install 'hypernodes-chain[hamilton]'"
+        ) from None
+    try:
+        graph = load_dataflow(module, config=parse_config(config), outputs=outputs)
+    except (ValueError, ImportError) as exc:
+        raise CliError(f"Hamilton dataflow {spec!r}: {one_line(exc)}") from exc
+    return graph, module, path
+
+
+def load_target(
+    spec: str, config: Sequence[str] = (), outputs: Sequence[str] | None = None
+) -> tuple[Any, Any, Path]:
+    """The `Graph` named by ``FILE.py:GRAPH`` (or the Hamilton dataflow of a ``FILE.py``
+    that defines no Graph, with ``config`` items ``k=v``), its module, and the file."""
     from .graph import Graph
 
+    found = _dataflow(spec, config, outputs)
+    if found is not None:
+        return found
+    if config:
+        raise CliError("--config is for Hamilton dataflows (a FILE.py that defines no Graph)")
     path, name = parse_spec(spec)
     module = _import_file(path)
     value: Any = module

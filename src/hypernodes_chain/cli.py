@@ -10,6 +10,10 @@
                          [--quiet | --verbose | --json-logs]
     hypernodes-chain inspect FILE.py:GRAPH
 
+``FILE.py`` alone (no ``:GRAPH``) is a module of Apache Hamilton functions, turned into a
+graph by `hypernodes_chain.hamilton.from_modules` with ``--config KEY=VALUE`` items;
+``--outputs a,b`` keeps what those outputs need (Hamilton's ``final_vars``).
+
 ``FILE.py`` is imported from its path (its folder is put on ``sys.path``); ``GRAPH`` names a
 `Graph` at its top level. ``INPUTS`` is a jsonl, parquet or csv file, or a folder of such
 shards, read lazily: each record is one item and its fields are the graph's inputs. By default
@@ -105,7 +109,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     from .viz import rich_tree
 
-    graph = load_graph(args.graph)
+    graph = load_graph(args.graph, args.config or [])
     console = Console(highlight=False, soft_wrap=False)
     console.print(rich_tree(graph))
     out = sys.stdout
@@ -167,7 +171,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.scheduler is not None and args.runner != "dask":
         raise CliError("--scheduler is for --runner dask")
-    graph, module, path = load_target(args.graph)
+    outputs = None
+    if args.outputs is not None:
+        outputs = [n.strip() for n in args.outputs.split(",") if n.strip()]
+        if not outputs:
+            raise CliError("--outputs names no output")
+    graph, module, path = load_target(args.graph, args.config or [], outputs)
+    if outputs is not None:
+        unknown = [n for n in outputs if n not in graph.outputs]
+        if unknown:
+            raise CliError(f"--outputs: {unknown} are not outputs of the graph: {graph.outputs}")
     engines = run_engines(graph, module, path, args.engine or [])
     if args.runner == "dask":
         _ship_by_value(module)
@@ -215,6 +228,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "writer": writer,
         "on_error": args.on_error,
+        "output_name": outputs,
     }
     try:
         result = _map(args, graph, inputs, settings, kwargs)
@@ -275,7 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
             "--resume)"
         ),
     )
-    run.add_argument("graph", metavar="FILE.py:GRAPH", help="the file and the Graph in it")
+    run.add_argument(
+        "graph",
+        metavar="FILE.py:GRAPH",
+        help="the file and the Graph in it; or FILE.py, a module of Hamilton functions",
+    )
     run.add_argument("inputs", metavar="INPUTS", help="records: a jsonl/parquet/csv file or folder")
     run.add_argument("out_dir", metavar="OUT_DIR", help="folder for the shards and _manifest.json")
     run.add_argument(
@@ -340,6 +358,18 @@ def build_parser() -> argparse.ArgumentParser:
         "cluster of worker processes, one per core",
     )
     run.add_argument(
+        "--config",
+        action="append",
+        metavar="KEY=VALUE",
+        help="for a FILE.py of Hamilton functions (no Graph in it): a config item; VALUE is "
+        "parsed as JSON, else taken as text (repeatable)",
+    )
+    run.add_argument(
+        "--outputs",
+        metavar="A,B",
+        help="the outputs to compute and write (default: every output of the graph)",
+    )
+    run.add_argument(
         "--engine",
         action="append",
         metavar="NAME=SPEC",
@@ -358,6 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the graph's tree, its inputs and outputs. Runs nothing.",
     )
     inspect.add_argument("graph", metavar="FILE.py:GRAPH")
+    inspect.add_argument(
+        "--config",
+        action="append",
+        metavar="KEY=VALUE",
+        help="Hamilton config item for a FILE.py that defines no Graph (repeatable)",
+    )
     inspect.add_argument("--verbose", "-v", action="store_true", help="tracebacks on errors")
     inspect.set_defaults(func=cmd_inspect, quiet=False, json_logs=False)
     return parser
