@@ -202,3 +202,17 @@ def test_jupyter_gets_svg_with_clusters_and_two_line_labels():
 def test_importing_the_package_does_not_import_graphviz():
     code = "import sys, hypernodes_chain; assert 'graphviz' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_nodes_docstring_is_its_hover_text_in_the_diagram() -> None:
+    from hypernodes_chain import Graph, node
+
+    @node
+    def tidy(text: str) -> str:
+        """Lower case, spaces collapsed.
+
+        More words that stay out of the tooltip."""
+        return " ".join(text.lower().split())
+
+    source = Graph([tidy]).visualize().source
+    assert 'tooltip="Lower case, spaces collapsed."' in source

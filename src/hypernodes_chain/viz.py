@@ -54,6 +54,11 @@ def _flags(node: Node[..., Any]) -> list[str]:
     return flags
 
 
+def _first_line(doc: str | None) -> str:
+    lines = (doc or "").strip().splitlines()
+    return lines[0].strip() if lines else ""
+
+
 def _node_label(node: Node[..., Any]) -> Text:
     text = Text()
     text.append(node.name, style="bold cyan")
@@ -152,7 +157,8 @@ class _Drawing:
                 available.update(self.cluster(dot, node, path, available))
                 continue
             head = _id("node", *path, node.name)
-            dot.node(head, label=_box_label(node))
+            doc = _first_line(node.__doc__)  # a hover text in SVG
+            dot.node(head, label=_box_label(node), **({"tooltip": doc} if doc else {}))
             # a batch node's list annotations hold one item's value per element
             per_item = _types.element_type if node.batch else (lambda tp: tp)
             for inp in node.inputs:
