@@ -442,4 +442,5 @@ class ProgressCallback(Callback):
         self.close()
         self.console.print(summary(view, name, counts, wall))
         if error is not None:
-            self.console.print(Text(f"stopped by {type(error).__name__}: {error}", style="red"))
+            why = f": {error}" if str(error) else ""
+            self.console.print(Text(f"stopped by {type(error).__name__}{why}", style="red"))
