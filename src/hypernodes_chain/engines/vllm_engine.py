@@ -14,9 +14,15 @@ CUDA cache: the GPU memory is free again; a later call starts a new one.
 ``mode="server"`` launches ``python -m vllm.entrypoints.openai.api_server --model MODEL --host
 127.0.0.1 --port PORT`` (engine arguments as ``--kebab-case`` flags) in its own process
 group, logs to a file in a temporary folder (named in every error), waits for ``/health``,
-and sends every call through an `OpenAIEngine`; ``stop()`` ends the whole process group
-(SIGTERM, then SIGKILL after ``stop_timeout`` seconds). A server left running is ended at
-interpreter exit.
+and sends every call through an `OpenAIEngine` (chat completions: a str prompt goes as one
+user message, so the chat template applies to it, unlike offline mode, where a str is the
+raw prompt); ``stop()`` ends the whole process group (SIGTERM, then SIGKILL after
+``stop_timeout`` seconds) and removes the log. A server left running is ended at interpreter
+exit.
+
+Under a schema with ``compact_json`` (the default), raw control characters in a reply are
+escaped as JSON ``\\u00XX`` escapes (xgrammar lets them into strings; see `_escapes`), and a
+reply cut by ``max_tokens`` is that entry's ValueError.
 
 vLLM is imported when an offline engine starts, never at import time, and vLLM's engine core
 runs in a spawned process: a script that starts an offline engine needs the

