@@ -44,7 +44,7 @@ from .jsonlog import JsonLogCallback
 from .node import Node, node
 from .progress import ProgressCallback
 from .results import ItemFailure, MapResult
-from .runners import AsyncRunner, DaskRunner, GraphRun, Runner
+from .runners import AsyncRunner, DaftRunner, DaskRunner, GraphRun, Runner
 
 __version__ = "0.1.0"
 
@@ -55,6 +55,7 @@ __all__ = [
     "Callback",
     "CallbackError",
     "CycleError",
+    "DaftRunner",
     "DaskRunner",
     "DiskCache",
     "DuplicateOutputError",

@@ -12,6 +12,7 @@ import asyncio
 import gc
 import inspect
 import json
+import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import pytest
 from hypernodes_chain import (
     AsyncRunner,
     Callback,
+    DaftRunner,
     DaskRunner,
     DiskCache,
     Graph,
@@ -111,7 +113,9 @@ ENTRIES = [
     Entry("AsyncRunner.iter", lambda **kw: IterAdapter(AsyncRunner(**kw))),
     # worker processes of one LocalCluster for the module (see `dask_client`)
     Entry("DaskRunner", lambda **kw: SyncAdapter(DaskRunner(dask_client(), **kw))),
+    Entry("DaftRunner", lambda **kw: SyncAdapter(DaftRunner(**kw))),  # Daft's native runner
 ]
+os.environ.setdefault("DAFT_ANALYTICS_ENABLED", "0")  # daft's telemetry thread leaks a socket
 
 _DASK: dict[str, Any] = {}
 

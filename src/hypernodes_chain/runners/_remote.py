@@ -1,4 +1,5 @@
-"""What travels to a Dask worker and what runs there: batch tasks and single node calls.
+"""What travels to a Dask worker (or a Daft UDF) and what runs there: batch tasks and single
+node calls.
 
 The driver packs, the worker unpacks and runs the core's own flows with the sync driver,
 and packs the outcome back. Everything goes as cloudpickle bytes, so a batch's columns
@@ -7,11 +8,14 @@ value that cannot be pickled is a clear error naming the node, the input or the 
 
 - `Shared`: what every batch of one map shares (the plan as graph and names, the
   constants, the settings, the driver's node fingerprints). Packed once per map; a worker
-  unpacks it once per map (`_SHARED`) and seeds the fingerprints, so cache keys equal the
-  driver's even where cloudpickle rebuilt a function without its source.
+  unpacks it once per map (`unpack_shared`, kept in `_SHARED`) and seeds the fingerprints,
+  so cache keys equal the driver's even where cloudpickle rebuilt a function without its
+  source.
 - `pack_batch` / `run_batch` / `unpack_outcome`: one `BatchTask` there and back, with the
   events it raised (published on the driver's bus on arrival).
 - `pack_call` / `run_call` / `unpack_call`: one `ItemCall` of ``run`` there and back.
+- `pack_error` / `unpack_error`: an exception as data, its cause kept (``DaftRunner``: Daft
+  turns what a UDF process raises into a bare RuntimeError).
 - Engines: a broker travels as a `_BrokerHandle`; each worker process keeps one broker per
   handle token (`_BROKERS`), so engines start once per process, not once per batch, and
   `close_brokers` stops them when the worker closes (``_dask_plugin``).
@@ -43,11 +47,14 @@ __all__ = [
     "close_brokers",
     "pack_batch",
     "pack_call",
+    "pack_error",
     "pack_shared",
     "run_batch",
     "run_call",
     "unpack_call",
+    "unpack_error",
     "unpack_outcome",
+    "unpack_shared",
 ]
 
 _DRIVER = SyncDriver()
@@ -142,18 +149,22 @@ def _why(obj: Any) -> BaseException | None:
     return None
 
 
-def _cannot(what: str, exc: BaseException) -> TypeError:
-    error = TypeError(
-        f"{what} cannot be pickled to send it to the Dask workers: {type(exc).__name__}: {exc}"
-    )
+def _cannot(what: str, exc: BaseException, to: str = "the Dask workers") -> TypeError:
+    error = TypeError(f"{what} cannot be pickled to send it to {to}: {type(exc).__name__}: {exc}")
     error.__cause__ = exc
     return error
 
 
 def pack_shared(
-    plan: Plan, constants: dict[str, Any], constant_keys: Any, settings: Settings
+    plan: Plan,
+    constants: dict[str, Any],
+    constant_keys: Any,
+    settings: Settings,
+    *,
+    to: str = "the Dask workers",
 ) -> bytes:
-    """The part of a map every batch shares; a clear error names what does not pickle."""
+    """The part of a map every batch shares; a clear error names what does not pickle
+    (and where it was to go: ``to``)."""
     graph = plan.graph
     state = (
         graph,
@@ -170,12 +181,12 @@ def pack_shared(
         for node in _walk(graph):
             cause = _why(node)
             if cause is not None:
-                raise _cannot(f"node {node.name!r}", cause) from exc
+                raise _cannot(f"node {node.name!r}", cause, to) from exc
         for name, value in constants.items():
             cause = _why(value)
             if cause is not None:
-                raise _cannot(f"input {name!r}", cause) from exc
-        raise _cannot("the map's settings (cache, engines)", exc) from exc
+                raise _cannot(f"input {name!r}", cause, to) from exc
+        raise _cannot("the map's settings (cache, engines)", exc, to) from exc
 
 
 def _shared(token: str, blob: bytes) -> tuple[Plan, dict[str, Any], Any, Settings]:
@@ -188,8 +199,8 @@ def _shared(token: str, blob: bytes) -> tuple[Plan, dict[str, Any], Any, Setting
         graph, outputs, given, constants, constant_keys, settings, fps = pickle.loads(blob)
     except ModuleNotFoundError as exc:
         msg = (
-            f"this Dask worker cannot import {exc.name!r}, where the graph's functions are "
-            "defined: install that code on the workers (or define the functions in the "
+            f"this worker process cannot import {exc.name!r}, where the graph's functions "
+            "are defined: install that code on the workers (or define the functions in the "
             "script or notebook that runs the graph, so they travel by value)"
         )
         raise ModuleNotFoundError(msg, name=exc.name) from exc
@@ -202,7 +213,13 @@ def _shared(token: str, blob: bytes) -> tuple[Plan, dict[str, Any], Any, Setting
     return found
 
 
-def pack_batch(task: BatchTask) -> bytes:
+def unpack_shared(token: str, blob: bytes) -> tuple[Plan, dict[str, Any], Any, Settings]:
+    """This process's copy of a map's shared part: plan, constants, their keys, settings
+    (unpacked once per ``token``, fingerprints seeded)."""
+    return _shared(token, blob)
+
+
+def pack_batch(task: BatchTask, *, to: str = "the Dask workers") -> bytes:
     """A batch's own part: its columns (as lists), indices, sequence number, key columns."""
     state = (task.columns, task.indices, task.seq, task.key_columns)
     try:
@@ -213,8 +230,8 @@ def pack_batch(task: BatchTask) -> bytes:
                 cause = _why(value)
                 if cause is not None:
                     what = f"map input {name!r} of item {task.indices[pos]}"
-                    raise _cannot(what, cause) from exc
-        raise _cannot("a batch", exc) from exc
+                    raise _cannot(what, cause, to) from exc
+        raise _cannot("a batch", exc, to) from exc
 
 
 # -- running on the worker ---------------------------------------------------------------
@@ -267,8 +284,8 @@ def _pack_back(state: Any, plan: Plan, portable: Any) -> bytes:
             if cause is not None:
                 node = next((s.node.name for s in plan.steps if name in s.node.outputs), name)
                 what = f"output {name!r} of node {node!r}"
-                raise _cannot(what, cause).with_traceback(None) from None
-        raise _cannot("a batch's results", exc) from None
+                raise _cannot(what, cause, "the driver").with_traceback(None) from None
+        raise _cannot("a batch's results", exc, "the driver") from None
 
 
 def _portable_error(error: BaseException) -> BaseException:
@@ -294,6 +311,22 @@ def _portable_event(event: Event) -> Event:
     if error is None:
         return event
     return dataclasses.replace(event, error=_portable_error(error))  # type: ignore[call-arg]
+
+
+def pack_error(error: BaseException) -> bytes:
+    """An exception and its ``__cause__`` as bytes (pickling keeps neither the cause nor
+    the traceback); one that does not pickle travels as `RemoteError`."""
+    cause = error.__cause__
+    state = (_portable_error(error), None if cause is None else _portable_error(cause))
+    return bytes(_cloudpickle().dumps(state))
+
+
+def unpack_error(blob: bytes) -> BaseException:
+    """The exception `pack_error` packed, its cause chained again."""
+    error, cause = pickle.loads(blob)
+    if cause is not None:
+        error.__cause__ = cause
+    return cast(BaseException, error)
 
 
 def unpack_outcome(task: BatchTask, blob: bytes) -> list[Event]:
@@ -382,7 +415,7 @@ def run_call(blob: bytes) -> bytes:
         return bytes(_cloudpickle().dumps(portable()))
     except Exception as exc:
         what = f"the result of node {step.node.name!r}"
-        raise _cannot(what, exc).with_traceback(None) from None
+        raise _cannot(what, exc, "the driver").with_traceback(None) from None
 
 
 def unpack_call(call: ItemCall | ColumnCall, blob: bytes) -> list[Event]:
