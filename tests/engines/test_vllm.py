@@ -336,3 +336,43 @@ def test_server_startup_failure_names_the_log_file(tmp_path: Path) -> None:
     assert "no-such-model" in Path(log).read_text()
     assert not engine.started
     shutil.rmtree(Path(log).parent)  # a failed start keeps its log for the user to read
+
+
+EXIT_SCRIPT = """
+import sys
+from hypernodes_chain import Graph, Runner
+from hypernodes_chain.engines import VLLMEngine
+from hypernodes_chain.llm import llm_node
+
+@llm_node(engine="v", max_tokens=4)
+def reply(text: str) -> str:
+    return text
+
+if __name__ == "__main__":
+    engine = VLLMEngine(sys.argv[1], enforce_eager=True, dtype="float32", max_model_len=512)
+    out = Runner(engines={"v": engine}).map(Graph([reply]), {"text": ["a", "b"]}, map_over="text")
+    print(len(out), flush=True)
+    # no stop(), no close(): the interpreter's exit must end vLLM's engine core
+"""
+
+
+def test_a_script_that_leaves_its_engine_running_still_exits(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """A broker's engine still live at exit: multiprocessing's exit hook joined vLLM's
+    engine core, which waited for a shutdown that never came (the process hung)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "leave_running.py"
+    script.write_text(EXIT_SCRIPT)
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
+    try:
+        done = subprocess.run(
+            [sys.executable, str(script), str(model_dir)],
+            env=env, capture_output=True, text=True, timeout=240,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail("the script did not exit: the engine was not stopped at interpreter exit")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "2" in done.stdout.splitlines(), done.stdout[-2000:]  # vLLM logs to stdout too

@@ -33,6 +33,7 @@ runs in a spawned process: a script that starts an offline engine needs the
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import gc
 import importlib
@@ -100,6 +101,14 @@ class VLLMEngineError(HypernodesError, RuntimeError):
 
 def _rebuild_error(message: str, log_file: str | None) -> VLLMEngineError:
     return VLLMEngineError(message, log_file=log_file)
+
+
+def _stop_at_exit(ref: weakref.ref[VLLMEngine]) -> None:
+    """Stop an offline engine that is still live at interpreter exit (quietly)."""
+    engine = ref()
+    if engine is not None:
+        with contextlib.suppress(Exception):
+            engine.stop()
 
 
 def _free_port() -> int:
@@ -383,6 +392,12 @@ class VLLMEngine:
                     raise VLLMEngineError(
                         f"{self._where()}: vLLM did not start: {type(exc).__name__}: {exc}"
                     ) from exc
+                if not getattr(self, "_exit_hook", False):
+                    # atexit runs last-registered first: this hook, registered after vLLM
+                    # spawned its engine core, stops the engine before multiprocessing's
+                    # own exit hook joins that process (which would wait for ever)
+                    atexit.register(_stop_at_exit, weakref.ref(self))
+                    self._exit_hook = True
             return self._llm
 
     def _shutdown(self, llm: Any) -> None:
