@@ -28,6 +28,7 @@ from typing import Any
 
 from ._optional import optional
 from ._revision import FolderRevision, folder_revision
+from ._threaded import stream_in_thread
 from .base import Prompt
 
 __all__ = ["TransformersEngine"]
@@ -617,36 +618,7 @@ class TransformersEngine:
     async def astream(self, prompt: Prompt, **sampling: Any) -> AsyncIterator[str]:
         """The async twin of `stream`: generation runs in a worker thread; closing the
         iterator early stops it."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        cancel = threading.Event()
-
-        def put(item: tuple[str, Any]) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-
-        def pump() -> None:
-            chunks = self._stream(prompt, cancel, **sampling)
-            try:
-                for chunk in chunks:
-                    put(("chunk", chunk))
-            except BaseException as exc:
-                put(("error", exc))
-            else:
-                put(("end", None))
-            finally:
-                chunks.close()
-
-        worker = loop.run_in_executor(None, pump)
-        try:
-            while True:
-                kind, value = await queue.get()
-                if kind == "chunk":
-                    yield value
-                elif kind == "error":
-                    raise value
-                else:
-                    return
-        finally:
-            cancel.set()
-            await asyncio.shield(worker)
+        chunks = stream_in_thread(lambda cancel: self._stream(prompt, cancel, **sampling))
+        async with contextlib.aclosing(chunks):  # closed early: the generation stops now
+            async for chunk in chunks:
+                yield chunk

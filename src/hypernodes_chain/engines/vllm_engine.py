@@ -60,6 +60,7 @@ from typing import Any, Literal
 from ..exceptions import HypernodesError
 from ._optional import optional
 from ._revision import FolderRevision, folder_revision
+from ._threaded import stream_in_thread
 from .base import Prompt
 from .openai_engine import OpenAIEngine, _messages
 from .transformers_engine import _escape_controls
@@ -789,36 +790,7 @@ class VLLMEngine:
             except Exception as exc:
                 raise self._server_error(exc) from exc
             return
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        cancel = threading.Event()
-
-        def put(item: tuple[str, Any]) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-
-        def pump() -> None:
-            chunks = self._offline_stream(prompt, cancel, **sampling)
-            try:
-                for chunk in chunks:
-                    put(("chunk", chunk))
-            except BaseException as exc:
-                put(("error", exc))
-            else:
-                put(("end", None))
-            finally:
-                chunks.close()
-
-        worker = loop.run_in_executor(None, pump)
-        try:
-            while True:
-                kind, value = await queue.get()
-                if kind == "chunk":
-                    yield value
-                elif kind == "error":
-                    raise value
-                else:
-                    return
-        finally:
-            cancel.set()
-            await asyncio.shield(worker)
+        chunks = stream_in_thread(lambda cancel: self._offline_stream(prompt, cancel, **sampling))
+        async with contextlib.aclosing(chunks):  # closed early: the generation stops now
+            async for chunk in chunks:
+                yield chunk
