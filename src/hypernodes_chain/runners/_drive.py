@@ -21,7 +21,7 @@ import contextlib
 import time
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Any
+from typing import Any, Protocol
 
 from .._aio import run_coroutine
 from ._flows import batch_flow
@@ -38,7 +38,7 @@ from ._invoke import (
 )
 from ._work import BatchRows, BatchTask, ColumnCall, Flow, ItemCall
 
-__all__ = ["AsyncDriver", "Limiter", "SyncDriver"]
+__all__ = ["AsyncDriver", "Limiter", "Shipper", "SyncDriver"]
 
 Body = Generator[Any, Any, Any]
 _perf = time.perf_counter
@@ -92,6 +92,29 @@ def _ranges(n: int, parts: int) -> list[tuple[int, int]]:
 # -- sync --------------------------------------------------------------------------------
 
 
+class Shipper(Protocol):
+    """Work sent elsewhere (Dask tasks, Daft rows) for one flow, by a remote driver."""
+
+    @property
+    def pending(self) -> bool:
+        """Whether pieces are out."""
+        ...
+
+    def ships(self, piece: Any) -> bool:
+        """Whether ``piece`` goes elsewhere (else it runs here)."""
+        ...
+
+    def send(self, piece: Any) -> None: ...
+
+    def receive(self) -> list[Any]:
+        """At least one finished piece (waits for one)."""
+        ...
+
+    def close(self) -> None:
+        """Give up what is still out."""
+        ...
+
+
 class SyncDriver:
     """Runs work in this thread, or with a pool of ``workers`` threads."""
 
@@ -110,6 +133,7 @@ class SyncDriver:
 
     def batches(self, flow: Flow) -> Generator[list[Any], None, Any]:
         """Drive ``flow``, yielding the rows of each finished batch; returns its value."""
+        shipper = self.shipper()
         sent: Any = None
         try:
             while True:
@@ -120,10 +144,36 @@ class SyncDriver:
                 if type(step) is BatchRows:
                     sent = None
                     yield step.rows
-                else:
+                elif shipper is None:
                     sent = self.execute(step)
+                else:
+                    sent = self._exchange(step, shipper)
         finally:
-            flow.close()
+            try:
+                if shipper is not None:
+                    shipper.close()
+            finally:
+                flow.close()
+
+    def shipper(self) -> Shipper | None:
+        """Where this driver sends work to run elsewhere, for one flow (None: nowhere)."""
+        return None
+
+    def _exchange(self, work: list[Any], shipper: Shipper) -> list[Any]:
+        """Ship what the shipper takes, run the rest here; back: what finished."""
+        here = []
+        for piece in work:
+            if shipper.ships(piece):
+                shipper.send(piece)
+            else:
+                self.run(piece)
+                here.append(piece)
+        if here:
+            return here
+        if not shipper.pending:
+            msg = "the flow waits for work it never handed out"
+            raise RuntimeError(msg)
+        return shipper.receive()
 
     def execute(self, work: list[Any]) -> list[Any]:
         """Run every piece of work; all of them come back finished."""

@@ -49,6 +49,7 @@ __all__ = [
     "pack_call",
     "pack_error",
     "pack_shared",
+    "publish",
     "run_batch",
     "run_call",
     "unpack_call",
@@ -327,6 +328,18 @@ def unpack_error(blob: bytes) -> BaseException:
     if cause is not None:
         error.__cause__ = cause
     return cast(BaseException, error)
+
+
+def publish(piece: Any, bus: EventBus | None, events: list[Event]) -> Any:
+    """Publish on the driver's ``bus`` the events ``piece`` raised elsewhere; a callback
+    that raises fails the piece (so the map stops, as under `Runner`). Returns ``piece``."""
+    if events and bus is not None and bus.active:
+        try:
+            for event in events:
+                bus.publish(event)
+        except Exception as exc:
+            piece.error = exc
+    return piece
 
 
 def unpack_outcome(task: BatchTask, blob: bytes) -> list[Event]:

@@ -24,7 +24,7 @@ import os
 import sys
 import uuid
 from collections import deque
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from ..cache import Cache, MemoryCache
@@ -32,10 +32,11 @@ from ..events import Event, Subscriber
 from ..exceptions import UnknownInputError
 from ..graph import Graph, GraphNode
 from ..plan import Plan, build_plan
+from . import _remote
 from ._base import _check_graph
 from ._daft_types import daft, output_struct
 from ._drive import SyncDriver
-from ._work import BatchRows, BatchTask, Flow, Settings
+from ._work import BatchTask, Flow, Settings
 from .runner import Runner
 
 __all__ = ["DaftRunner"]
@@ -44,60 +45,48 @@ _TO = "Daft's UDF processes"
 
 
 class DaftDriver(SyncDriver):
-    """Hands a map's batch tasks to one Daft query; runs everything else here."""
+    """Hands a map's batch tasks to one Daft query (`_Rows`); runs everything else here,
+    with `SyncDriver.batches`."""
 
     def __init__(self, runner: DaftRunner) -> None:
         super().__init__()
         self.runner = runner
 
-    def batches(self, flow: Flow) -> Generator[list[Any], None, Any]:
-        """Drive ``flow``: batch tasks go to Daft as they are yielded and come back to the
-        flow as they finish; other work (``run``, tasks that may wait for an interrupt's
-        answer) runs here."""
-        feed: Any = None
-        sent: Any = None
-        try:
-            while True:
-                try:
-                    step = flow.send(sent)
-                except StopIteration as stop:
-                    return stop.value
-                if type(step) is BatchRows:
-                    sent = None
-                    yield step.rows
-                    continue
-                here = []
-                for piece in step:
-                    if type(piece) is BatchTask and piece.local.interactive is None:
-                        if feed is None:
-                            feed = self.runner._feed(piece)
-                        feed.put(piece)
-                    else:
-                        self.run(piece)
-                        here.append(piece)
-                if here:
-                    sent = here
-                    continue
-                if feed is None:
-                    msg = "the flow waits for work it never handed out"
-                    raise RuntimeError(msg)
-                sent = [_publish(task, events) for task, events in feed.finished()]
-        finally:
-            if feed is not None:
-                feed.close()
-            flow.close()
+    def shipper(self) -> _Rows:
+        return _Rows(self.runner)
+
+
+class _Rows:
+    """The Daft rows of one flow: a map's batch tasks (other work runs here); one query,
+    started with the first task."""
+
+    def __init__(self, runner: DaftRunner) -> None:
+        self.runner = runner
+        self.feed: Any = None
+
+    @property
+    def pending(self) -> bool:
+        return self.feed is not None
+
+    def ships(self, piece: Any) -> bool:
+        return type(piece) is BatchTask and piece.local.interactive is None
+
+    def send(self, piece: Any) -> None:
+        if self.feed is None:
+            self.feed = self.runner._feed(piece)
+        self.feed.put(piece)
+
+    def receive(self) -> list[Any]:
+        return [_publish(task, events) for task, events in self.feed.finished()]
+
+    def close(self) -> None:
+        if self.feed is not None:
+            self.feed.close()
 
 
 def _publish(task: BatchTask, events: list[Event]) -> BatchTask:
     """Publish the events a task raised in Daft on the driver's bus (here, in order)."""
-    bus = task.local.bus
-    if events and bus.active:
-        try:
-            for event in events:
-                bus.publish(event)
-        except Exception as exc:  # a failing callback stops the map, as under Runner
-            task.error = exc
-    return task
+    return _remote.publish(task, task.local.bus, events)  # type: ignore[no-any-return]
 
 
 class DaftRunner(Runner):

@@ -16,7 +16,7 @@ import logging
 import threading
 import uuid
 import weakref
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..cache import Cache, MemoryCache
@@ -24,7 +24,7 @@ from ..engines._optional import optional
 from ..events import Subscriber
 from . import _remote
 from ._drive import SyncDriver
-from ._work import BatchRows, BatchTask
+from ._work import BatchTask
 from .runner import Runner
 
 __all__ = ["DaskRunner"]
@@ -37,7 +37,8 @@ def _distributed() -> Any:
 
 
 class DaskDriver(SyncDriver):
-    """Ships batch tasks and node calls to a Dask cluster; drives the flows here."""
+    """Ships batch tasks and node calls to a Dask cluster (`_Tasks`); drives the flows
+    here with `SyncDriver.batches`."""
 
     def __init__(self, runner: DaskRunner) -> None:
         super().__init__()
@@ -46,44 +47,8 @@ class DaskDriver(SyncDriver):
         # alive so that their ids are not reused while this driver runs)
         self._shared: dict[tuple[int, int, int], tuple[str, Any, Any]] = {}
 
-    def batches(self, flow: Any) -> Generator[list[Any], None, Any]:
-        """Drive ``flow``: remote pieces go out as they are yielded, and come back to the
-        flow as they finish (several at a time when several finished)."""
-        distributed = _distributed()
-        client = self.runner.client
-        pending: dict[Any, Any] = {}  # future -> its piece
-        finished = distributed.as_completed(loop=client.loop)
-        sent: Any = None
-        try:
-            while True:
-                try:
-                    step = flow.send(sent)
-                except StopIteration as stop:
-                    return stop.value
-                if type(step) is BatchRows:
-                    sent = None
-                    yield step.rows
-                    continue
-                here = []
-                for piece in step:
-                    if self._here(piece):
-                        self.run(piece)
-                        here.append(piece)
-                    else:
-                        future = self._submit(client, piece)
-                        pending[future] = piece
-                        finished.add(future)
-                if here:
-                    sent = here
-                    continue
-                if not pending:
-                    msg = "the flow waits for work it never handed out"
-                    raise RuntimeError(msg)
-                sent = [self._receive(f, pending.pop(f)) for f in finished.next_batch(block=True)]
-        finally:
-            if pending:
-                client.cancel(list(pending), force=True)
-            flow.close()
+    def shipper(self) -> _Tasks:
+        return _Tasks(self)
 
     @staticmethod
     def _here(piece: Any) -> bool:
@@ -131,13 +96,37 @@ class DaskDriver(SyncDriver):
             else _remote.unpack_call(piece, blob)
         )
         bus = piece.local.bus if type(piece) is BatchTask else piece.bus
-        if events and bus is not None:
-            try:
-                for event in events:
-                    bus.publish(event)
-            except Exception as exc:  # a failing callback stops the map, as under Runner
-                piece.error = exc
-        return piece
+        return _remote.publish(piece, bus, events)
+
+
+class _Tasks:
+    """The Dask tasks of one flow: futures out, pieces back as they finish."""
+
+    def __init__(self, driver: DaskDriver) -> None:
+        self.driver = driver
+        self.client = driver.runner.client
+        self.out: dict[Any, Any] = {}  # future -> its piece
+        self.finished = _distributed().as_completed(loop=self.client.loop)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.out)
+
+    def ships(self, piece: Any) -> bool:
+        return not self.driver._here(piece)
+
+    def send(self, piece: Any) -> None:
+        future = self.driver._submit(self.client, piece)
+        self.out[future] = piece
+        self.finished.add(future)
+
+    def receive(self) -> list[Any]:
+        done = self.finished.next_batch(block=True)
+        return [self.driver._receive(f, self.out.pop(f)) for f in done]
+
+    def close(self) -> None:
+        if self.out:
+            self.client.cancel(list(self.out), force=True)
 
 
 class DaskRunner(Runner):
