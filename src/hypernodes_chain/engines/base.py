@@ -13,10 +13,23 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Engine", "Message", "Prompt"]
+__all__ = ["Engine", "Message", "Prompt", "chat_messages"]
 
 Message = Mapping[str, str]
 Prompt = str | Sequence[Message]
+
+
+def chat_messages(prompt: Prompt) -> list[dict[str, Any]]:
+    """A prompt as chat messages: a str is one user message; each message of a list must
+    be a mapping with ``role`` and ``content`` (else `TypeError`, naming it)."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    messages = []
+    for message in prompt:
+        if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
+            raise TypeError(f"a chat message is a mapping with role and content, got {message!r}")
+        messages.append(dict(message))
+    return messages
 
 
 @runtime_checkable

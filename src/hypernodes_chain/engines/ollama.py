@@ -31,7 +31,7 @@ from typing import Any
 
 from ..exceptions import HypernodesError
 from ._optional import optional
-from .base import Prompt
+from .base import Prompt, chat_messages
 
 __all__ = ["OllamaEngine", "OllamaError"]
 
@@ -83,15 +83,6 @@ def _transient(exc: BaseException) -> bool:
         return True
     code = _status(exc)
     return code is not None and (code == 429 or code >= 500)
-
-
-def _messages(prompt: Prompt) -> list[dict[str, Any]]:
-    messages = []
-    for message in prompt:
-        if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
-            raise TypeError(f"a chat message is a mapping with role and content, got {message!r}")
-        messages.append(dict(message))
-    return messages
 
 
 class OllamaEngine:
@@ -217,7 +208,7 @@ class OllamaEngine:
         if isinstance(prompt, str):
             return "generate", {**kwargs, "prompt": prompt}
         if isinstance(prompt, Sequence):
-            return "chat", {**kwargs, "messages": _messages(prompt)}
+            return "chat", {**kwargs, "messages": chat_messages(prompt)}
         raise TypeError(f"a prompt is a str or a list of chat messages, got {prompt!r}")
 
     def _options(self, sampling: Mapping[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 from ._optional import optional
-from .base import Prompt
+from .base import Prompt, chat_messages
 
 __all__ = ["OpenAIEngine", "OpenAIEngineError"]
 
@@ -59,17 +59,6 @@ class OpenAIEngineError(RuntimeError):
         self.transient = transient
         self.attempts = attempts
         self.retry_after: float | None = None  # the server's Retry-After, in seconds
-
-
-def _messages(prompt: Prompt) -> list[dict[str, Any]]:
-    if isinstance(prompt, str):
-        return [{"role": "user", "content": prompt}]
-    messages = []
-    for message in prompt:
-        if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
-            raise TypeError(f"a chat message is a mapping with role and content, got {message!r}")
-        messages.append(dict(message))
-    return messages
 
 
 def _server_message(response: Any) -> str:
@@ -299,7 +288,7 @@ class OpenAIEngine:
             raise TypeError(f"OpenAIEngine sets {', '.join(reserved)} itself")
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": _messages(prompt),
+            "messages": chat_messages(prompt),
             "temperature": temperature,
             "top_p": top_p,
             "max_tokens": max_tokens,

@@ -29,7 +29,7 @@ from typing import Any
 from ._optional import optional
 from ._revision import FolderRevision, folder_revision
 from ._threaded import stream_in_thread
-from .base import Prompt
+from .base import Prompt, chat_messages
 
 __all__ = ["TransformersEngine"]
 
@@ -299,17 +299,7 @@ class TransformersEngine:
         if isinstance(prompt, str):
             text, special = prompt, True
         else:
-            messages = []
-            for message in prompt:
-                if (
-                    not isinstance(message, Mapping)
-                    or "role" not in message
-                    or "content" not in message
-                ):
-                    raise TypeError(
-                        f"a chat message is a mapping with role and content, got {message!r}"
-                    )
-                messages.append(dict(message))
+            messages = chat_messages(prompt)
             if getattr(tokenizer, "chat_template", None):
                 text = tokenizer.apply_chat_template(
                     messages, tokenize=False, add_generation_prompt=True

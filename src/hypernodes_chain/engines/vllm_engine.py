@@ -61,8 +61,8 @@ from ..exceptions import HypernodesError
 from ._optional import optional
 from ._revision import FolderRevision, folder_revision
 from ._threaded import stream_in_thread
-from .base import Prompt
-from .openai_engine import OpenAIEngine, _messages
+from .base import Prompt, chat_messages
+from .openai_engine import OpenAIEngine
 from .transformers_engine import _escape_controls
 
 __all__ = ["VLLMEngine", "VLLMEngineError"]
@@ -661,7 +661,7 @@ class VLLMEngine:
             try:
                 if not isinstance(prompt, Sequence):
                     raise TypeError(f"a prompt is a str or a list of chat messages, got {prompt!r}")
-                chats.append((i, _messages(prompt)))
+                chats.append((i, chat_messages(prompt)))
             except TypeError as exc:
                 results[i] = exc
         max_tokens = int(sampling.get("max_tokens", DEFAULT_MAX_TOKENS))
@@ -739,8 +739,9 @@ class VLLMEngine:
             raise TypeError(f"a prompt is a str or a list of chat messages, got {prompt!r}")
         tokenizer = llm.get_tokenizer()
         template = getattr(llm, "chat_template", None)
+        messages = chat_messages(prompt)
         text = tokenizer.apply_chat_template(
-            _messages(prompt), tokenize=False, add_generation_prompt=True, chat_template=template
+            messages, tokenize=False, add_generation_prompt=True, chat_template=template
         )
         return {"prompt_token_ids": list(tokenizer.encode(text, add_special_tokens=False))}
 
