@@ -96,6 +96,7 @@ def timed(run_once: Callable[[], Any], units: int) -> tuple[float, Any]:
 def contenders(cfg: dict[str, int]) -> list[tuple[str, str, int, Callable[[], Any]]]:
     """(library, how, items, run once) for each row; construction stays outside the timing."""
     from hamilton import driver
+
     from hypernodes_chain import Runner
     from hypernodes_chain.hamilton import from_modules
 

@@ -215,3 +215,42 @@ def test_as_node_mappings_and_errors():
         inner.as_node(map_over="zzz")
     with pytest.raises(TypeError, match="not callable"):
         gn(1)
+
+
+def test_walk_is_depth_first_in_topological_order_through_two_levels_of_nesting():
+    @node(output_name="shouted")
+    def shout(cleaned: str) -> str:
+        return cleaned.upper()
+
+    @node(output_name="length")
+    def size(shouted: str) -> int:
+        return len(shouted)
+
+    @node(output_name="text")
+    def load(path: str) -> str:
+        return path
+
+    @node(output_name="summary")
+    def report(n_words: int, length: int) -> str:
+        return f"{n_words} words, {length} chars"
+
+    innermost = Graph([size, shout], name="innermost")
+    middle = Graph([innermost.as_node(), count, clean], name="middle")
+    outer = Graph([report, middle.as_node(name="mid"), load], name="outer")
+    assert [n.name for n in middle.nodes] == ["clean", "innermost", "count"]
+
+    walked = list(outer.walk())
+    # each graph node comes right before its own graph's walk, then the next sibling
+    assert [n.name for n in walked] == [
+        "load",
+        "mid",
+        "clean",
+        "innermost",
+        "shout",
+        "size",
+        "count",
+        "report",
+    ]
+    assert walked[2] is clean and walked[4] is shout and walked[6] is count
+    assert [id(n) for n in middle.walk()] == [id(n) for n in walked[2:7]]
+    assert [id(n) for n in outer.walk()] == [id(n) for n in walked]  # the same every time

@@ -3,16 +3,19 @@
 A `Callback` receives every event; it dispatches each one to ``on_<snake_case event
 class name>`` (``on_node_started``, ``on_streaming_chunk_event``) and to ``on_event``.
 Subclasses override only the methods they need.
+
+The built-in callbacks subclass it in their own modules: `progress.ProgressCallback` and
+`jsonlog.JsonLogCallback` (both exported by ``hypernodes_chain``).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from .events import Event
 
-__all__ = ["Callback"]  # and, lazily, the built-ins: JsonLogCallback, ProgressCallback
+__all__ = ["Callback"]
 
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 
@@ -39,17 +42,3 @@ class Callback:
 
     def on_event(self, event: Event) -> None:
         """Called for every event, after the specific ``on_<event>`` method."""
-
-
-def __getattr__(name: str) -> Any:
-    """The built-in callbacks, from their own modules (which import `Callback` from here)."""
-    if name == "ProgressCallback":
-        from .progress import ProgressCallback
-
-        return ProgressCallback
-    if name == "JsonLogCallback":
-        from .jsonlog import JsonLogCallback
-
-        return JsonLogCallback
-    msg = f"module {__name__!r} has no attribute {name!r}"
-    raise AttributeError(msg)

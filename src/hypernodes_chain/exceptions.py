@@ -19,8 +19,19 @@ mistake, so ``except ValueError`` keeps working around graph construction::
     ├── ResumeError                      (also ValueError) a folder a writer must not resume
     └── WriterLockedError                (also RuntimeError) another writer holds the folder
 
+    DotNotFoundError                     (RuntimeError) no Graphviz `dot` to render a diagram
+    RemoteError                          (RuntimeError) a worker's error that did not pickle
+    CliError                             (Exception) a command-line usage error: exit code 2
+    InputRecordError                     (ValueError) a CLI input record that cannot feed the graph
+
     CacheWarning                         (UserWarning) a value that cannot be hashed or stored
     ResumeWarning                        (UserWarning) resume found damaged shards to redo
+
+Internal signals, private: raised and caught inside one module, never seen by users (nor
+pickled)::
+
+    _Unhashable                          (Exception) hashing: a value with no fingerprint
+    _Misfit                              (Exception) io buffers: values that do not fit a column
 
 Every error pickles (they travel back from Dask workers) with its message and fields;
 as for any pickled exception, ``__cause__``, ``__context__`` and ``__traceback__`` are
@@ -34,17 +45,21 @@ from typing import Any
 __all__ = [
     "CacheWarning",
     "CallbackError",
+    "CliError",
     "CycleError",
+    "DotNotFoundError",
     "DuplicateOutputError",
     "GraphError",
     "GraphTypeError",
     "HypernodesError",
+    "InputRecordError",
     "InterruptError",
     "LLMOutputError",
     "MapInputError",
     "MissingInputError",
     "NodeError",
     "PlanError",
+    "RemoteError",
     "ResumeError",
     "ResumeWarning",
     "UnknownInputError",
@@ -137,6 +152,37 @@ class ResumeError(HypernodesError, ValueError):
 
 class WriterLockedError(HypernodesError, RuntimeError):
     """Another writer (this process or another) holds the lock on an output folder."""
+
+
+class DotNotFoundError(RuntimeError):
+    """Graphviz's ``dot`` program, needed to render a diagram, is not on PATH."""
+
+
+class RemoteError(RuntimeError):
+    """An exception raised on a worker that could not be pickled back: its type, message
+    and traceback as text."""
+
+
+class CliError(Exception):
+    """A usage error of the command line: printed as one line, exit code 2."""
+
+
+class InputRecordError(ValueError):
+    """A record of INPUTS that cannot feed the graph (not an object, or a field missing)."""
+
+
+class _Unhashable(Exception):
+    """Raised deep inside a hash encoding; `hashing.fingerprint` turns it into ``None`` and a
+    `CacheWarning`."""
+
+    def __init__(self, value: object, reason: str) -> None:
+        super().__init__(reason)
+        self.type = type(value)
+        self.reason = reason
+
+
+class _Misfit(Exception):
+    """A column's values do not fit its type (raised inside the buffer only)."""
 
 
 class ResumeWarning(UserWarning):

@@ -6,7 +6,7 @@ into another graph with `as_node`, but it never executes anything.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -99,6 +99,18 @@ class Graph:
         from . import hamilton  # late import: optional interop, above this layer
 
         return hamilton.from_modules(*modules, config=config)
+
+    def walk(self) -> Iterator[Node[..., Any]]:
+        """Every node, nested graphs' nodes included, depth first.
+
+        The order is fixed: this graph's `nodes` in their (topological) order, each
+        `GraphNode` followed at once by its own graph's walk, before the next node. Equal
+        graphs, such as a graph and its unpickled copy, walk in step.
+        """
+        for n in self.nodes:
+            yield n
+            if isinstance(n, GraphNode):
+                yield from n.graph.walk()
 
     def producer_of(self, output: str) -> Node[..., Any] | None:
         """The node that produces ``output`` (None for a root input)."""

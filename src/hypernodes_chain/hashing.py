@@ -42,7 +42,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from hypernodes_chain.exceptions import CacheWarning
+from hypernodes_chain.exceptions import CacheWarning, _Unhashable
 
 __all__ = ["code_fingerprint", "code_identity", "combine", "fingerprint", "refs_current"]
 
@@ -54,15 +54,6 @@ _pack_dd = struct.Struct("<dd").pack
 _Memo = dict[int, Any]  # id of a container -> (container, encoding), or _ACTIVE inside it
 _Encoder = Callable[[Any, int, _Memo], bytes]  # (value, depth, memo) -> encoding
 _ACTIVE = object()
-
-
-class _Unhashable(Exception):
-    """Raised deep inside an encoding; `fingerprint` turns it into ``None`` and a warning."""
-
-    def __init__(self, value: object, reason: str) -> None:
-        super().__init__(reason)
-        self.type = type(value)
-        self.reason = reason
 
 
 def _digest(data: bytes) -> bytes:

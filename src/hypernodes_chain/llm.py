@@ -30,7 +30,8 @@ from .events import StreamingChunkEvent
 from .exceptions import LLMOutputError
 from .node import Node
 from .plan import Step
-from .runners._invoke import Awaiting, Either, Invoker, register_invoker
+from .runners._effects import Awaiting, Either
+from .runners._invoke import NodeInvoker, register_invoker
 from .runners._keys import node_fingerprint
 from .runners._work import ColumnCall, ItemCall, Settings
 
@@ -242,7 +243,7 @@ def _later(broker: Any, node: LLMNode, batch: list[Any]) -> Callable[[], Any]:
     return lambda: _agenerate(broker, node, batch)
 
 
-class LLMInvoker(Invoker):
+class LLMInvoker(NodeInvoker):
     """One ``generate`` per column of cache misses (``agenerate`` under AsyncRunner); replies
     parsed per item; an item whose reply does not validate is asked again."""
 

@@ -24,6 +24,8 @@ from rich.text import Text
 from rich.tree import Tree
 
 from . import _types
+from ._optional import optional
+from .exceptions import DotNotFoundError
 from .graph import Graph, GraphNode
 from .node import Node
 
@@ -34,10 +36,6 @@ INSTALL_DOT = (
     "`brew install graphviz` (macOS), `conda install -c conda-forge graphviz`, or see "
     "https://graphviz.org/download/"
 )
-
-
-class DotNotFoundError(RuntimeError):
-    """Graphviz's ``dot`` program, needed to render a diagram, is not on PATH."""
 
 
 # -- rich tree ----------------------------------------------------------------
@@ -103,15 +101,8 @@ def print_tree(graph: Graph, *, console: Console | None = None) -> None:
 
 
 def _graphviz() -> Any:
-    try:
-        import graphviz  # type: ignore[import-untyped]
-    except ImportError as exc:
-        msg = (
-            "drawing a graph needs the graphviz package: pip install 'hypernodes-chain[viz]' "
-            "(and Graphviz's `dot` program to render it: " + INSTALL_DOT + ")"
-        )
-        raise ImportError(msg) from exc
-    return graphviz
+    hint = f"pip install 'hypernodes-chain[viz]' (and Graphviz's `dot` to render: {INSTALL_DOT})"
+    return optional("graphviz", "drawing a graph", install=hint)
 
 
 def _id(*parts: str) -> str:

@@ -21,6 +21,7 @@ pytest.importorskip("hamilton")
 pd = pytest.importorskip("pandas")
 
 from hamilton import driver  # noqa: E402
+
 from hypernodes_chain import Graph, Runner  # noqa: E402
 from hypernodes_chain.hamilton import from_modules  # noqa: E402
 from resources import (  # noqa: E402

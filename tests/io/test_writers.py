@@ -40,9 +40,26 @@ def items(start: int, stop: int, skip: Any = ()) -> list[tuple[int, dict, dict]]
     return [(i, {"x": i}, {"y": 2 * i}) for i in range(start, stop) if i not in skip]
 
 
+def write(
+    writer: StreamWriter, batch: list[tuple[int, dict, dict]], failures: Any = ()
+) -> list[ItemFailure]:
+    """Hand ``batch`` (``(index, inputs, outputs)`` items in index order) and ``failures`` to
+    the writer as ``map`` does: ``write_columns``, one list per mapped input and per output
+    (an empty batch still names the columns ``x`` and ``y``, as a batch whose items all
+    failed does). Returns the items the writer refused."""
+    inputs, outputs = (list(batch[0][1]), list(batch[0][2])) if batch else (["x"], ["y"])
+    assert all(list(i) == inputs and list(o) == outputs for _, i, o in batch), "one set of names"
+    return writer.write_columns(
+        [index for index, _, _ in batch],
+        {name: [i[name] for _, i, _ in batch] for name in inputs},
+        {name: [o[name] for _, _, o in batch] for name in outputs},
+        list(failures),
+    )
+
+
 def write_all(writer: StreamWriter, n: int, batch: int, skip: Any = ()) -> None:
     for start in range(0, n, batch):
-        writer.write_batch(items(start, min(start + batch, n), skip), [])
+        write(writer, items(start, min(start + batch, n), skip), [])
 
 
 def read(path: Path, fmt: str) -> list[dict]:
@@ -112,7 +129,7 @@ def test_shards_roll_at_max_lines_and_manifest_agrees(tmp_path: Path, fmt: str) 
 def test_manifest_is_updated_after_every_shard(tmp_path: Path, fmt: str) -> None:
     writer, _ = open_writer(tmp_path, format=fmt, max_lines_per_file=10)
     assert manifest(tmp_path)["shards"] == []
-    writer.write_batch(items(0, 25), [])
+    write(writer, items(0, 25), [])
     m = manifest(tmp_path)
     assert [s["rows"] for s in m["shards"]] == [10, 10]
     assert m["finished"] is False
@@ -123,7 +140,7 @@ def test_manifest_is_updated_after_every_shard(tmp_path: Path, fmt: str) -> None
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_no_temporary_file_is_left(tmp_path: Path, fmt: str) -> None:
     writer, _ = open_writer(tmp_path, format=fmt, max_lines_per_file=7)
-    writer.write_batch(items(0, 30), [failure(30)])
+    write(writer, items(0, 30), [failure(30)])
     writer.close()
     assert not [n for n in all_files(tmp_path) if Path(n).name.startswith(".")]
     assert all_files(tmp_path) == sorted(
@@ -163,7 +180,8 @@ class Summary:
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_flattens_dict_and_dataclass_outputs(tmp_path: Path, fmt: str) -> None:
     writer, _ = open_writer(tmp_path, format=fmt, outputs=["summary", "info"])
-    writer.write_batch(
+    write(
+        writer,
         [
             (
                 i,
@@ -206,8 +224,8 @@ def test_flattens_pydantic_outputs(tmp_path: Path, fmt: str) -> None:
         source: Source
 
     writer, _ = open_writer(tmp_path, format=fmt, outputs=["answer"])
-    writer.write_batch(
-        [(0, {"x": 1}, {"answer": Answer(text="hi", source=Source(url="u", rank=3))})], []
+    write(
+        writer, [(0, {"x": 1}, {"answer": Answer(text="hi", source=Source(url="u", rank=3))})], []
     )
     writer.close()
     assert read(tmp_path, fmt) == [
@@ -224,7 +242,7 @@ def test_flattens_pydantic_outputs(tmp_path: Path, fmt: str) -> None:
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_flatten_false_keeps_structured_values_whole(tmp_path: Path, fmt: str) -> None:
     writer, _ = open_writer(tmp_path, format=fmt, flatten=False, outputs=["summary"])
-    writer.write_batch([(0, {"x": 1}, {"summary": Summary("t", 1.5, Meta("web", 2))})], [])
+    write(writer, [(0, {"x": 1}, {"summary": Summary("t", 1.5, Meta("web", 2))})], [])
     writer.close()
     expected = {"title": "t", "score": 1.5, "meta": {"source": "web", "pages": 2}}
     assert read(tmp_path, fmt) == [{"_index": 0, "x": 1, "summary": expected}]
@@ -233,15 +251,15 @@ def test_flatten_false_keeps_structured_values_whole(tmp_path: Path, fmt: str) -
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_include_inputs_false_writes_index_and_outputs_only(tmp_path: Path, fmt: str) -> None:
     writer, _ = open_writer(tmp_path, format=fmt, include_inputs=False)
-    writer.write_batch(items(0, 3), [])
-    writer.write_batch([(3, {"x": {"big": "record"}}, {"y": 6})], [])
+    write(writer, items(0, 3), [])
+    write(writer, [(3, {"x": {"big": "record"}}, {"y": 6})], [])
     writer.close()
     assert read(tmp_path, fmt) == [{"_index": i, "y": 2 * i} for i in range(4)]
 
 
 def test_structured_inputs_are_flattened_too(tmp_path: Path) -> None:
     writer, _ = open_writer(tmp_path, format="parquet")
-    writer.write_batch([(0, {"x": {"id": 7, "text": "a"}}, {"y": 1})], [])
+    write(writer, [(0, {"x": {"id": 7, "text": "a"}}, {"y": 1})], [])
     writer.close()
     assert read(tmp_path, "parquet") == [{"_index": 0, "x.id": 7, "x.text": "a", "y": 1}]
 
@@ -249,7 +267,7 @@ def test_structured_inputs_are_flattened_too(tmp_path: Path) -> None:
 def test_jsonl_encodes_what_json_can_hold_as_documented(tmp_path: Path) -> None:
     writer, _ = open_writer(tmp_path, flatten=False, outputs=["when", "tags", "pair"])
     value = {"when": dt.date(2024, 5, 1), "tags": {"b"}, "pair": (1, 2)}
-    assert writer.write_batch([(0, {"x": 1}, value)], []) == []
+    assert write(writer, [(0, {"x": 1}, value)], []) == []
     writer.close()
     assert read(tmp_path, "jsonl") == [
         {"_index": 0, "x": 1, "when": "2024-05-01", "tags": ["b"], "pair": [1, 2]}
@@ -269,7 +287,7 @@ def test_jsonl_refuses_unknown_objects_and_nan_as_item_failures(tmp_path: Path) 
         (3, {"x": 3}, {"y": {"deep": [float("-inf")]}}),
         (4, {"x": 4}, {"y": 2}),
     ]
-    refused = writer.write_batch(batch, [])
+    refused = write(writer, batch, [])
     result = writer.close()
     assert [f.index for f in refused] == [1, 2, 3]
     assert isinstance(refused[0].error, TypeError)
@@ -309,8 +327,8 @@ def test_index_as_a_name_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_failures_go_to_the_errors_shard(tmp_path: Path, fmt: str) -> None:
     writer, _ = open_writer(tmp_path, format=fmt, max_lines_per_file=4)
-    writer.write_batch(items(0, 3), [failure(3)])
-    writer.write_batch(items(4, 9), [failure(9, node="other")])
+    write(writer, items(0, 3), [failure(3)])
+    write(writer, items(4, 9), [failure(9, node="other")])
     result = writer.close()
 
     assert (result.n_items, result.n_ok, result.n_failed) == (10, 8, 2)
@@ -331,7 +349,7 @@ def test_failures_go_to_the_errors_shard(tmp_path: Path, fmt: str) -> None:
 
 def test_many_failures_are_flushed_without_waiting_for_data(tmp_path: Path) -> None:
     writer, _ = open_writer(tmp_path, max_lines_per_file=5)
-    writer.write_batch([], [failure(i) for i in range(6)])
+    write(writer, [], [failure(i) for i in range(6)])
     assert [e["rows"] for e in manifest(tmp_path)["errors"]] == [6]
     assert manifest(tmp_path)["shards"] == []
     result = writer.close()
@@ -352,7 +370,7 @@ def schema_type(path: Path, column: str) -> str:
 
 def write_values(tmp_path: Path, values: list[Any], **kwargs: Any) -> StreamWriter:
     writer, _ = open_writer(tmp_path, format="parquet", max_lines_per_file=2, **kwargs)
-    writer.write_batch([(i, {"x": i}, {"y": v}) for i, v in enumerate(values)], [])
+    write(writer, [(i, {"x": i}, {"y": v}) for i, v in enumerate(values)], [])
     return writer
 
 
@@ -391,7 +409,7 @@ def refused_errors(refused: list[ItemFailure]) -> list[tuple[int, str]]:
 
 def test_parquet_value_that_does_not_fit_names_column_item_and_types(tmp_path: Path) -> None:
     writer = write_values(tmp_path, [1, 2])
-    refused = writer.write_batch([(2, {"x": 2}, {"y": 2}), (3, {"x": 3}, {"y": "three"})], [])
+    refused = write(writer, [(2, {"x": 2}, {"y": 2}), (3, {"x": 3}, {"y": "three"})], [])
     [(index, message)] = refused_errors(refused)
     assert index == 3
     assert re.search(r"column 'y', item 3: value 'three' of type str .*int64", message)
@@ -401,7 +419,7 @@ def test_parquet_value_that_does_not_fit_names_column_item_and_types(tmp_path: P
 
 def test_parquet_float_in_int_column_is_not_truncated(tmp_path: Path) -> None:
     writer = write_values(tmp_path, [1, 2])
-    refused = writer.write_batch([(2, {"x": 2}, {"y": 2.5}), (3, {"x": 3}, {"y": 4})], [])
+    refused = write(writer, [(2, {"x": 2}, {"y": 2.5}), (3, {"x": 3}, {"y": 4})], [])
     assert [i for i, m in refused_errors(refused) if "item 2: value 2.5 of type float" in m] == [2]
     writer.close()
     assert [r["y"] for r in read(tmp_path, "parquet")] == [1, 2, 4]
@@ -409,25 +427,25 @@ def test_parquet_float_in_int_column_is_not_truncated(tmp_path: Path) -> None:
 
 def test_parquet_mixed_types_inside_the_first_shard(tmp_path: Path) -> None:
     writer, _ = open_writer(tmp_path, format="parquet")
-    refused = writer.write_batch([(0, {"x": 0}, {"y": 1}), (1, {"x": 1}, {"y": "b"})], [])
+    refused = write(writer, [(0, {"x": 0}, {"y": 1}), (1, {"x": 1}, {"y": "b"})], [])
     assert [i for i, m in refused_errors(refused) if "item 1: value 'b' of type str" in m] == [1]
 
 
 def test_parquet_declared_schema_types_columns_and_refuses_misfits(tmp_path: Path) -> None:
     schema = pa.schema([("_index", pa.int64()), ("x", pa.int32()), ("y", pa.float32())])
     writer, _ = open_writer(tmp_path, format="parquet", schema=schema)
-    refused = writer.write_batch([(0, {"x": 0}, {"y": 1}), (1, {"x": 1}, {"y": "b"})], [])
+    refused = write(writer, [(0, {"x": 0}, {"y": 1}), (1, {"x": 1}, {"y": "b"})], [])
     assert [i for i, m in refused_errors(refused) if "(declared)" in m] == [1]
     writer.close()
     assert pq.read_schema(tmp_path / "000.parquet").types == [pa.int64(), pa.int32(), pa.float32()]
     writer, _ = open_writer(tmp_path / "other", format="parquet", schema=schema, outputs=["z"])
     with pytest.raises(ValueError, match="column 'z' is not in the StreamWriter's declared schema"):
-        writer.write_batch([(0, {"x": 0}, {"z": 1})], [])
+        write(writer, [(0, {"x": 0}, {"z": 1})], [])
 
 
 def test_parquet_new_column_is_appended_and_known_ones_kept(tmp_path: Path) -> None:
     writer, _ = open_writer(tmp_path, format="parquet", max_lines_per_file=1, outputs=["d"])
-    writer.write_batch([(0, {"x": 0}, {"d": {"a": 1}}), (1, {"x": 1}, {"d": {"b": "z"}})], [])
+    write(writer, [(0, {"x": 0}, {"d": {"a": 1}}), (1, {"x": 1}, {"d": {"b": "z"}})], [])
     writer.close()
     assert pq.read_schema(tmp_path / "000.parquet").names == ["_index", "x", "d.a"]
     assert pq.read_schema(tmp_path / "001.parquet").names == ["_index", "x", "d.a", "d.b"]
@@ -444,7 +462,7 @@ def test_parquet_rows_with_different_keys_in_one_batch(tmp_path: Path) -> None:
         (1, {"x": 1}, {"d": {"b": 2}}),
         (2, {"x": 2}, {"d": {"a": 3}}),
     ]
-    writer.write_batch(batch, [])
+    write(writer, batch, [])
     writer.close()
     assert [(r["d.a"], r["d.b"]) for r in read(tmp_path, "parquet")] == [
         (1, None),
@@ -459,7 +477,7 @@ def test_parquet_rows_with_different_keys_in_one_batch(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_existing_shards_without_resume_raise(tmp_path: Path, fmt: str) -> None:
     writer, _ = open_writer(tmp_path, format=fmt)
-    writer.write_batch(items(0, 3), [])
+    write(writer, items(0, 3), [])
     writer.close()
     with pytest.raises(FileExistsError, match=r"already holds shards.*resume=True"):
         open_writer(tmp_path, format=fmt)
@@ -482,7 +500,7 @@ def test_path_that_is_a_file_raises(tmp_path: Path) -> None:
 def test_resume_after_an_abandoned_writer_writes_every_index_once(tmp_path: Path, fmt: str) -> None:
     writer, _ = open_writer(tmp_path, format=fmt, max_lines_per_file=100)
     write_all(writer, 250, batch=30)  # 2 committed shards, 50 rows lost in the buffer
-    writer.write_batch([], [failure(400)])  # a buffered failure is lost too
+    write(writer, [], [failure(400)])  # a buffered failure is lost too
     del writer  # the process died: no close
     committed = [f"000.{fmt}", f"001.{fmt}"]
     assert all_files(tmp_path) == sorted([*committed, "_manifest.json"])
@@ -506,8 +524,8 @@ def test_resume_after_an_abandoned_writer_writes_every_index_once(tmp_path: Path
 
 def test_resume_computes_failed_items_again_and_replaces_their_records(tmp_path: Path) -> None:
     writer, _ = open_writer(tmp_path, max_lines_per_file=5)
-    writer.write_batch(items(0, 5, skip={2}), [failure(2)])
-    writer.write_batch(items(5, 7), [])
+    write(writer, items(0, 5, skip={2}), [failure(2)])
+    write(writer, items(5, 7), [])
     writer.close(finished=False)
     assert manifest(tmp_path)["finished"] is False
     assert [r["_index"] for r in error_records(tmp_path)] == [2]
@@ -524,7 +542,7 @@ def test_resume_computes_failed_items_again_and_replaces_their_records(tmp_path:
 
 def test_resume_with_nothing_left_to_do(tmp_path: Path) -> None:
     writer, _ = open_writer(tmp_path)
-    writer.write_batch(items(0, 3), [])
+    write(writer, items(0, 3), [])
     writer.close()
     writer, skip = open_writer(tmp_path, resume=True)
     assert list(skip) == [0, 1, 2]
@@ -536,7 +554,7 @@ def test_resume_with_nothing_left_to_do(tmp_path: Path) -> None:
 def test_resume_of_a_new_folder_starts_fresh(tmp_path: Path) -> None:
     writer, skip = open_writer(tmp_path / "new", resume=True)
     assert len(skip) == 0
-    writer.write_batch(items(0, 2), [])
+    write(writer, items(0, 2), [])
     assert writer.close().n_ok == 2
 
 
@@ -558,7 +576,7 @@ def test_resume_refuses_shards_without_a_manifest(tmp_path: Path) -> None:
 
 def test_resume_redoes_the_items_of_a_listed_shard_that_is_gone(tmp_path: Path) -> None:
     writer, _ = open_writer(tmp_path, max_lines_per_file=2)
-    writer.write_batch(items(0, 6), [])
+    write(writer, items(0, 6), [])
     writer.close()
     (tmp_path / "001.jsonl").unlink()
     with pytest.warns(ResumeWarning, match=r"001\.jsonl.*the file is gone.*indices 2\.\.3"):
@@ -576,17 +594,17 @@ def test_resume_redoes_the_items_of_a_listed_shard_that_is_gone(tmp_path: Path) 
 
 def test_writing_an_index_already_stored_raises(tmp_path: Path) -> None:
     writer, _ = open_writer(tmp_path, max_lines_per_file=2)
-    writer.write_batch(items(0, 2), [])
+    write(writer, items(0, 2), [])
     writer.close()
     writer, _ = open_writer(tmp_path, max_lines_per_file=2, resume=True)
     with pytest.raises(ValueError, match="item 1 is already stored"):
-        writer.write_batch(items(1, 3), [])
+        write(writer, items(1, 3), [])
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_close_after_a_crash_keeps_computed_rows(tmp_path: Path, fmt: str) -> None:
     writer, _ = open_writer(tmp_path, format=fmt, max_lines_per_file=100)
-    writer.write_batch(items(0, 42), [failure(42)])
+    write(writer, items(0, 42), [failure(42)])
     result = writer.close(finished=False)
     assert (result.n_ok, result.n_failed) == (42, 1)
     assert manifest(tmp_path)["finished"] is False
@@ -595,8 +613,8 @@ def test_close_after_a_crash_keeps_computed_rows(tmp_path: Path, fmt: str) -> No
 
 def test_misfit_items_are_recorded_and_computed_again_on_resume(tmp_path: Path) -> None:
     writer = write_values(tmp_path, [1, 2])
-    writer.write_batch([], [failure(5)])
-    refused = writer.write_batch([(2, {"x": 2}, {"y": "a"}), (3, {"x": 3}, {"y": "b"})], [])
+    write(writer, [], [failure(5)])
+    refused = write(writer, [(2, {"x": 2}, {"y": "a"}), (3, {"x": 3}, {"y": "b"})], [])
     result = writer.close(finished=False)
     assert [f.index for f in refused] == [2, 3]
     assert (result.n_ok, result.n_failed) == (2, 3)
@@ -608,7 +626,7 @@ def test_misfit_items_are_recorded_and_computed_again_on_resume(tmp_path: Path) 
 def test_writer_lifecycle_errors(tmp_path: Path) -> None:
     writer = StreamWriter(tmp_path / "w")
     with pytest.raises(RuntimeError, match="not open"):
-        writer.write_batch(items(0, 1), [])
+        write(writer, items(0, 1), [])
     assert writer.close() == MapResult(path=tmp_path / "w")
     assert not (tmp_path / "w").exists()
 
@@ -616,7 +634,7 @@ def test_writer_lifecycle_errors(tmp_path: Path) -> None:
     first = writer.close()
     assert writer.close() is first
     with pytest.raises(RuntimeError, match="not open"):
-        writer.write_batch(items(0, 1), [])
+        write(writer, items(0, 1), [])
     with pytest.raises(RuntimeError, match="already opened"):
         writer.open(graph_name="g", input_names=[], output_names=[])
 

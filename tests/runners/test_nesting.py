@@ -4,26 +4,26 @@ from __future__ import annotations
 
 import pytest
 
-from hypernodes_chain import Graph, MemoryCache, NodeError, NodeFinished, Runner, node
+from hypernodes_chain import Graph, MemoryCache, NodeError, NodeFinished, node
 from resources.words import clean, count
 
 INNER = Graph([clean, count], name="inner")
 
 
-def test_nested_exposes_every_inner_output():
+def test_nested_exposes_every_inner_output(make_runner):
     @node
     def shout(cleaned: str) -> str:
         return cleaned.upper()
 
     outer = Graph([INNER.as_node(), shout], name="outer")
-    assert Runner().run(outer, {"text": " Hi There "}) == {
+    assert make_runner().run(outer, {"text": " Hi There "}) == {
         "cleaned": "hi there",
         "n_words": 2,
         "shout": "HI THERE",
     }
 
 
-def test_nested_with_mappings():
+def test_nested_with_mappings(make_runner):
     gn = INNER.as_node(
         name="stats", input_mapping={"doc": "text"}, output_mapping={"n_words": "size"}
     )
@@ -33,10 +33,10 @@ def test_nested_with_mappings():
         return f"{size} words"
 
     outer = Graph([gn, report])
-    assert Runner().run(outer, {"doc": "a b c"}) == {"size": 3, "report": "3 words"}
+    assert make_runner().run(outer, {"doc": "a b c"}) == {"size": 3, "report": "3 words"}
 
 
-def test_nested_map_over_gives_lists_in_order():
+def test_nested_map_over_gives_lists_in_order(make_runner):
     gn = INNER.as_node(
         name="per_doc",
         map_over="docs",
@@ -49,11 +49,11 @@ def test_nested_map_over_gives_lists_in_order():
         return sum(counts)
 
     outer = Graph([gn, total], name="outer")
-    out = Runner().run(outer, {"docs": ["a", "b c", "d e f"]})
+    out = make_runner().run(outer, {"docs": ["a", "b c", "d e f"]})
     assert out == {"counts": [1, 2, 3], "total": 6}
 
 
-def test_nested_events_carry_path_and_cache_reaches_inner_nodes(recorder):
+def test_nested_events_carry_path_and_cache_reaches_inner_nodes(recorder, make_runner):
     calls = []
 
     @node(output_name="cleaned")
@@ -64,7 +64,7 @@ def test_nested_events_carry_path_and_cache_reaches_inner_nodes(recorder):
     inner = Graph([clean2], name="inner")
     outer = Graph([inner.as_node(name="sub")], name="outer")
     rec = recorder
-    runner = Runner(cache=MemoryCache(), callbacks=[rec])
+    runner = make_runner(cache=MemoryCache(), callbacks=[rec])
     assert runner.run(outer, {"text": "A"}) == {"cleaned": "a"}
     assert runner.run(outer, {"text": "A"}) == {"cleaned": "a"}
     assert calls == ["A"]
@@ -73,7 +73,7 @@ def test_nested_events_carry_path_and_cache_reaches_inner_nodes(recorder):
     assert [e.cached for e in inner_events] == [False, True]
 
 
-def test_error_inside_nested_names_inner_node():
+def test_error_inside_nested_names_inner_node(make_runner):
     @node
     def boom(text: str) -> str:
         raise RuntimeError("inner boom")
@@ -83,11 +83,11 @@ def test_error_inside_nested_names_inner_node():
         NodeError,
         match=r"node 'sub' failed inside: node 'boom' failed with RuntimeError: inner boom",
     ) as info:
-        Runner().run(outer, {"text": "x"})
+        make_runner().run(outer, {"text": "x"})
     assert info.value.node == "boom"
     assert info.value.path == ("outer", "sub")
 
 
-def test_nested_map_over_an_empty_list():
+def test_nested_map_over_an_empty_list(make_runner):
     gn = INNER.as_node(name="per_doc", map_over="docs", input_mapping={"docs": "text"})
-    assert Runner().run(Graph([gn]), {"docs": []}) == {"cleaned": [], "n_words": []}
+    assert make_runner().run(Graph([gn]), {"docs": []}) == {"cleaned": [], "n_words": []}

@@ -29,8 +29,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from .._optional import optional
 from ..exceptions import HypernodesError
-from ._optional import optional
 from .base import Prompt, chat_messages
 
 __all__ = ["OllamaEngine", "OllamaError"]

@@ -24,7 +24,7 @@ import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
-from ._optional import optional
+from .._optional import optional
 from .base import Prompt, chat_messages
 
 __all__ = ["OpenAIEngine", "OpenAIEngineError"]

@@ -12,7 +12,7 @@ import json
 import random
 from pathlib import Path
 
-from ._optional import optional
+from .._optional import optional
 
 __all__ = ["build_tiny_model"]
 

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequenc
 from pathlib import Path
 from typing import Any
 
-from ._optional import optional
+from .._optional import optional
 from ._revision import FolderRevision, folder_revision
 from ._threaded import stream_in_thread
 from .base import Prompt, chat_messages

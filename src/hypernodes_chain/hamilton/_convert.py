@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import types
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from .._optional import optional
 from ..graph import Graph
 from ..node import Node
 from ._nodes import ConfigNode, HamiltonNode, NodeSpec
@@ -20,11 +20,7 @@ _TELEMETRY_ENV = "HAMILTON_TELEMETRY_ENABLED"
 
 
 def _hamilton(name: str = "hamilton") -> Any:
-    try:
-        return importlib.import_module(name)
-    except ImportError as exc:
-        msg = f"Hamilton interop needs {name!r}: pip install 'hypernodes-chain[hamilton]'"
-        raise ImportError(msg) from exc
+    return optional(name, "Hamilton interop", "hamilton")
 
 
 @contextlib.contextmanager

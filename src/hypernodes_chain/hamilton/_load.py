@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import importlib.util
 import json
 import os
 import sys
@@ -14,8 +13,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .._modules import import_file
+from .._optional import optional
 from ..graph import Graph
-from ._convert import _hamilton, _telemetry_off, from_modules
+from ._convert import _telemetry_off, from_modules
 from ._nodes import _identifier
 
 __all__ = ["is_dataflow", "load_dataflow", "parse_config"]
@@ -60,7 +61,8 @@ def is_dataflow(module: types.ModuleType) -> bool:
     """Whether Hamilton finds functions to make nodes of in ``module`` (public functions
     defined there)."""
     with _telemetry_off():
-        found = _hamilton("hamilton.graph_utils").find_functions(module)
+        graph_utils = optional("hamilton.graph_utils", "Hamilton interop", "hamilton")
+        found = graph_utils.find_functions(module)
     return bool(found)
 
 
@@ -86,28 +88,10 @@ def _import(source: str | os.PathLike[str]) -> types.ModuleType:
     if not text.endswith(".py"):
         return importlib.import_module(text)
     path = Path(text)
-    if not path.is_file():
-        msg = f"no such file: {text!r}"
-        raise FileNotFoundError(msg)
-    folder = str(path.resolve().parent)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)  # stays: nodes import siblings lazily, workers inherit it
     name = _identifier(path.stem, "dataflow")
     if name in sys.modules and getattr(sys.modules[name], "__file__", None) != str(path.resolve()):
         name = f"_hypernodes_dataflow_{name}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        msg = f"cannot import {text!r} as a Python module"
-        raise ImportError(msg)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # pickling and typing look modules up by name
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        sys.modules.pop(name, None)
-        msg = f"importing {text!r} failed: {type(exc).__name__}: {exc}"
-        raise ImportError(msg) from exc
-    return module
+    return import_file(text, name)
 
 
 def _pruned(graph: Graph, outputs: str | Sequence[str]) -> Graph:

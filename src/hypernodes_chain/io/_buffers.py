@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..exceptions import _Misfit
 from ._flatten import json_default, to_plain
 
 __all__ = ["JsonlBuffer", "ParquetBuffer", "Rejected", "dumps", "dumps_lenient"]
@@ -133,10 +134,6 @@ class JsonlBuffer:
             self._types[column["name"]] = known
             if known is not None:
                 self._typed.add(column["name"])
-
-
-class _Misfit(Exception):
-    """A column's values do not fit its type (raised inside the buffer only)."""
 
 
 class ParquetBuffer:

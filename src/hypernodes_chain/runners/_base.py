@@ -6,6 +6,7 @@ is executed, so `Runner`, `AsyncRunner` and `DaskRunner` stay thin mirrors.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -13,11 +14,14 @@ from ..cache import Cache
 from ..events import EventBus, Subscriber
 from ..exceptions import MapInputError, UnknownInputError
 from ..graph import Graph
+from ..interrupts import Session
 from ..plan import build_plan
+from ..results import MapResult, Writer
+from . import _nested  # noqa: F401  (registers the invoker of nested graphs)
 from ._flows import item_flow
 from ._map import map_flow, normalize_map_over
 from ._sources import as_inputs
-from ._work import Context, Flow, Local, Settings
+from ._work import Context, Flow, Handlers, Keys, Local, MapFlow, Settings
 
 __all__ = ["BaseRunner"]
 
@@ -35,7 +39,7 @@ class BaseRunner:
         self,
         cache: Cache | None = None,
         callbacks: Sequence[Subscriber] | Subscriber | None = None,
-        engines: Any = None,
+        engines: object = None,
     ) -> None:
         self.cache = cache
         if callbacks is None:
@@ -45,17 +49,17 @@ class BaseRunner:
         self.callbacks: list[Subscriber] = list(callbacks)
         self.engines = engines
         self._quiet = Local(inline=self._inline)  # no subscriber: shared, nothing to fail
-        self._engines_given: Any = engines
+        self._engines_given = engines
         self._settings = Settings(cache=cache, engines=_as_broker(engines))
         self._quiet_ctx: Context | None = None
 
     def _context(
         self,
-        handlers: Mapping[str, Any] | None = None,
+        handlers: Handlers | None = None,
         on_error: str = "raise",
         *,
-        session: Any = None,
-        loop: Any = None,
+        session: Session | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
         extra: Sequence[Subscriber] = (),
     ) -> Context:
         """The context of one run or map, from the runner's settings as they are now
@@ -89,11 +93,11 @@ class BaseRunner:
     def _run_flow(
         self,
         graph: Graph,
-        inputs: Mapping[str, Any],
+        inputs: Mapping[str, object],
         output_name: str | Iterable[str] | None,
-        handlers: Mapping[str, Any] | None,
+        handlers: Handlers | None,
         **context: Any,
-    ) -> tuple[Flow, tuple[str, ...]]:
+    ) -> tuple[Flow[tuple[dict[str, Any], Keys]], tuple[str, ...]]:
         _check_graph(graph)
         plan = build_plan(graph, output_name, inputs)
         ctx = self._context(handlers, **context)
@@ -102,17 +106,17 @@ class BaseRunner:
     def _map_flow(
         self,
         graph: Graph,
-        inputs: Mapping[str, Any],
+        inputs: Mapping[str, object],
         map_over: str | Iterable[str],
         map_mode: str,
         output_name: str | Iterable[str] | None,
         batch_size: int,
-        writer: Any,
+        writer: Writer | None,
         on_error: str,
-        handlers: Mapping[str, Any] | None,
+        handlers: Handlers | None,
         engine_window: int = 100_000,
         **context: Any,
-    ) -> Flow:
+    ) -> MapFlow[MapResult]:
         _check_graph(graph)
         if (
             isinstance(engine_window, bool)
@@ -139,7 +143,7 @@ class BaseRunner:
         )
 
 
-def _as_broker(engines: Any) -> Any:
+def _as_broker(engines: object) -> object:
     """``engines=``: None, an `EngineBroker`, or a dict of engines it wraps in one."""
     if engines is None or not isinstance(engines, Mapping):
         return engines
@@ -155,7 +159,7 @@ def _check_graph(graph: object) -> None:
 
 
 def _check_map_args(
-    inputs: Mapping[str, Any],
+    inputs: Mapping[str, object],
     over: tuple[str, ...],
     map_mode: str,
     batch_size: int,

@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import queue
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, cast
 
 import pyarrow as pa
 
@@ -34,6 +34,7 @@ from ._work import BatchTask
 __all__ = ["Lane", "StreamFeed", "WindowFeed"]
 
 _TO = "Daft's UDF processes"
+_Row = dict[str, list[object]]  # one task's row: one value per column
 
 
 class Lane:
@@ -53,27 +54,13 @@ class Lane:
             self.store = udf.Here.registry[self.token] = udf.Here(self.token, self.listen)
             self.schema = pa.schema([("seq", pa.int64())])
             return
-        # (plan, constants, settings) ids -> (token, packed part, the objects: kept alive
-        # so that their ids are not reused); the first is the UDF's own, sent once
-        self._parts: dict[tuple[int, int, int], tuple[str, bytes, Any]] = {}
-        self.token, self.shared = self._part(first)
+        self.parts = _remote.SharedParts(lambda blob: blob, to=_TO)
+        self.token, self.shared = self.parts.part(first)  # the UDF's own: sent once
         self.schema = pa.schema(
             [("seq", pa.int64()), ("token", pa.string()), ("shared", pa.binary()),
              ("blob", pa.binary())]
         )  # fmt: skip
         self.udf_class = udf_class
-
-    def _part(self, task: BatchTask) -> tuple[str, bytes]:
-        """The task's shared part (plan, constants, settings), packed once per map part."""
-        key = id(task.plan), id(task.constants), id(task.settings)
-        found = self._parts.get(key)
-        if found is None:
-            blob = _remote.pack_shared(
-                task.plan, task.constants, task.constant_keys, task.settings, to=_TO
-            )
-            objects = (task.plan, task.constants, task.settings)
-            found = self._parts[key] = (uuid.uuid4().hex, blob, objects)
-        return found[0], found[1]
 
     def expression(self) -> Any:
         """The UDF over the rows' columns; it returns the reply column ``out``."""
@@ -88,26 +75,27 @@ class Lane:
             return fn(*args, self.shared, self.listen).alias("out")
         return self.udf_class(self.shared, self.listen)(*args).alias("out")
 
-    def row(self, task: BatchTask) -> dict[str, list[Any]]:
+    def row(self, task: BatchTask) -> _Row:
         """The row that takes ``task`` to Daft (remembered until it comes back)."""
         self.tasks[task.seq] = task
         if self.here:
             self.store.tasks[task.seq] = task
             return {"seq": [task.seq]}
-        token, shared = self._part(task)
+        token, shared = self.parts.part(task)
         own = b"" if token == self.token else shared
         blob = _remote.pack_batch(task, to=_TO)
         return {"seq": [task.seq], "token": [token], "shared": [own], "blob": [blob]}
 
-    def receive(self, seq: int, out: Any) -> tuple[BatchTask, list[Event]]:
+    def receive(self, seq: int, out: object) -> tuple[BatchTask, list[Event]]:
         """The task a reply row is for, filled; and the events it raised."""
         task = self.tasks.pop(seq)
         if self.here:
             self.store.tasks.pop(seq, None)
             return task, self.store.events.pop(seq, [])
-        if out[:1] == udf.OK:
-            return task, _remote.unpack_outcome(task, memoryview(out)[1:])  # type: ignore[arg-type]
-        task.error = _remote.unpack_error(memoryview(out)[1:])  # type: ignore[arg-type]
+        reply = cast(bytes, out)  # `udf.OK` or `udf.FAILED`, then the packed reply
+        if reply[:1] == udf.OK:
+            return task, _remote.unpack_outcome(task, memoryview(reply)[1:])
+        task.error = _remote.unpack_error(memoryview(reply)[1:])
         return task, []
 
     def close(self) -> None:
@@ -115,7 +103,7 @@ class Lane:
             udf.Here.registry.pop(self.token, None)
 
 
-def _stream_source(rows: queue.Queue[Any], schema: pa.Schema) -> Any:
+def _stream_source(rows: queue.Queue[object], schema: pa.Schema) -> Any:
     """A Daft DataFrame whose one source task yields the record batches put on ``rows``
     (None ends it); it waits for each in a thread, never on Daft's event loop."""
     d = daft()
@@ -128,7 +116,7 @@ def _stream_source(rows: queue.Queue[Any], schema: pa.Schema) -> Any:
         def schema(self) -> Any:
             return daft_schema
 
-        async def read(self) -> Any:
+        async def read(self) -> AsyncIterator[object]:
             while True:
                 batch = await asyncio.to_thread(rows.get)
                 if batch is None:
@@ -144,7 +132,7 @@ def _stream_source(rows: queue.Queue[Any], schema: pa.Schema) -> Any:
         def schema(self) -> Any:
             return daft_schema
 
-        async def get_tasks(self, pushdowns: Any) -> Any:
+        async def get_tasks(self, pushdowns: object) -> AsyncIterator[_Task]:
             yield _Task()
 
     return _Source().read()
@@ -155,7 +143,7 @@ class StreamFeed:
 
     def __init__(self, lane: Lane) -> None:
         self.lane = lane
-        self._rows: queue.Queue[Any] = queue.Queue()
+        self._rows: queue.Queue[object] = queue.Queue()
         self._batch = daft().recordbatch.RecordBatch
         self._empty = self._batch.empty(daft().Schema.from_pyarrow_schema(lane.schema))
         frame = _stream_source(self._rows, lane.schema)
@@ -185,7 +173,7 @@ class WindowFeed:
 
     def __init__(self, lane: Lane) -> None:
         self.lane = lane
-        self._queued: list[dict[str, list[Any]]] = []
+        self._queued: list[_Row] = []
         self._results: Iterator[dict[str, Any]] | None = None
 
     def put(self, task: BatchTask) -> None:
@@ -204,7 +192,7 @@ class WindowFeed:
                 return [self.lane.receive(row["seq"], row["out"])]
             self._results = None
 
-    def _query(self, rows: list[dict[str, list[Any]]]) -> Iterator[dict[str, Any]]:
+    def _query(self, rows: list[_Row]) -> Iterator[dict[str, Any]]:
         columns = {name: [v for r in rows for v in r[name]] for name in rows[0]}
         table = pa.table(columns, schema=self.lane.schema)
         frame = daft().from_arrow(table)

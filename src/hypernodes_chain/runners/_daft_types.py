@@ -8,12 +8,15 @@ holds Python objects.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from ..engines._optional import optional
+from .._optional import optional
 from ..plan import Plan
+
+if TYPE_CHECKING:
+    from ._daft_udf import Frame
 
 __all__ = ["daft", "output_dtype", "output_struct", "struct_series"]
 
@@ -23,7 +26,7 @@ def daft() -> Any:
     return optional("daft", "DaftRunner", "daft")
 
 
-def output_dtype(annotation: Any) -> Any:
+def output_dtype(annotation: object) -> Any:
     """The Daft dtype of a value annotated ``annotation`` (Python objects if unknown)."""
     dtype = daft().DataType
     if annotation is Any or annotation is None:
@@ -57,7 +60,7 @@ def output_struct(plan: Plan) -> tuple[Any, pa.StructType | None]:
     return struct, arrow if _plain(arrow) else None
 
 
-def struct_series(frame: Any, columns: list[list[Any]], n: int) -> Any:
+def struct_series(frame: Frame, columns: list[list[object]], n: int) -> Any:
     """One struct Series from the output columns: built in Arrow when every value fits its
     field, else by Daft from rows (pydantic models, tuples and Python objects)."""
     series = daft().Series

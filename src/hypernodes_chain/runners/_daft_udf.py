@@ -19,20 +19,29 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..events import Event, EventBus
+from ..events import Event
 from ..plan import Plan
 from ._drive import SyncDriver
 from ._flows import batch_flow
-from ._remote import pack_error, run_batch, unpack_shared
+from ._remote import Recorder, pack_error, run_batch, unpack_shared
 from ._work import BatchTask, Local, Settings
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = ["OK", "BatchUDF", "Frame", "FrameRef", "FrameUDF", "Here", "reply", "run_here"]
 
 OK, FAILED = b"\x00", b"\x01"  # the first byte of a reply: an outcome follows, or an error
 _DRIVER = SyncDriver()  # holds no state: safe in every thread
+
+
+class Series(Protocol):
+    """A ``daft.Series``, as far as these UDFs read one."""
+
+    def to_pylist(self) -> list[Any]: ...
 
 
 class Here:
@@ -49,20 +58,16 @@ class Here:
     def run(self, seq: int) -> None:
         """Run one task with the sync driver; its events are kept for the driver's thread."""
         task = self.tasks[seq]
-        events: list[Event] = []
-        local = task.local  # the driver's bus is not for Daft's threads: record instead
-        bus = EventBus([events.append]) if self.listen else EventBus()
-        task.local = Local(bus=bus, inline=True)
+        recorder = Recorder(self.listen)  # the driver's bus is not for Daft's threads
         try:
-            task.outcome = _DRIVER.drive(batch_flow(task))
+            task.outcome = recorder.run(task)
         except Exception as exc:
             task.error = exc
         finally:
-            task.local = local
-            self.events[seq] = events
+            self.events[seq] = recorder.events
 
 
-def run_here(seqs: Any, token: str) -> list[int]:
+def run_here(seqs: Series, token: str) -> list[int]:
     """The UDF of the threads of the driver's process: runs the tasks named by ``seqs``."""
     here = Here.registry.get(token)
     done = seqs.to_pylist()
@@ -81,14 +86,18 @@ def reply(blob: bytes, token: str, shared: bytes, listen: bool) -> bytes:
         return FAILED + pack_error(exc)
 
 
-def _replies(blobs: Any, tokens: Any, shareds: Any, shared: bytes, listen: bool) -> list[bytes]:
+def _replies(
+    blobs: Series, tokens: Series, shareds: Series, shared: bytes, listen: bool
+) -> list[bytes]:
     # a row names its map part by token; it carries the part itself only when that is not
     # the UDF's own (``shared``): the plans of an engine-aware map's later segments
     rows = zip(blobs.to_pylist(), tokens.to_pylist(), shareds.to_pylist())
     return [reply(blob, token, own or shared, listen) for blob, token, own in rows]
 
 
-def reply_rows(blobs: Any, tokens: Any, shareds: Any, shared: bytes, listen: bool) -> list[bytes]:
+def reply_rows(
+    blobs: Series, tokens: Series, shareds: Series, shared: bytes, listen: bool
+) -> list[bytes]:
     """The function UDF over packed batch tasks (one per row)."""
     return _replies(blobs, tokens, shareds, shared, listen)
 
@@ -101,7 +110,7 @@ class BatchUDF:
         self.shared = shared
         self.listen = listen
 
-    def __call__(self, blobs: Any, tokens: Any, shareds: Any) -> list[bytes]:
+    def __call__(self, blobs: Series, tokens: Series, shareds: Series) -> list[bytes]:
         return _replies(blobs, tokens, shareds, self.shared, self.listen)
 
 
@@ -116,7 +125,9 @@ class Frame:
     _made: dict[str, Frame] = {}  # token -> frame unpacked in this process
     _lock = threading.Lock()
 
-    def __init__(self, plan: Plan, settings: Settings, dtype: Any, arrow: Any) -> None:
+    def __init__(
+        self, plan: Plan, settings: Settings, dtype: Any, arrow: pa.StructType | None
+    ) -> None:
         self.plan = plan
         self.settings = settings
         self.names = tuple(sorted(plan.given))  # the input columns, in the UDF's order
@@ -152,7 +163,7 @@ class FrameRef:
     def frame(self) -> Frame:
         return self._frame
 
-    def __reduce__(self) -> tuple[Any, ...]:
+    def __reduce__(self) -> tuple[Callable[[str, bytes], FrameRef], tuple[str, bytes]]:
         return (_frame_ref, (self.token, self.shared))
 
 
@@ -160,7 +171,7 @@ def _frame_ref(token: str, shared: bytes) -> FrameRef:
     return FrameRef(Frame.find(token, shared), token, shared)
 
 
-def frame_rows(frame: Frame, columns: Sequence[Any]) -> Any:
+def frame_rows(frame: Frame, columns: Sequence[Series]) -> Any:
     """Run the frame's plan over one Daft batch (one Series per input); the outputs as one
     struct Series. A failed node raises its `NodeError`."""
     values = [c.to_pylist() for c in columns]
@@ -180,7 +191,7 @@ def frame_rows(frame: Frame, columns: Sequence[Any]) -> Any:
     return struct_series(frame, [outcome.column(o, n) for o in outputs], n)
 
 
-def frame_udf(ref: FrameRef, *columns: Any) -> Any:
+def frame_udf(ref: FrameRef, *columns: Series) -> Any:
     """The function UDF of ``map_dataframe``."""
     return frame_rows(ref.frame, columns)
 
@@ -191,5 +202,5 @@ class FrameUDF:
     def __init__(self, ref: FrameRef) -> None:
         self.ref = ref
 
-    def __call__(self, *columns: Any) -> Any:
+    def __call__(self, *columns: Series) -> Any:
         return frame_rows(self.ref.frame, columns)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from ._remote import close_brokers
@@ -17,5 +15,5 @@ class EngineTeardown(WorkerPlugin):
     name = "hypernodes-chain-engines"
     idempotent = True
 
-    def teardown(self, worker: Any) -> None:
+    def teardown(self, worker: object) -> None:
         close_brokers()

@@ -19,52 +19,61 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from .._aio import run_coroutine
-from ._flows import batch_flow
-from ._invoke import (
+from ._effects import (
     Awaiting,
     AwaitRows,
     Blocking,
+    Body,
     Each,
+    Effect,
     Either,
     Failed,
     Nested,
+    Outcome,
     Rows,
+    RowsFn,
     await_rows,
 )
-from ._work import BatchRows, BatchTask, ColumnCall, Flow, ItemCall
+from ._flows import batch_flow
+from ._work import BatchRows, BatchTask, ColumnCall, Flow, ItemCall, MapFlow, Work
 
 __all__ = ["AsyncDriver", "Limiter", "Shipper", "SyncDriver"]
 
-Body = Generator[Any, Any, Any]
 _perf = time.perf_counter
-Outcome = tuple[list[Any], dict[int, BaseException]]
+R = TypeVar("R")
+T = TypeVar("T")
+Call = ItemCall | ColumnCall
 
 
-def _body(work: ItemCall | ColumnCall) -> Body:
-    if isinstance(work, ItemCall):
-        return work.invoker.item(work)
-    return work.invoker.column(work)
+def _body(work: Call) -> Body:
+    match work:
+        case ItemCall():
+            return work.invoker.item(work)
+        case ColumnCall():
+            return work.invoker.column(work)
 
 
-def _settle(work: ItemCall | ColumnCall, ok: bool, value: Any) -> None:
-    """Store what a body returned (or raised) on its call."""
-    if isinstance(work, ItemCall):
-        if ok:
+def _settle(work: Call, value: Any) -> None:
+    """Store what a body returned on its call."""
+    match work:
+        case ItemCall():
             work.result = value
-        else:
-            work.error = value
-    elif ok:
-        work.results, work.failed = value
-    else:  # the column body itself broke: every row fails with it
-        work.results, work.failed = (
-            [None] * work.n,
-            dict.fromkeys(range(work.n), value),
-        )
+        case ColumnCall():
+            work.results, work.failed = value
+
+
+def _broke(work: Call, error: BaseException) -> None:
+    """Store what a body raised on its call: for a column, every row fails with it."""
+    match work:
+        case ItemCall():
+            work.error = error
+        case ColumnCall():
+            work.results, work.failed = [None] * work.n, dict.fromkeys(range(work.n), error)
 
 
 def _merge(parts: list[Outcome]) -> Outcome:
@@ -77,7 +86,7 @@ def _merge(parts: list[Outcome]) -> Outcome:
     return values, failed
 
 
-def _timed(fn: Callable[[int, int], Outcome], start: int, stop: int) -> tuple[Outcome, float]:
+def _timed(fn: RowsFn, start: int, stop: int) -> tuple[Outcome, float]:
     """``fn(start, stop)`` and the seconds it took, measured where it ran."""
     t0 = _perf()
     out = fn(start, stop)
@@ -100,13 +109,13 @@ class Shipper(Protocol):
         """Whether pieces are out."""
         ...
 
-    def ships(self, piece: Any) -> bool:
+    def ships(self, piece: Work) -> bool:
         """Whether ``piece`` goes elsewhere (else it runs here)."""
         ...
 
-    def send(self, piece: Any) -> None: ...
+    def send(self, piece: Work) -> None: ...
 
-    def receive(self) -> list[Any]:
+    def receive(self) -> list[Work]:
         """At least one finished piece (waits for one)."""
         ...
 
@@ -122,32 +131,33 @@ class SyncDriver:
         self.pool = pool
         self.workers = workers
 
-    def drive(self, flow: Flow) -> Any:
+    def drive(self, flow: Flow[R] | MapFlow[R]) -> R:
         """Drive ``flow`` to its end and return its value (a map's rows are dropped)."""
         batches = self.batches(flow)
         while True:
             try:
                 next(batches)
             except StopIteration as stop:
-                return stop.value
+                return stop.value  # type: ignore[no-any-return]
 
-    def batches(self, flow: Flow) -> Generator[list[Any], None, Any]:
+    def batches(self, flow: Flow[R] | MapFlow[R]) -> Generator[list[object], None, R]:
         """Drive ``flow``, yielding the rows of each finished batch; returns its value."""
         shipper = self.shipper()
-        sent: Any = None
+        sent: list[Work] | None = None
         try:
             while True:
                 try:
-                    step = flow.send(sent)
+                    step = flow.send(sent)  # type: ignore[arg-type]
                 except StopIteration as stop:
-                    return stop.value
-                if type(step) is BatchRows:
-                    sent = None
-                    yield step.rows
-                elif shipper is None:
-                    sent = self.execute(step)
-                else:
-                    sent = self._exchange(step, shipper)
+                    return stop.value  # type: ignore[no-any-return]
+                match step:
+                    case BatchRows():
+                        sent = None
+                        yield step.rows
+                    case _ if shipper is None:
+                        sent = self.execute(step)
+                    case _:
+                        sent = self._exchange(step, shipper)
         finally:
             try:
                 if shipper is not None:
@@ -159,7 +169,7 @@ class SyncDriver:
         """Where this driver sends work to run elsewhere, for one flow (None: nowhere)."""
         return None
 
-    def _exchange(self, work: list[Any], shipper: Shipper) -> list[Any]:
+    def _exchange(self, work: Sequence[Work], shipper: Shipper) -> list[Work]:
         """Ship what the shipper takes, run the rest here; back: what finished."""
         here = []
         for piece in work:
@@ -175,27 +185,28 @@ class SyncDriver:
             raise RuntimeError(msg)
         return shipper.receive()
 
-    def execute(self, work: list[Any]) -> list[Any]:
+    def execute(self, work: Sequence[Work]) -> list[Work]:
         """Run every piece of work; all of them come back finished."""
-        if self.pool is None or (len(work) == 1 and type(work[0]) is not ColumnCall):
+        if self.pool is None or (len(work) == 1 and not isinstance(work[0], ColumnCall)):
             for piece in work:
                 self.run(piece)
-            return work
+            return list(work)
         return self._pooled(work)
 
-    def run(self, piece: Any) -> None:
-        if type(piece) is BatchTask:
-            try:
-                piece.outcome = self.drive(batch_flow(piece))
-            except Exception as exc:
-                piece.error = exc
-            return
-        try:
-            _settle(piece, True, self._step(_body(piece)))
-        except Exception as exc:
-            _settle(piece, False, exc)
+    def run(self, piece: Work) -> None:
+        match piece:
+            case BatchTask():
+                try:
+                    piece.outcome = self.drive(batch_flow(piece))
+                except Exception as exc:
+                    piece.error = exc
+            case ItemCall() | ColumnCall():
+                try:
+                    _settle(piece, self._step(_body(piece)))
+                except Exception as exc:
+                    _broke(piece, exc)
 
-    def _step(self, body: Body, first: Any = None, started: bool = False) -> Any:
+    def _step(self, body: Body, first: Effect | None = None, started: bool = False) -> Any:
         """Run a body to its end, resolving each effect here."""
         try:
             effect = first if started else next(body)
@@ -206,26 +217,26 @@ class SyncDriver:
         finally:
             body.close()
 
-    def _resolve(self, effect: Any) -> Any:
-        kind = type(effect)
-        if kind is Rows:
-            if self.pool is not None and effect.n > 1 and self.workers > 1:
+    def _resolve(self, effect: Effect | None) -> Any:
+        match effect:
+            case Rows() if self.pool is not None and effect.n > 1 and self.workers > 1:
                 return self._rows_pooled(effect)
-            return effect.fn(0, effect.n)
-        if kind is Blocking or kind is Either:
-            return effect.fn(*effect.args)
-        if kind is Awaiting:
-            return run_coroutine(effect.make())
-        if kind is AwaitRows:
-            return run_coroutine(await_rows(effect.make, effect.n, 1))
-        if kind is Nested:
-            return self.drive(effect.flow())
-        if kind is Each:
-            return [self._outcome(body) for body in effect.bodies]
+            case Rows():
+                return effect.fn(0, effect.n)
+            case Blocking() | Either():
+                return effect.fn(*effect.args)
+            case Awaiting():
+                return run_coroutine(effect.make())
+            case AwaitRows():
+                return run_coroutine(await_rows(effect.make, effect.n, 1))
+            case Nested():
+                return self.drive(effect.flow())
+            case Each():
+                return [self._outcome(body) for body in effect.bodies]
         msg = f"unknown effect {effect!r}"
         raise TypeError(msg)
 
-    def _outcome(self, body: Body) -> Any:
+    def _outcome(self, body: Body) -> object:
         try:
             return self._step(body)
         except Exception as exc:
@@ -237,28 +248,31 @@ class SyncDriver:
         futures = [self.pool.submit(effect.fn, a, b) for a, b in ranges]
         return _merge([f.result() for f in futures])
 
-    def _pooled(self, work: list[Any]) -> list[Any]:
+    def _pooled(self, work: Sequence[Work]) -> list[Work]:
         """Independent pieces side by side: rows cut across the pool, other calls each in
-        a pool thread, nested graphs and batch tasks here (their calls use the pool). Only
-        this thread submits to the pool, so no pool thread ever waits on the pool."""
+        a pool thread, flows (batch tasks, nested graphs) here (their calls use the pool).
+        Only this thread submits to the pool, so no pool thread ever waits on the pool."""
         assert self.pool is not None
-        here: list[Any] = []
-        split: list[tuple[ColumnCall, Body, list[Future[Any]]]] = []
-        futures: list[Future[Any]] = []
+        here: list[Work] = []
+        split: list[tuple[ColumnCall, Body, list[Future[Outcome]]]] = []
+        futures: list[Future[None]] = []
         for piece in work:
-            if type(piece) is BatchTask or piece.invoker.nested:
-                here.append(piece)
-            elif type(piece) is ColumnCall:
-                body = _body(piece)
-                first = next(body, None)
-                if type(first) is Rows:
-                    ranges = _ranges(first.n, self.workers)
-                    parts = [self.pool.submit(first.fn, a, b) for a, b in ranges]
-                    split.append((piece, body, parts))
-                else:
-                    futures.append(self.pool.submit(self._finish, piece, body, first))
-            else:
-                futures.append(self.pool.submit(self.run, piece))
+            match piece:
+                case BatchTask():
+                    here.append(piece)
+                case _ if piece.carries_flow:
+                    here.append(piece)
+                case ColumnCall():
+                    body = _body(piece)
+                    first = next(body, None)
+                    if isinstance(first, Rows):
+                        ranges = _ranges(first.n, self.workers)
+                        parts = [self.pool.submit(first.fn, a, b) for a, b in ranges]
+                        split.append((piece, body, parts))
+                    else:
+                        futures.append(self.pool.submit(self._finish, piece, body, first))
+                case ItemCall():
+                    futures.append(self.pool.submit(self.run, piece))
         for piece in here:
             self.run(piece)
         for column, body, parts in split:
@@ -266,18 +280,20 @@ class SyncDriver:
         wait(futures)
         for f in futures:
             f.result()
-        return work
+        return list(work)
 
-    def _finish(self, piece: Any, body: Body, first: Any, sent: Any = None) -> None:
+    def _finish(
+        self, piece: ColumnCall, body: Body, first: Effect | None, sent: Outcome | None = None
+    ) -> None:
         try:
             if sent is not None:
                 first = body.send(sent)
             inline = SyncDriver()  # inside a pool thread: no nested use of the pool
-            _settle(piece, True, inline._step(body, first, started=True))
+            _settle(piece, inline._step(body, first, started=True))
         except StopIteration as stop:
-            _settle(piece, True, stop.value)
+            _settle(piece, stop.value)
         except Exception as exc:
-            _settle(piece, False, exc)
+            _broke(piece, exc)
 
 
 # -- async -------------------------------------------------------------------------------
@@ -302,17 +318,19 @@ class AsyncDriver:
         self.limiter = limiter
         self._quick: dict[object, bool] = {}  # per node: may its columns run on the loop?
 
-    async def drive(self, flow: Flow, on_rows: Callable[[list[Any]], Any] | None = None) -> Any:
+    async def drive(
+        self, flow: Flow[R] | MapFlow[R], on_rows: Callable[[list[object]], None] | None = None
+    ) -> R:
         """Drive ``flow`` to its end; the rows of finished batches go to ``on_rows``."""
-        in_flight: dict[asyncio.Future[Any], Any] = {}
-        sent: Any = None
+        in_flight: dict[asyncio.Future[None], Work] = {}
+        sent: list[Work] | None = None
         try:
             while True:
                 try:
-                    step = flow.send(sent)
+                    step = flow.send(sent)  # type: ignore[arg-type]
                 except StopIteration as stop:
-                    return stop.value
-                if type(step) is BatchRows:
+                    return stop.value  # type: ignore[no-any-return]
+                if isinstance(step, BatchRows):
                     sent = None
                     if on_rows is not None:
                         on_rows(step.rows)
@@ -334,17 +352,18 @@ class AsyncDriver:
                     await asyncio.gather(*in_flight, return_exceptions=True)
             flow.close()
 
-    async def run(self, piece: Any) -> None:
-        if type(piece) is BatchTask:
-            try:
-                piece.outcome = await self.drive(batch_flow(piece))
-            except Exception as exc:
-                piece.error = exc
-            return
-        try:
-            _settle(piece, True, await self._step(_body(piece)))
-        except Exception as exc:
-            _settle(piece, False, exc)
+    async def run(self, piece: Work) -> None:
+        match piece:
+            case BatchTask():
+                try:
+                    piece.outcome = await self.drive(batch_flow(piece))
+                except Exception as exc:
+                    piece.error = exc
+            case ItemCall() | ColumnCall():
+                try:
+                    _settle(piece, await self._step(_body(piece)))
+                except Exception as exc:
+                    _broke(piece, exc)
 
     async def _step(self, body: Body) -> Any:
         try:
@@ -356,24 +375,24 @@ class AsyncDriver:
         finally:
             body.close()
 
-    async def _resolve(self, effect: Any) -> Any:
-        kind = type(effect)
+    async def _resolve(self, effect: Effect) -> Any:
         limiter = self.limiter
-        if kind is Rows:
-            return await self._rows(effect)
-        if kind is Blocking:
-            return await self._thread(effect.fn, *effect.args)
-        if kind is Awaiting:
-            async with limiter:
+        match effect:
+            case Rows():
+                return await self._rows(effect)
+            case Blocking():
+                return await self._thread(effect.fn, *effect.args)
+            case Awaiting():
+                async with limiter:
+                    return await effect.make()
+            case Either():  # its own concurrency is the engine's to bound
                 return await effect.make()
-        if kind is Either:  # its own concurrency is the engine's to bound
-            return await effect.make()
-        if kind is AwaitRows:
-            return await await_rows(effect.make, effect.n, limiter.size, lambda: limiter)
-        if kind is Nested:
-            return await self.drive(effect.flow())  # inner calls take their own slots
-        if kind is Each:
-            return await asyncio.gather(*(self._outcome(body) for body in effect.bodies))
+            case AwaitRows():
+                return await await_rows(effect.make, effect.n, limiter.size, lambda: limiter)
+            case Nested():
+                return await self.drive(effect.flow())  # inner calls take their own slots
+            case Each():
+                return await asyncio.gather(*(self._outcome(body) for body in effect.bodies))
         msg = f"unknown effect {effect!r}"
         raise TypeError(msg)
 
@@ -382,7 +401,7 @@ class AsyncDriver:
         there; quick rows (cheap code, no I/O) finish on the loop, saving thread hops, slow
         ones go to worker threads in pieces, and the driver remembers which the node is.
         Unknown code never blocks the loop; a quick node that turns slow goes to threads."""
-        n, start, parts = effect.n, 0, []
+        n, start, parts = effect.n, 0, list[Outcome]()
         quick = self._quick.get(effect.key) if effect.key is not None else None
         if effect.inline and quick:
             t0 = _perf()
@@ -404,18 +423,18 @@ class AsyncDriver:
         rest = await asyncio.gather(*(self._thread(effect.fn, a, b) for a, b in ranges))
         return _merge([*parts, *rest])
 
-    async def _thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _thread(self, fn: Callable[..., T], *args: object) -> T:
         async with self.limiter:
             return await asyncio.to_thread(fn, *args)
 
-    async def _outcome(self, body: Body) -> Any:
+    async def _outcome(self, body: Body) -> object:
         try:
             return await self._step(body)
         except Exception as exc:
             return Failed(exc)
 
 
-def iterate(batches: Generator[list[Any], None, Any]) -> Iterator[Any]:
+def iterate(batches: Generator[list[object], None, object]) -> Iterator[Any]:
     """The rows of a sync driver's batches, one by one."""
     for rows in batches:
         yield from rows

@@ -1,54 +1,43 @@
 """How each kind of node is called: one invoker per kind, ONE body per call shape.
 
-An invoker's body is a generator that yields *effects* and receives their results, so the
-same body runs under every driver (the httpx ``auth_flow`` idea one level down):
-
-- `Blocking(fn, *args)`: call ``fn``; the sync driver calls it here, the async driver in
-  a worker thread;
-- `Awaiting(make)`: await the coroutine ``make()``; the sync driver runs it on this
-  thread's loop, the async driver awaits it (holding a concurrency slot);
-- `Rows(fn, n)`: ``fn(start, stop) -> (values, failed)`` over rows; a driver may cut the
-  range into pieces for threads (the async driver runs quick rows on the loop itself);
-- `AwaitRows(make, n)`: ``make(i)`` is row i's coroutine; run with as many workers as the
-  driver allows, each holding a slot;
-- `Either(fn, args, make)`: ``fn(*args)`` under the sync driver, ``await make()`` under the
-  async one (an engine's ``generate`` and ``agenerate``);
-- `Nested(flow)`: drive the flow ``flow()`` (a nested graph) with this driver;
-- `Each(bodies)`: run several bodies (one per row); each outcome comes back as its value
-  or a `Failed`.
-
-An item body returns the node's value (or raises); a column body returns ``(values,
-failed)``, ``failed`` mapping row positions to exceptions: the single place where a
-column's failures are counted. Invokers are chosen once per plan step (`invoker_for`);
-a new node kind registers its own (`register_invoker`), the core never switches on kinds.
+An invoker's body is a generator that yields effects (``_effects``) and receives their
+results, so the same body runs under every driver. An item body returns the node's value
+(or raises); a column body returns ``(values, failed)``, ``failed`` mapping row positions
+to exceptions: the single place where a column's failures are counted. Invokers are
+chosen once per plan step (`invoker_for`); a node kind registers its own
+(`register_invoker`: nested graphs in ``_nested``, LLM nodes in ``llm``), the core never
+switches on kinds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any, TypeVar, cast
 
-from ..events import StreamingChunkEvent
+from ..events import EventBus, StreamingChunkEvent
 from ..interrupts import Scope
+from ..node import Node
 from ..plan import Plan, Step
+from ._effects import (
+    Awaiting,
+    AwaitRows,
+    Blocking,
+    Body,
+    Coro,
+    Each,
+    Failed,
+    Outcome,
+    Rows,
+    RowsFn,
+)
 from ._keys import node_fingerprint
-from ._work import ItemCall
-
-if TYPE_CHECKING:
-    from ._work import ColumnCall, Local, Settings
+from ._work import ColumnCall, Context, FlowFactory, Invoker, ItemCall, Keys, Local, Settings
 
 __all__ = [
-    "AwaitRows",
-    "Awaiting",
-    "Blocking",
-    "Each",
-    "Either",
-    "Failed",
-    "Invoker",
-    "Nested",
-    "Rows",
+    "NodeInvoker",
+    "call_function",
     "check_batch_result",
     "invoker_for",
     "join_chunks",
@@ -56,118 +45,18 @@ __all__ = [
     "register_invoker",
 ]
 
-Body = Generator[Any, Any, Any]
 _END = object()
+T = TypeVar("T")
 
 
-class Failed:
-    """Stands for a raised exception among the outcomes of `Each`."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-class Blocking:
-    __slots__ = ("args", "fn")
-
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        self.fn, self.args = fn, args
-
-
-class Awaiting:
-    __slots__ = ("make",)
-
-    def __init__(self, make: Callable[[], Coroutine[Any, Any, Any]]) -> None:
-        self.make = make
-
-
-class Either:
-    """Call ``fn(*args)`` under the sync driver, await ``make()`` under the async one: for
-    work with a native twin of each kind (an engine's ``generate`` / ``agenerate``)."""
-
-    __slots__ = ("args", "fn", "make")
-
-    def __init__(
-        self, fn: Callable[..., Any], args: tuple[Any, ...],
-        make: Callable[[], Coroutine[Any, Any, Any]],
-    ) -> None:  # fmt: skip
-        self.fn, self.args, self.make = fn, args, make
-
-
-class Rows:
-    __slots__ = ("fn", "inline", "key", "n")
-
-    def __init__(
-        self,
-        fn: Callable[[int, int], tuple[list[Any], dict[int, BaseException]]],
-        n: int,
-        inline: bool = True,
-        key: object = None,
-    ) -> None:
-        self.fn, self.n = fn, n
-        self.inline = inline  # may run on an event loop's own thread (no interrupt waits)
-        self.key = key  # the same for every column of one node: a driver may learn its speed
-
-
-class AwaitRows:
-    __slots__ = ("make", "n")
-
-    def __init__(self, make: Callable[[int], Coroutine[Any, Any, Any]], n: int) -> None:
-        self.make, self.n = make, n
-
-
-class Nested:
-    __slots__ = ("flow",)
-
-    def __init__(self, flow: Callable[[], Any]) -> None:
-        self.flow = flow
-
-
-class Each:
-    __slots__ = ("bodies",)
-
-    def __init__(self, bodies: list[Body]) -> None:
-        self.bodies = bodies
-
-
-async def await_rows(
-    make: Callable[[int], Coroutine[Any, Any, Any]],
-    n: int,
-    workers: int,
-    slot: Callable[[], contextlib.AbstractAsyncContextManager[Any]] | None = None,
-) -> tuple[list[Any], dict[int, BaseException]]:
-    """Row coroutines with at most ``workers`` in flight: the body of `AwaitRows`, shared
-    by both drivers (the sync one passes ``workers=1``). Each worker holds one ``slot``."""
-    values: list[Any] = [None] * n
-    failed: dict[int, BaseException] = {}
-    todo = iter(range(n))
-
-    async def worker() -> None:
-        async with slot() if slot is not None else contextlib.nullcontext():
-            for i in todo:
-                try:
-                    values[i] = await make(i)
-                except Exception as exc:
-                    failed[i] = exc
-
-    count = max(1, min(n, workers))
-    if count == 1:
-        await worker()
-    else:
-        await asyncio.gather(*(worker() for _ in range(count)))
-    return values, failed
-
-
-def join_chunks(chunks: list[Any]) -> Any:
+def join_chunks(chunks: list[object]) -> object:
     """The value of a streaming node: ``"".join`` for str chunks, a list otherwise."""
     if chunks and all(type(c) is str for c in chunks):
-        return "".join(chunks)
+        return "".join(cast("list[str]", chunks))
     return chunks
 
 
-def check_batch_result(name: str, values: Any, n: int) -> list[Any]:
+def check_batch_result(name: str, values: object, n: int) -> list[object]:
     if not isinstance(values, (list, tuple)) or len(values) != n:
         size = f" of length {len(values)}" if hasattr(values, "__len__") else ""
         msg = (
@@ -181,7 +70,7 @@ def check_batch_result(name: str, values: Any, n: int) -> list[Any]:
 # -- helpers the bodies share ------------------------------------------------------------
 
 
-def call_function(step: Step, args: Sequence[Any]) -> Any:
+def call_function(step: Step, args: Sequence[object]) -> Any:  # the user's value
     func = step.node.func
     if step.positional:
         return func(*args)
@@ -189,8 +78,8 @@ def call_function(step: Step, args: Sequence[Any]) -> Any:
 
 
 def _scope(
-    local: Local | None, step: Step, index: int | None, path: tuple[str, ...], bus: Any
-) -> contextlib.AbstractContextManager[Any]:
+    local: Local | None, step: Step, index: int | None, path: tuple[str, ...], bus: EventBus | None
+) -> contextlib.AbstractContextManager[None]:
     if local is None:
         return contextlib.nullcontext()
     scope = Scope(
@@ -214,12 +103,12 @@ def _entered(scope: Scope) -> Iterator[None]:
         Scope.leave(token)
 
 
-def _in_scope(call: ItemCall, fn: Callable[..., Any], *args: Any) -> Any:
+def _in_scope(call: ItemCall, fn: Callable[..., T], *args: object) -> T:
     with _scope(call.local, call.step, call.index, call.path, call.bus):
         return fn(*args)
 
 
-async def _timed(call: ItemCall | ColumnCall, coro: Coroutine[Any, Any, Any]) -> Any:
+async def _timed(call: ItemCall | ColumnCall, coro: Coro) -> Any:
     timeout = getattr(call.step.node, "timeout", None)
     if timeout is None:
         return await coro
@@ -231,7 +120,7 @@ async def _timed(call: ItemCall | ColumnCall, coro: Coroutine[Any, Any, Any]) ->
         raise TimeoutError(msg) from exc
 
 
-def _emit(call: ItemCall, chunk: Any) -> None:
+def _emit(call: ItemCall, chunk: object) -> None:
     if call.bus is not None:
         event = StreamingChunkEvent(
             path=call.path, node=call.step.node.name, chunk=chunk, index=call.index
@@ -273,20 +162,30 @@ def _each_rows(column: ColumnCall, invoker: Invoker) -> Body:
 # -- the invokers --------------------------------------------------------------------------
 
 
-class Invoker:
-    """How one node kind is called. ``nested``: its calls carry a flow to drive."""
+class NodeInvoker:
+    """The defaults of the `Invoker` protocol: cacheable, no engine, no flow of its own,
+    a column run as one item body per row."""
 
-    nested = False
     cacheable = True  # may its results be looked up and stored in the cache?
 
-    def engine_of(self, node: Any) -> str | None:
+    def engine_of(self, node: Node[..., Any]) -> str | None:
         """The engine this kind's calls use (None: none), for engine-aware maps."""
         return None
 
-    def fingerprint(self, node: Any, settings: Settings) -> str | None:
+    def fingerprint(self, node: Node[..., Any], settings: Settings) -> str | None:
         """The node's cache identity in this run: its own parts, plus whatever the run
         decides for this kind (an LLM node adds its engine's identity)."""
         return node_fingerprint(node)
+
+    def flow(self, call: ItemCall, ctx: Context, keys: Keys | None) -> FlowFactory | None:
+        """The flow a call drives: none for a plain kind."""
+        return None
+
+    def flows(
+        self, call: ColumnCall, ctx: Context, keys: Callable[[int], Keys | None]
+    ) -> list[FlowFactory] | None:
+        """Per row, the flow it drives: none for a plain kind."""
+        return None
 
     def item(self, call: ItemCall) -> Body:
         """Call the node for one item; returns its value (raises its error)."""
@@ -297,7 +196,7 @@ class Invoker:
         return _each_rows(call, self)
 
 
-class PlainInvoker(Invoker):
+class PlainInvoker(NodeInvoker):
     """A sync function: a column is one tight loop (the hot path of ``map``)."""
 
     def item(self, call: ItemCall) -> Body:
@@ -313,7 +212,7 @@ class PlainInvoker(Invoker):
 
 def _plain_rows(
     call: ColumnCall,
-) -> Callable[[int, int], tuple[list[Any], dict[int, BaseException]]]:
+) -> RowsFn:
     """The hot path of ``map``: ``list.extend(map(func, *columns))``, at C speed. After a
     failure ``extend`` keeps what it had, and ``map`` resumes after the failed row."""
     step = call.step
@@ -321,7 +220,7 @@ def _plain_rows(
     if not step.positional or not call.args:
         return _each_call(call)
 
-    def run(start: int, stop: int) -> tuple[list[Any], dict[int, BaseException]]:
+    def run(start: int, stop: int) -> Outcome:
         out: list[Any] = []
         failed: dict[int, BaseException] = {}
         values = map(func, *call.columns(start, stop))
@@ -336,14 +235,12 @@ def _plain_rows(
     return run
 
 
-def _each_call(
-    call: ColumnCall, scoped: bool = False
-) -> Callable[[int, int], tuple[list[Any], dict[int, BaseException]]]:
+def _each_call(call: ColumnCall, scoped: bool = False) -> RowsFn:
     """Rows called one by one: keyword arguments, no arguments at all, or rows that may
     ask questions (``scoped``: each inside its own interrupt scope)."""
     step = call.step
 
-    def run(start: int, stop: int) -> tuple[list[Any], dict[int, BaseException]]:
+    def run(start: int, stop: int) -> Outcome:
         out: list[Any] = []
         failed: dict[int, BaseException] = {}
         rows = call.rows
@@ -362,7 +259,7 @@ def _each_call(
     return run
 
 
-class AsyncInvoker(Invoker):
+class AsyncInvoker(NodeInvoker):
     """An ``async def`` function, cancelled at its ``timeout``."""
 
     def item(self, call: ItemCall) -> Body:
@@ -379,16 +276,16 @@ class AsyncInvoker(Invoker):
         step, rows = call.step, call.rows
         func = step.node.func
         if step.positional and getattr(step.node, "timeout", None) is None:
-            make: Callable[[int], Coroutine[Any, Any, Any]] = lambda i: func(*rows[i])  # noqa: E731
+            make: Callable[[int], Coro] = lambda i: func(*rows[i])  # noqa: E731
         else:
 
-            def make(i: int) -> Coroutine[Any, Any, Any]:
+            def make(i: int) -> Coro:
                 return _timed(call, call_function(step, rows[i]))
 
         return (yield AwaitRows(make, len(rows)))
 
 
-class GeneratorInvoker(Invoker):
+class GeneratorInvoker(NodeInvoker):
     """A generator function: chunks are pulled one by one and published as they come."""
 
     def item(self, call: ItemCall) -> Body:
@@ -403,7 +300,7 @@ class GeneratorInvoker(Invoker):
         return join_chunks(chunks)
 
 
-class AsyncGeneratorInvoker(Invoker):
+class AsyncGeneratorInvoker(NodeInvoker):
     """An async generator function: chunks are collected in one coroutine."""
 
     def item(self, call: ItemCall) -> Body:
@@ -423,7 +320,7 @@ async def _chunks(call: ItemCall, agen: AsyncIterator[Any]) -> Any:
     return join_chunks(chunks)
 
 
-class BatchInvoker(Invoker):
+class BatchInvoker(NodeInvoker):
     """A batch node: called once per column with lists; an `Exception` returned in an
     item's place fails that item only."""
 
@@ -467,22 +364,11 @@ class BatchInvoker(Invoker):
         return values, failed
 
 
-class GraphInvoker(Invoker):
-    """A nested graph: its flow is driven by the same driver (its nodes cache themselves)."""
-
-    nested = True
-    cacheable = False
-
-    def item(self, call: ItemCall) -> Body:
-        return (yield Nested(call.flow))
-
-
 _BY_KIND: dict[str, Invoker] = {
     "sync": PlainInvoker(),
     "async": AsyncInvoker(),
     "gen": GeneratorInvoker(),
     "agen": AsyncGeneratorInvoker(),
-    "graph": GraphInvoker(),
 }
 _BATCH = {"sync": BatchInvoker(is_async=False), "async": BatchInvoker(is_async=True)}
 _BY_TYPE: dict[type, Callable[[Step], Invoker]] = {}

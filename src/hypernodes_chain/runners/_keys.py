@@ -87,7 +87,7 @@ def chain_key(fp: str | None, source_keys: Sequence[str | None]) -> str | None:
     return hashing.combine(fp, *source_keys)  # type: ignore[arg-type]
 
 
-def output_key(step: Step, key: str | None, name: str, value: Any) -> str | None:
+def output_key(step: Step, key: str | None, name: str, value: object) -> str | None:
     """The provenance key of one output value.
 
     An uncached node's outputs are keyed by their content, so that its consumers can
@@ -101,7 +101,7 @@ def output_key(step: Step, key: str | None, name: str, value: Any) -> str | None
     return hashing.combine(key, name)
 
 
-def unpack(step: Step, result: Any) -> tuple[Any, ...]:
+def unpack(step: Step, result: object) -> tuple[object, ...]:
     outputs = step.node.outputs
     if len(outputs) == 1:
         return (result,)
@@ -139,7 +139,7 @@ def node_error(
 
 def store(
     step: Step,
-    result: Any,
+    result: object,
     values: dict[str, Any],
     keys: dict[str, str | None] | None,
     key: str | None,

@@ -6,13 +6,14 @@ and packs the outcome back. Everything goes as cloudpickle bytes, so a batch's c
 travel as a few buffers (Dask would otherwise walk every element of a list argument) and a
 value that cannot be pickled is a clear error naming the node, the input or the item.
 
-- `Shared`: what every batch of one map shares (the plan as graph and names, the
-  constants, the settings, the driver's node fingerprints). Packed once per map; a worker
-  unpacks it once per map (`unpack_shared`, kept in `_SHARED`) and seeds the fingerprints,
-  so cache keys equal the driver's even where cloudpickle rebuilt a function without its
-  source.
+- `pack_shared`: what every batch of one map shares (the plan as graph and names, the
+  constants, the settings, the driver's node fingerprints). Packed once per map part by a
+  driver's `SharedParts`; a worker unpacks it once per map (`unpack_shared`, kept in
+  `_SHARED`) and seeds the fingerprints, so cache keys equal the driver's even where
+  cloudpickle rebuilt a function without its source.
 - `pack_batch` / `run_batch` / `unpack_outcome`: one `BatchTask` there and back, with the
-  events it raised (published on the driver's bus on arrival).
+  events it raised (a `Recorder` keeps them there; `publish` puts them on the driver's bus
+  on arrival).
 - `pack_call` / `run_call` / `unpack_call`: one `ItemCall` of ``run`` there and back.
 - `pack_error` / `unpack_error`: an exception as data, its cause kept (``DaftRunner``: Daft
   turns what a UDF process raises into a bare RuntimeError).
@@ -30,20 +31,36 @@ import threading
 import uuid
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator
-from typing import Any, cast
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, cast
 
-from ..engines._optional import optional
+from .._optional import optional
 from ..events import Event, EventBus
-from ..graph import Graph, GraphNode
+from ..exceptions import RemoteError
+from ..graph import Graph
 from ..plan import Plan, build_plan
 from ._drive import SyncDriver
 from ._flows import batch_flow
 from ._keys import node_fingerprint, seed_fingerprint
-from ._work import BatchOutcome, BatchTask, ColumnCall, ItemCall, Local, Settings
+from ._work import (
+    BatchOutcome,
+    BatchTask,
+    Broker,
+    ColumnCall,
+    ItemCall,
+    Keys,
+    Local,
+    Settings,
+    Work,
+)
+
+if TYPE_CHECKING:
+    from ..results import ItemFailure
 
 __all__ = [
+    "Recorder",
     "RemoteError",
+    "SharedParts",
     "close_brokers",
     "pack_batch",
     "pack_call",
@@ -58,17 +75,25 @@ __all__ = [
     "unpack_shared",
 ]
 
+Shared: TypeAlias = tuple[Plan, dict[str, object], "Keys | None", Settings]
+"""A map's shared part, unpacked: plan, constants, their cache keys, settings."""
+_Reply: TypeAlias = tuple[
+    dict[str, list[object]],  # output columns
+    dict[str, object],  # constants the batch made
+    dict[str, list["str | None"]],  # cache keys of the columns
+    dict[int, "ItemFailure"],  # failures by position
+    list[Event],
+    float,  # cache seconds
+]
+P = TypeVar("P")
+
 _DRIVER = SyncDriver()
-_SHARED: OrderedDict[str, tuple[Plan, dict[str, Any], Any, Settings]] = OrderedDict()
+_SHARED: OrderedDict[str, Shared] = OrderedDict()
 _SHARED_KEPT = 4  # maps whose shared part a worker keeps unpacked
-_BROKERS: dict[str, Any] = {}  # handle token -> this process's broker
+_BROKERS: dict[str, Broker] = {}  # handle token -> this process's broker
 _LOCK = threading.Lock()
-_TOKENS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
-
-
-class RemoteError(RuntimeError):
-    """An exception raised on a worker that could not be pickled back: its type, message
-    and traceback as text."""
+_TOKENS: weakref.WeakKeyDictionary[Broker, str] = weakref.WeakKeyDictionary()
+_WORKERS = "the Dask workers"
 
 
 def _cloudpickle() -> Any:
@@ -78,21 +103,13 @@ def _cloudpickle() -> Any:
 # -- nodes and fingerprints ----------------------------------------------------------------
 
 
-def _walk(graph: Graph) -> Iterator[Any]:
-    """Every node of ``graph``, nested graphs' nodes included, in a fixed order."""
-    for node in graph.nodes:
-        yield node
-        if isinstance(node, GraphNode):
-            yield from _walk(node.graph)
-
-
 def _fingerprints(graph: Graph) -> list[str | None]:
-    return [node_fingerprint(node) for node in _walk(graph)]
+    return [node_fingerprint(node) for node in graph.walk()]
 
 
 def _seed(graph: Graph, fingerprints: list[str | None]) -> None:
     """Give the worker's copies of the nodes the fingerprints the driver computed."""
-    for node, fp in zip(_walk(graph), fingerprints):
+    for node, fp in zip(graph.walk(), fingerprints):
         seed_fingerprint(node, fp)
 
 
@@ -102,7 +119,7 @@ def _seed(graph: Graph, fingerprints: list[str | None]) -> None:
 class _BrokerHandle:
     """A broker on its way to the workers: its registrations and a token that names it."""
 
-    def __init__(self, broker: Any) -> None:
+    def __init__(self, broker: Broker) -> None:
         with _LOCK:
             token = _TOKENS.get(broker)
             if token is None:
@@ -110,11 +127,11 @@ class _BrokerHandle:
         self.token = token
         self.broker = broker
 
-    def __reduce__(self) -> tuple[Any, ...]:
+    def __reduce__(self) -> tuple[Callable[[str, bytes], Broker], tuple[str, bytes]]:
         return (_worker_broker, (self.token, _cloudpickle().dumps(self.broker)))
 
 
-def _worker_broker(token: str, blob: bytes) -> Any:
+def _worker_broker(token: str, blob: bytes) -> Broker:
     """This process's broker for ``token``, built from the registrations on first use."""
     with _LOCK:
         broker = _BROKERS.get(token)
@@ -142,7 +159,7 @@ def _travelling(settings: Settings) -> Settings:
 # -- packing with clear errors -----------------------------------------------------------
 
 
-def _why(obj: Any) -> BaseException | None:
+def _why(obj: object) -> BaseException | None:
     try:
         _cloudpickle().dumps(obj)
     except Exception as exc:
@@ -150,7 +167,7 @@ def _why(obj: Any) -> BaseException | None:
     return None
 
 
-def _cannot(what: str, exc: BaseException, to: str = "the Dask workers") -> TypeError:
+def _cannot(what: str, exc: BaseException, to: str = _WORKERS) -> TypeError:
     error = TypeError(f"{what} cannot be pickled to send it to {to}: {type(exc).__name__}: {exc}")
     error.__cause__ = exc
     return error
@@ -158,11 +175,11 @@ def _cannot(what: str, exc: BaseException, to: str = "the Dask workers") -> Type
 
 def pack_shared(
     plan: Plan,
-    constants: dict[str, Any],
-    constant_keys: Any,
+    constants: Mapping[str, object],
+    constant_keys: Keys | None,
     settings: Settings,
     *,
-    to: str = "the Dask workers",
+    to: str = _WORKERS,
 ) -> bytes:
     """The part of a map every batch shares; a clear error names what does not pickle
     (and where it was to go: ``to``)."""
@@ -179,7 +196,7 @@ def pack_shared(
     try:
         return bytes(_cloudpickle().dumps(state))
     except Exception as exc:
-        for node in _walk(graph):
+        for node in graph.walk():
             cause = _why(node)
             if cause is not None:
                 raise _cannot(f"node {node.name!r}", cause, to) from exc
@@ -190,7 +207,31 @@ def pack_shared(
         raise _cannot("the map's settings (cache, engines)", exc, to) from exc
 
 
-def _shared(token: str, blob: bytes) -> tuple[Plan, dict[str, Any], Any, Settings]:
+class SharedParts(Generic[P]):
+    """A driver's packed map parts (`pack_shared`), each packed once: keyed by the ids of
+    plan, constants and settings, whose objects it holds so that no id is reused while it
+    lives. ``place`` makes the part that travels from the bytes (Dask scatters a large one
+    to every worker once); ``to`` says where it goes, in errors."""
+
+    def __init__(self, place: Callable[[bytes], P], *, to: str = _WORKERS) -> None:
+        self._place = place
+        self._to = to
+        self._parts: dict[tuple[int, int, int], tuple[str, P, tuple[object, ...]]] = {}
+
+    def part(self, task: BatchTask) -> tuple[str, P]:
+        """The token that names ``task``'s shared part, and the part as it travels."""
+        key = id(task.plan), id(task.constants), id(task.settings)
+        found = self._parts.get(key)
+        if found is None:
+            blob = pack_shared(
+                task.plan, task.constants, task.constant_keys, task.settings, to=self._to
+            )
+            objects = (task.plan, task.constants, task.settings)
+            found = self._parts[key] = (uuid.uuid4().hex, self._place(blob), objects)
+        return found[0], found[1]
+
+
+def _shared(token: str, blob: bytes) -> Shared:
     with _LOCK:
         found = _SHARED.get(token)
         if found is not None:
@@ -214,13 +255,13 @@ def _shared(token: str, blob: bytes) -> tuple[Plan, dict[str, Any], Any, Setting
     return found
 
 
-def unpack_shared(token: str, blob: bytes) -> tuple[Plan, dict[str, Any], Any, Settings]:
+def unpack_shared(token: str, blob: bytes) -> Shared:
     """This process's copy of a map's shared part: plan, constants, their keys, settings
     (unpacked once per ``token``, fingerprints seeded)."""
     return _shared(token, blob)
 
 
-def pack_batch(task: BatchTask, *, to: str = "the Dask workers") -> bytes:
+def pack_batch(task: BatchTask, *, to: str = _WORKERS) -> bytes:
     """A batch's own part: its columns (as lists), indices, sequence number, key columns."""
     state = (task.columns, task.indices, task.seq, task.key_columns)
     try:
@@ -238,36 +279,56 @@ def pack_batch(task: BatchTask, *, to: str = "the Dask workers") -> bytes:
 # -- running on the worker ---------------------------------------------------------------
 
 
-def _recorder(listen: bool) -> tuple[EventBus, list[Event]]:
-    events: list[Event] = []
-    return (EventBus([events.append]) if listen else EventBus()), events
+class Recorder:
+    """The events of work run away from the driver's bus (a Dask worker, a Daft UDF,
+    Daft's threads), kept to go back with it; nothing is kept when no one listens."""
+
+    def __init__(self, listen: bool) -> None:
+        self.events: list[Event] = []
+        self.bus = EventBus([self.events.append]) if listen else EventBus()
+        self.live = self.bus if listen else None  # for what takes a bus only to be heard
+
+    def run(self, task: BatchTask) -> BatchOutcome:
+        """Run ``task`` with the sync driver in this thread, its events kept here."""
+        local = task.local
+        # a serial driver: the core may call functions itself
+        task.local = Local(bus=self.bus, inline=True)
+        try:
+            return _DRIVER.drive(batch_flow(task))
+        finally:
+            task.local = local
 
 
 def run_batch(token: str, shared: bytes, blob: bytes, listen: bool) -> bytes:
     """Run one batch with the core's batch flow (a Dask task); returns the packed outcome."""
     plan, constants, constant_keys, settings = _shared(token, shared)
     columns, indices, seq, key_columns = pickle.loads(blob)
-    bus, events = _recorder(listen)
+    recorder = Recorder(listen)
     task = BatchTask(
         plan,
         columns,
         constants,
         indices,
         settings,
-        Local(bus=bus, inline=True),  # a serial driver: the core may call functions itself
+        Local(),  # the recorder's, while it runs
         seq=seq,
         constant_keys=constant_keys,
         key_columns=key_columns,
     )
     if settings.engines is not None:  # engine starts and stops travel back with the batch
-        settings.engines.bus = bus if listen else None
-    outcome: BatchOutcome = _DRIVER.drive(batch_flow(task))
+        settings.engines.bus = recorder.live
+    outcome = recorder.run(task)
     made = {k: v for k, v in outcome.constants.items() if k not in constants}
-    state = (outcome.columns, made, outcome.keys, outcome.failures, events, outcome.cache_seconds)
+    state: _Reply = (
+        outcome.columns, made, outcome.keys, outcome.failures, recorder.events,
+        outcome.cache_seconds,
+    )  # fmt: skip
     return _pack_back(state, plan, lambda: _portable_state(state))
 
 
-def _pack_back(state: Any, plan: Plan, portable: Any) -> bytes:
+def _pack_back(
+    state: tuple[object, ...], plan: Plan, portable: Callable[[], tuple[object, ...]]
+) -> bytes:
     """Pickle what goes back; errors that do not pickle go as `RemoteError`; an output
     value that does not pickle is a clear error naming its node."""
     cloudpickle = _cloudpickle()
@@ -298,7 +359,7 @@ def _portable_error(error: BaseException) -> BaseException:
     return RemoteError(f"{type(error).__qualname__}: {error}\n{text}")
 
 
-def _portable_state(state: tuple[Any, ...]) -> tuple[Any, ...]:
+def _portable_state(state: _Reply) -> _Reply:
     columns, made, keys, failures, events, cache_seconds = state
     failures = {
         pos: dataclasses.replace(f, error=_portable_error(f.error)) for pos, f in failures.items()
@@ -322,7 +383,7 @@ def pack_error(error: BaseException) -> bytes:
     return bytes(_cloudpickle().dumps(state))
 
 
-def unpack_error(blob: bytes) -> BaseException:
+def unpack_error(blob: bytes | memoryview) -> BaseException:
     """The exception `pack_error` packed, its cause chained again."""
     error, cause = pickle.loads(blob)
     if cause is not None:
@@ -330,7 +391,10 @@ def unpack_error(blob: bytes) -> BaseException:
     return cast(BaseException, error)
 
 
-def publish(piece: Any, bus: EventBus | None, events: list[Event]) -> Any:
+W = TypeVar("W", bound=Work)
+
+
+def publish(piece: W, bus: EventBus | None, events: list[Event]) -> W:
     """Publish on the driver's ``bus`` the events ``piece`` raised elsewhere; a callback
     that raises fails the piece (so the map stops, as under `Runner`). Returns ``piece``."""
     if events and bus is not None and bus.active:
@@ -338,11 +402,11 @@ def publish(piece: Any, bus: EventBus | None, events: list[Event]) -> Any:
             for event in events:
                 bus.publish(event)
         except Exception as exc:
-            piece.error = exc
+            piece.error = exc  # type: ignore[union-attr]  # a ColumnCall has no error slot
     return piece
 
 
-def unpack_outcome(task: BatchTask, blob: bytes) -> list[Event]:
+def unpack_outcome(task: BatchTask, blob: bytes | memoryview) -> list[Event]:
     """Fill ``task.outcome`` from a worker's reply; returns the events it raised."""
     columns, made, keys, failures, events, cache_seconds = pickle.loads(blob)
     constants = {**task.constants, **made} if made else task.constants
@@ -356,8 +420,12 @@ def unpack_outcome(task: BatchTask, blob: bytes) -> list[Event]:
 
 def pack_call(call: ItemCall | ColumnCall) -> bytes:
     """One node call (one item, or the rows of a column), its arguments and settings."""
-    column = type(call) is ColumnCall
-    shape = (call.n, call.indices, call.constant) if column else call.index  # type: ignore[union-attr]
+    shape: object
+    match call:
+        case ColumnCall():
+            column, shape = True, (call.n, call.indices, call.constant)
+        case ItemCall():
+            column, shape = False, call.index
     state = (
         column,
         call.step,
@@ -391,8 +459,8 @@ def run_call(blob: bytes) -> bytes:
     column, step, args, shape, path, pos, settings, listen, fp = pickle.loads(blob)
     if fp is not None:
         seed_fingerprint(step.node, fp)
-    bus, events = _recorder(listen)
-    live = bus if listen else None
+    recorder = Recorder(listen)
+    live = recorder.live
     invoker = invoker_for(step)
     call: ItemCall | ColumnCall
     if column:
@@ -403,41 +471,45 @@ def run_call(blob: bytes) -> bytes:
     else:
         call = ItemCall(step, invoker, args, shape, path, live, None, pos, settings)
     _DRIVER.run(call)
-    state: tuple[Any, ...]
-    if isinstance(call, ColumnCall):
-        state = (call.results, call.failed, events)
-    elif call.error is not None:
-        state = (False, call.error, events)
-    else:
-        state = (True, call.result, events)
-
-    def portable() -> tuple[Any, ...]:
-        first, second, evs = state
-        second = cast(Any, second)
-        if column:
-            second = {pos: _portable_error(e) for pos, e in second.items()}
-        elif not first:
-            second = _portable_error(second)
-        return first, second, [_portable_event(e) for e in evs]
-
     try:
-        return bytes(_cloudpickle().dumps(state))
+        return bytes(_cloudpickle().dumps(_call_state(call, recorder.events)))
     except Exception:
         pass
     try:
-        return bytes(_cloudpickle().dumps(portable()))
+        return bytes(_cloudpickle().dumps(_call_state(call, recorder.events, portable=True)))
     except Exception as exc:
         what = f"the result of node {step.node.name!r}"
         raise _cannot(what, exc, "the driver").with_traceback(None) from None
 
 
+def _call_state(
+    call: ItemCall | ColumnCall, events: list[Event], *, portable: bool = False
+) -> tuple[object, object, list[Event]]:
+    """What goes back of a node call: ``(results, failed, events)`` for a column, ``(ok,
+    value or error, events)`` for an item; ``portable``: errors that pickle (as
+    `RemoteError` where they do not)."""
+    if portable:
+        events = [_portable_event(e) for e in events]
+    match call:
+        case ColumnCall():
+            failed = call.failed
+            if portable:
+                failed = {pos: _portable_error(e) for pos, e in failed.items()}
+            return call.results, failed, events
+        case ItemCall() if call.error is not None:
+            return False, _portable_error(call.error) if portable else call.error, events
+        case ItemCall():
+            return True, call.result, events
+
+
 def unpack_call(call: ItemCall | ColumnCall, blob: bytes) -> list[Event]:
     """Fill the call's outcome from a worker's reply; returns the events it raised."""
     first, second, events = pickle.loads(blob)
-    if type(call) is ColumnCall:
-        call.results, call.failed = first, second
-    elif first:
-        call.result = second  # type: ignore[union-attr]
-    else:
-        call.error = second  # type: ignore[union-attr]
+    match call:
+        case ColumnCall():
+            call.results, call.failed = first, second
+        case ItemCall() if first:
+            call.result = second
+        case ItemCall():
+            call.error = second
     return list(events)

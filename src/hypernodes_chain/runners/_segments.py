@@ -26,7 +26,7 @@ from .. import hashing
 from ..plan import Plan, build_plan
 from ..results import ItemFailure
 from ._invoke import plan_invokers
-from ._work import BatchOutcome, BatchTask, Context, Flow, Settings
+from ._work import BatchOutcome, BatchTask, Context, Flow, MapFlow, Settings
 
 __all__ = ["plan_segments", "segmented_batches"]
 
@@ -125,9 +125,9 @@ def segmented_batches(
     constants: dict[str, Any],
     constant_keys: dict[str, str | None] | None,
     ctx: Context,
-    report: Callable[[int, BatchTask], Flow],
+    report: Callable[[int, BatchTask], MapFlow[None]],
     plan: Plan,
-) -> Flow:
+) -> MapFlow[None]:
     """Each window through every segment in turn, then each batch handed to ``report``.
 
     ``windows`` yields, ``engine_window`` items at a time, iterators of ``(first, indices,
@@ -170,7 +170,7 @@ def _run(
     constant_keys: dict[str, str | None] | None,
     ctx: Context,
     failures: dict[int, ItemFailure],
-) -> Flow:
+) -> Flow[dict[str, list[Any]]]:
     """One map batch through one segment: its alive rows as a batch task; returns every
     column carried on (failed rows hold None), keys included."""
     alive = [p for p, i in enumerate(indices) if i not in failures]
@@ -190,6 +190,7 @@ def _run(
         key_columns={s: [keys[s][p] for p in alive] for s in names} if keys else None,
     )
     (done,) = yield [task]
+    assert isinstance(done, BatchTask)
     if done.error is not None:
         raise done.error
     outcome = done.outcome

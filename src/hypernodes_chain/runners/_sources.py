@@ -6,16 +6,17 @@ never library scalars, converted a slice at a time. ``inputs`` itself may be a t
 pyarrow ``Table``, ``RecordBatchReader`` or ``Dataset``, a pandas or polars ``DataFrame``,
 a Hugging Face ``Dataset`` or ``IterableDataset``; its columns named in ``map_over`` are the
 map inputs (other columns are ignored). Streamed kinds (a reader, a dataset scan, an
-iterable dataset) are read once, batch by batch, whatever the number of columns mapped, so
-memory stays O(batch). No library is imported here: objects are recognised by their type's
-module and duck-typed.
+iterable dataset) are read once, batch by batch, whatever the number of columns mapped
+(`Lockstep`), so memory stays O(batch). No library is imported here: objects are recognised
+by their type's module and duck-typed.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
+
+from .._columns import Lockstep, arrow_batches, row_batches
 
 __all__ = ["as_column", "as_inputs"]
 
@@ -69,49 +70,6 @@ class _Sized:
         return self._it
 
 
-class _Stream:
-    """One pass over a table's batches, shared by the iterators of its columns: each
-    column buffers only what the others have read ahead of it."""
-
-    def __init__(self, batches: Iterator[Mapping[str, Sequence[Any]]], names: Sequence[str]):
-        self._batches = batches
-        self._queues: dict[str, deque[Any]] = {name: deque() for name in names}
-
-    def _pull(self) -> bool:
-        for batch in self._batches:
-            for name, queue in self._queues.items():
-                queue.extend(batch[name])
-            return True
-        return False
-
-    def column(self, name: str) -> Iterator[Any]:
-        queue = self._queues[name]
-        while True:
-            while not queue:
-                if not self._pull():
-                    return
-            yield queue.popleft()
-
-
-def _arrow_batches(batches: Iterable[Any], names: Sequence[str]) -> Iterator[dict[str, list[Any]]]:
-    for batch in batches:
-        yield {name: batch.column(name).to_pylist() for name in names}
-
-
-def _row_batches(rows: Iterable[Mapping[str, Any]], names: Sequence[str]) -> Iterator[Any]:
-    chunk: dict[str, list[Any]] = {name: [] for name in names}
-    n = 0
-    for row in rows:
-        for name in names:
-            chunk[name].append(row[name])
-        n += 1
-        if n == SLICE:
-            yield chunk
-            chunk, n = {name: [] for name in names}, 0
-    if n:
-        yield chunk
-
-
 def _columns_of(table: Any, library: str) -> list[str] | None:
     names = getattr(table, "column_names", None)  # pyarrow, Hugging Face
     if names is None and library in ("pandas", "polars"):
@@ -133,14 +91,12 @@ def as_inputs(inputs: Any, map_over: Sequence[str]) -> Mapping[str, Any]:
         source = (
             inputs if kind == "RecordBatchReader" else inputs.to_batches(columns=list(map_over))
         )
-        stream = _Stream(_arrow_batches(source, map_over), map_over)
-        return {name: stream.column(name) for name in map_over}
+        return Lockstep(arrow_batches(source, map_over), map_over).iterators()
     if library == "datasets" and kind == "IterableDataset":
         present = list(inputs.column_names or [])
         if present:
             _check(map_over, present, kind)
-        stream = _Stream(_row_batches(inputs, map_over), map_over)
-        return {name: stream.column(name) for name in map_over}
+        return Lockstep(row_batches(inputs, map_over, SLICE), map_over).iterators()
     if names is not None and library in ("pyarrow", "pandas", "polars", "datasets"):
         _check(map_over, names, kind)
         return {name: inputs[name] for name in map_over}

@@ -1,48 +1,66 @@
-"""The messages between the core's flows and the drivers, and what a flow runs with.
+"""The work protocol between the core's flows and the drivers, and what a flow runs with.
 
-A flow is a generator ``Flow = Generator[list[Work], list[Work], Result]``: it yields the
+A flow is a generator ``Flow[R] = Generator[Sequence[Work], list[Work], R]``: it yields the
 work that is ready and receives back whichever pieces have finished, in any order and any
-number at a time. Three kinds of work:
+number at a time, then returns its result ``R``. Three kinds of work (`Work`):
 
 - `ItemCall`: one node for one item (``run``, nested graphs, once-per-batch nodes);
 - `ColumnCall`: one node for the rows of a batch;
 - `BatchTask`: a whole batch of a ``map`` (plan, columns, constants, the travelling part of
-  the context). A driver runs it in place with `batch_flow`, or could ship it elsewhere
+  the context). A driver runs it in place with `batch_flow`, or ships it elsewhere
   (it pickles without the `Local` part; the plan travels as graph and names).
 
-A call's node is run by its `Invoker` (see ``_invoke``), whose one body every driver runs.
+A map's flow (`MapFlow`) also yields `BatchRows`, finished rows for the caller.
+
+A call's node is run by its `Invoker`, chosen once per plan step; its body yields effects
+(``_effects``) that every driver resolves. A call that drives a flow of its own (a nested
+graph) says so with ``carries_flow``: the drivers never ask what kind a node is.
 The context is split in two: `Settings` can travel to another process with a batch task;
 `Local` (the event bus, interrupt handlers, an ``iter`` session, the event loop) cannot.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable, Mapping
+import asyncio
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
 
 from ..events import EventBus
 from ..plan import Plan, Step, build_plan
 
 if TYPE_CHECKING:
     from ..cache import Cache
+    from ..interrupts import Session
+    from ..node import Node
     from ..results import ItemFailure
-    from ._invoke import Invoker
+    from ._effects import Body
 
 __all__ = [
     "BatchOutcome",
     "BatchRows",
     "BatchTask",
+    "Broker",
     "ColumnCall",
     "Context",
     "Flow",
+    "FlowFactory",
+    "Handlers",
+    "Invoker",
     "ItemCall",
+    "Keys",
     "Local",
+    "MapFlow",
     "Settings",
+    "Work",
 ]
 
-Flow = Generator[Any, Any, Any]
+R = TypeVar("R")
+Handlers: TypeAlias = "Mapping[str, Callable[..., object]]"
+"""Interrupt answerers by interrupt name: each gets the question's value, returns the answer."""
+Keys: TypeAlias = "dict[str, str | None]"
+"""Cache keys by value name (None: that value has no key, so nothing after it is cached)."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +69,9 @@ class Settings:
 
     cache: Cache | None = None
     on_error: str = "raise"
-    engines: Any = None  # the broker's registrations (factories), never live engines
+    # the engine broker (``engines.EngineBroker``, duck-typed here: the core never calls
+    # it, LLM nodes do); it travels as its registrations, never as live engines
+    engines: Any = None
 
 
 @dataclass
@@ -59,9 +79,9 @@ class Local:
     """What stays in the driver's process: the bus, interrupt answerers, the loop."""
 
     bus: EventBus = field(default_factory=EventBus)
-    handlers: Mapping[str, Any] | None = None
-    session: Any = None  # an AsyncRunner.iter session that can answer interrupts
-    loop: Any = None  # the event loop of an AsyncRunner (async handlers from threads)
+    handlers: Handlers | None = None
+    session: Session | None = None  # an AsyncRunner.iter session that can answer interrupts
+    loop: asyncio.AbstractEventLoop | None = None  # an AsyncRunner's (async handlers, threads)
     inline: bool = False  # the core may call plain functions itself (serial sync runner)
 
     @property
@@ -90,6 +110,52 @@ class Context:
         return self.local.bus
 
 
+class Broker(Protocol):
+    """What the runners need of an engine broker (``engines.EngineBroker``): the bus that
+    hears its engines start and stop, and closing it. It pickles as its registrations."""
+
+    bus: EventBus | None
+
+    def close(self) -> None: ...
+
+
+class Invoker(Protocol):
+    """How one node kind is called: a body per call shape, run by every driver.
+
+    A new node kind registers its own (``_invoke.register_invoker``); the core never
+    switches on kinds.
+    """
+
+    cacheable: bool  # may its results be looked up and stored in the cache?
+
+    def engine_of(self, node: Node[..., Any]) -> str | None:
+        """The engine this kind's calls use (None: none), for engine-aware maps."""
+        ...
+
+    def fingerprint(self, node: Node[..., Any], settings: Settings) -> str | None:
+        """The node's cache identity in this run."""
+        ...
+
+    def flow(self, call: ItemCall, ctx: Context, keys: Keys | None) -> FlowFactory | None:
+        """The flow this call drives (a nested graph's), or None: most kinds have none."""
+        ...
+
+    def flows(
+        self, call: ColumnCall, ctx: Context, keys: Callable[[int], Keys | None]
+    ) -> list[FlowFactory] | None:
+        """Per row, the flow it drives, or None; ``keys(pos)``: the source keys of the
+        item at batch position ``pos``."""
+        ...
+
+    def item(self, call: ItemCall) -> Body:
+        """Call the node for one item; returns its value (raises its error)."""
+        ...
+
+    def column(self, call: ColumnCall) -> Body:
+        """Call the node for every row; returns ``(values, failed)``."""
+        ...
+
+
 class ItemCall:
     """Run one node for one item (``index`` is None outside ``map``)."""
 
@@ -114,7 +180,7 @@ class ItemCall:
         self,
         step: Step,
         invoker: Invoker,
-        args: tuple[Any, ...] | list[Any],
+        args: Sequence[object],
         index: int | None,
         path: tuple[str, ...],
         bus: EventBus | None,
@@ -131,11 +197,16 @@ class ItemCall:
         self.local = local  # set only when interrupts can be answered
         self.pos = pos  # the step's position in its plan
         self.settings = settings  # the run's cache, on_error and engines (for invokers)
-        self.flow: Any = None  # a nested graph's flow factory, when the invoker needs one
+        self.flow: FlowFactory | None = None  # the flow it drives (its invoker's `flow`)
         self.key: str | None = None
-        self.result: Any = None
+        self.result: object = None
         self.error: BaseException | None = None
         self.t0 = 0.0
+
+    @property
+    def carries_flow(self) -> bool:
+        """Whether running it drives a flow of its own (a nested graph)."""
+        return self.flow is not None
 
 
 class ColumnCall:
@@ -174,7 +245,7 @@ class ColumnCall:
         self,
         step: Step,
         invoker: Invoker,
-        args: list[Any],
+        args: list[Any],  # a column (list) or, where ``constant``, the shared value
         n: int,
         indices: list[int],
         path: tuple[str, ...],
@@ -188,7 +259,7 @@ class ColumnCall:
         self.invoker = invoker
         self.args = args
         self.n = n
-        self._rows: list[tuple[Any, ...]] | None = None
+        self._rows: list[tuple[object, ...]] | None = None
         self.indices = indices
         self.path = path
         self.bus = bus
@@ -196,8 +267,8 @@ class ColumnCall:
         self.local = local
         self.pos = pos
         self.settings = settings
-        self.flows: list[Any] | None = None  # per row, for nested graphs
-        self.results: list[Any] = []
+        self.flows: list[FlowFactory] | None = None  # per row: the flows they drive
+        self.results: list[object] = []
         self.failed: dict[int, BaseException] = {}
         self.t0 = 0.0
         # the batch flow's bookkeeping: batch positions of the rows, cache keys and hits
@@ -205,7 +276,12 @@ class ColumnCall:
         self.keys: list[str | None] | None = None
         self.hits = 0
 
-    def columns(self, start: int = 0, stop: int | None = None) -> list[Iterable[Any]]:
+    @property
+    def carries_flow(self) -> bool:
+        """Whether its rows drive flows of their own (a nested graph)."""
+        return self.flows is not None
+
+    def columns(self, start: int = 0, stop: int | None = None) -> list[Iterable[object]]:
         """Per parameter, the values of rows ``start..stop`` (constants repeated)."""
         stop = self.n if stop is None else stop
         whole = start == 0 and stop == self.n
@@ -215,7 +291,7 @@ class ColumnCall:
         ]
 
     @property
-    def rows(self) -> list[tuple[Any, ...]]:
+    def rows(self) -> list[tuple[object, ...]]:
         """One tuple of arguments per row."""
         if self._rows is None:
             self._rows = list(zip(*self.columns())) if self.args else [()] * self.n
@@ -225,7 +301,7 @@ class ColumnCall:
         """Let go of the arguments and results (the call may outlive the batch's columns)."""
         self.args, self._rows, self.results = [], None, []
 
-    def batch_arguments(self) -> list[Any]:
+    def batch_arguments(self) -> list[object]:
         """Lists for the varying arguments, plain values for the constant ones."""
         if not self.n:
             return []
@@ -239,8 +315,8 @@ class BatchOutcome:
 
     def __init__(
         self,
-        columns: dict[str, list[Any]],
-        constants: dict[str, Any],
+        columns: dict[str, list[object]],
+        constants: dict[str, object],
         keys: dict[str, list[str | None]],
         failures: dict[int, ItemFailure],
     ) -> None:
@@ -250,7 +326,7 @@ class BatchOutcome:
         self.failures = failures
         self.cache_seconds = 0.0  # in cache look-ups and stores, where someone observed
 
-    def column(self, name: str, n: int) -> list[Any]:
+    def column(self, name: str, n: int) -> list[object]:
         if name in self.columns:
             return self.columns[name]
         if name in self.constants:
@@ -283,8 +359,8 @@ class BatchTask:
     def __init__(
         self,
         plan: Plan,
-        columns: dict[str, list[Any]],
-        constants: dict[str, Any],
+        columns: dict[str, list[object]],
+        constants: dict[str, object],
         indices: list[int],
         settings: Settings,
         local: Local,
@@ -305,7 +381,7 @@ class BatchTask:
         self.outcome: BatchOutcome | None = None
         self.error: BaseException | None = None
 
-    def __getstate__(self) -> dict[str, Any]:
+    def __getstate__(self) -> dict[str, object]:
         state = {k: getattr(self, k) for k in self.__slots__ if k not in ("plan", "local")}
         plan = self.plan
         state["plan"] = (plan.graph, plan.outputs, plan.given)
@@ -324,5 +400,13 @@ class BatchRows:
 
     __slots__ = ("rows",)
 
-    def __init__(self, rows: list[Any]) -> None:
+    def __init__(self, rows: list[object]) -> None:
         self.rows = rows
+
+
+Work: TypeAlias = "ItemCall | ColumnCall | BatchTask"
+Flow: TypeAlias = Generator[Sequence[Work], list[Work], R]
+"""A flow that returns ``R``: yields ready work, receives finished work (see above)."""
+MapFlow: TypeAlias = Generator["Sequence[Work] | BatchRows", "list[Work] | None", R]
+"""A map's flow: it also yields `BatchRows` (and receives None for them)."""
+FlowFactory: TypeAlias = Callable[[], "Flow[object]"]

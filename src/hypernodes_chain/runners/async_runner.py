@@ -18,6 +18,7 @@ from ..graph import Graph
 from ..results import MapResult, Writer
 from ._base import BaseRunner
 from ._drive import AsyncDriver, Limiter
+from ._work import Handlers
 from .graph_run import GraphRun
 
 __all__ = ["AsyncRunner"]
@@ -46,7 +47,7 @@ class AsyncRunner(BaseRunner):
         self,
         cache: Cache | None = None,
         callbacks: Sequence[Subscriber] | Subscriber | None = None,
-        engines: Any = None,
+        engines: object = None,
         max_concurrency: int = 64,
     ) -> None:
         super().__init__(cache=cache, callbacks=callbacks, engines=engines)
@@ -58,9 +59,9 @@ class AsyncRunner(BaseRunner):
     async def run(
         self,
         graph: Graph,
-        inputs: Mapping[str, Any],
+        inputs: Mapping[str, object],
         output_name: str | Iterable[str] | None = None,
-        handlers: Mapping[str, Any] | None = None,
+        handlers: Handlers | None = None,
     ) -> dict[str, Any]:
         """Run ``graph`` once; returns every output, or those named by ``output_name``."""
         return await self._run(graph, inputs, output_name, handlers)
@@ -68,9 +69,9 @@ class AsyncRunner(BaseRunner):
     async def _run(
         self,
         graph: Graph,
-        inputs: Mapping[str, Any],
+        inputs: Mapping[str, object],
         output_name: str | Iterable[str] | None = None,
-        handlers: Mapping[str, Any] | None = None,
+        handlers: Handlers | None = None,
         **context: Any,  # an iter() session and its event sink
     ) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
@@ -82,14 +83,14 @@ class AsyncRunner(BaseRunner):
     async def map(
         self,
         graph: Graph,
-        inputs: Mapping[str, Any],
+        inputs: Mapping[str, object],
         map_over: str | Iterable[str],
         map_mode: str = ...,
         output_name: str | Iterable[str] | None = ...,
         batch_size: int = ...,
         writer: None = ...,
         on_error: str = ...,
-        handlers: Mapping[str, Any] | None = ...,
+        handlers: Handlers | None = ...,
         engine_window: int = ...,
     ) -> list[Any]: ...
 
@@ -97,7 +98,7 @@ class AsyncRunner(BaseRunner):
     async def map(
         self,
         graph: Graph,
-        inputs: Mapping[str, Any],
+        inputs: Mapping[str, object],
         map_over: str | Iterable[str],
         map_mode: str = ...,
         output_name: str | Iterable[str] | None = ...,
@@ -105,21 +106,21 @@ class AsyncRunner(BaseRunner):
         *,
         writer: Writer,
         on_error: str = ...,
-        handlers: Mapping[str, Any] | None = ...,
+        handlers: Handlers | None = ...,
         engine_window: int = ...,
     ) -> MapResult: ...
 
     async def map(
         self,
         graph: Graph,
-        inputs: Mapping[str, Any],
+        inputs: Mapping[str, object],
         map_over: str | Iterable[str],
         map_mode: str = "zip",
         output_name: str | Iterable[str] | None = None,
         batch_size: int = 1024,
         writer: Writer | None = None,
         on_error: str = "raise",
-        handlers: Mapping[str, Any] | None = None,
+        handlers: Handlers | None = None,
         engine_window: int = 100_000,
     ) -> list[Any] | MapResult:
         """Run ``graph`` once per item of the ``map_over`` inputs, items concurrently.
@@ -135,14 +136,14 @@ class AsyncRunner(BaseRunner):
     async def _map(
         self,
         graph: Graph,
-        inputs: Mapping[str, Any],
+        inputs: Mapping[str, object],
         map_over: str | Iterable[str],
         map_mode: str = "zip",
         output_name: str | Iterable[str] | None = None,
         batch_size: int = 1024,
         writer: Writer | None = None,
         on_error: str = "raise",
-        handlers: Mapping[str, Any] | None = None,
+        handlers: Handlers | None = None,
         engine_window: int = 100_000,
         **context: Any,  # an iter() session and its event sink
     ) -> list[Any] | MapResult:
@@ -156,7 +157,7 @@ class AsyncRunner(BaseRunner):
         result: MapResult = await driver.drive(flow, on_rows=rows.extend)
         return result if writer is not None else rows
 
-    def iter(self, graph: Graph, inputs: Mapping[str, Any], **kwargs: Any) -> GraphRun:
+    def iter(self, graph: Graph, inputs: Mapping[str, object], **kwargs: Any) -> GraphRun:
         """Stream the events of a run (or of a map, when ``map_over`` is given).
 
         Use as ``async with runner.iter(graph, inputs) as run: async for event in run``;

@@ -23,21 +23,25 @@ from __future__ import annotations
 import os
 import sys
 import uuid
-from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
+from .._columns import Lockstep, arrow_batches
 from ..cache import Cache, MemoryCache
 from ..events import Event, Subscriber
 from ..exceptions import UnknownInputError
 from ..graph import Graph, GraphNode
 from ..plan import Plan, build_plan
+from ..results import MapResult
 from . import _remote
 from ._base import _check_graph
 from ._daft_types import daft, output_struct
 from ._drive import SyncDriver
-from ._work import BatchTask, Flow, Settings
+from ._work import BatchTask, ColumnCall, ItemCall, MapFlow, Settings, Work
 from .runner import Runner
+
+if TYPE_CHECKING:
+    from ._daft_feed import StreamFeed, WindowFeed
 
 __all__ = ["DaftRunner"]
 
@@ -62,21 +66,27 @@ class _Rows:
 
     def __init__(self, runner: DaftRunner) -> None:
         self.runner = runner
-        self.feed: Any = None
+        self.feed: StreamFeed | WindowFeed | None = None
 
     @property
     def pending(self) -> bool:
         return self.feed is not None
 
-    def ships(self, piece: Any) -> bool:
-        return type(piece) is BatchTask and piece.local.interactive is None
+    def ships(self, piece: Work) -> bool:
+        match piece:
+            case BatchTask():  # unless a node may wait for an interrupt's answer, here
+                return piece.local.interactive is None
+            case ItemCall() | ColumnCall():
+                return False
 
-    def send(self, piece: Any) -> None:
+    def send(self, piece: Work) -> None:
+        assert isinstance(piece, BatchTask)  # the only work it ships
         if self.feed is None:
             self.feed = self.runner._feed(piece)
         self.feed.put(piece)
 
-    def receive(self) -> list[Any]:
+    def receive(self) -> list[Work]:
+        assert self.feed is not None  # asked only while pending
         return [_publish(task, events) for task, events in self.feed.finished()]
 
     def close(self) -> None:
@@ -86,7 +96,7 @@ class _Rows:
 
 def _publish(task: BatchTask, events: list[Event]) -> BatchTask:
     """Publish the events a task raised in Daft on the driver's bus (here, in order)."""
-    return _remote.publish(task, task.local.bus, events)  # type: ignore[no-any-return]
+    return _remote.publish(task, task.local.bus, events)
 
 
 class DaftRunner(Runner):
@@ -117,7 +127,7 @@ class DaftRunner(Runner):
         *,
         cache: Cache | None = None,
         callbacks: Sequence[Subscriber] | Subscriber | None = None,
-        engines: Any = None,
+        engines: object = None,
         concurrency: int | None = None,
     ) -> None:
         if concurrency is not None and (
@@ -189,21 +199,28 @@ class DaftRunner(Runner):
         return df.select(*keep, expr)
 
     # -- driving ------------------------------------------------------------------------
-    def _map_flow(self, graph: Graph, inputs: Any, map_over: Any, *args: Any, **kw: Any) -> Flow:
-        if _is_frame(inputs):
+    def _map_flow(
+        self,
+        graph: Graph,
+        inputs: Mapping[str, object],
+        map_over: str | Iterable[str],
+        *args: Any,
+        **kw: Any,
+    ) -> MapFlow[MapResult]:
+        if _is_frame(inputs):  # a daft.DataFrame: its ``map_over`` columns
             inputs = _frame_inputs(inputs, map_over)
         return super()._map_flow(graph, inputs, map_over, *args, **kw)
 
     def _driver(self) -> SyncDriver:
         return DaftDriver(self)
 
-    def _feed(self, first: BatchTask) -> Any:
+    def _feed(self, first: BatchTask) -> StreamFeed | WindowFeed:
         """The feed of one map, chosen by its first batch task (see the module docstring)."""
         from ._daft_feed import Lane, StreamFeed, WindowFeed
         from ._daft_udf import BatchUDF
 
         settings = first.settings
-        engines = _engines_of(_nodes(first.plan.graph), settings)  # every segment's
+        engines = _engines_of(first.plan.graph.walk(), settings)  # every segment's
         ray = _on_ray()
         here = self.concurrency is None and not engines and not ray
         if not here:
@@ -230,28 +247,24 @@ def _pack(plan: Plan, settings: Settings) -> bytes:
     return pack_shared(plan, {}, None, settings, to=_TO)
 
 
-def _nodes(graph: Graph) -> Iterator[Any]:
-    for node in graph.nodes:
-        yield node
-        if isinstance(node, GraphNode):
-            yield from _nodes(node.graph)
-
-
 def _plan_nodes(plan: Plan) -> Iterator[Any]:
+    """The plan's nodes, each nested graph's nodes after it (as `Graph.walk` orders them)."""
     for step in plan.steps:
         yield step.node
         if isinstance(step.node, GraphNode):
-            yield from _nodes(step.node.graph)
+            yield from step.node.graph.walk()
 
 
-def _engines_of(nodes: Iterable[Any], settings: Settings) -> list[str]:
+def _engines_of(nodes: Iterable[object], settings: Settings) -> list[str]:
     """The engines these LLM nodes use, when the run has a broker."""
     if settings.engines is None:
         return []
     return sorted({e for e in (getattr(n, "engine", None) for n in nodes) if isinstance(e, str)})
 
 
-def _cls_options(concurrency: int | None, settings: Settings, engines: list[str]) -> dict[str, Any]:
+def _cls_options(
+    concurrency: int | None, settings: Settings, engines: list[str]
+) -> dict[str, object]:
     """``daft.cls`` options: ``concurrency`` instances (one without), a GPU each when an
     engine needs one (vLLM, or a model on a CUDA device)."""
     gpus = 0.0
@@ -282,14 +295,14 @@ def _check_cache(cache: Cache | None, why: str) -> None:
         raise TypeError(msg)
 
 
-def _is_frame(inputs: Any) -> bool:
+def _is_frame(inputs: object) -> bool:
     """Whether ``inputs`` is a daft.DataFrame (never importing daft to find out)."""
     loaded = sys.modules.get("daft")
     frame = getattr(loaded, "DataFrame", None)
     return frame is not None and isinstance(inputs, frame)
 
 
-def _frame_inputs(df: Any, map_over: str | Iterable[str]) -> dict[str, Iterator[Any]]:
+def _frame_inputs(df: Any, map_over: str | Iterable[str]) -> dict[str, Iterator[object]]:
     """A DataFrame's ``map_over`` columns as lazy iterators of Python values, read batch
     by batch (Daft reads ahead of them: it computes ahead of a slow consumer)."""
     over = [map_over] if isinstance(map_over, str) else list(map_over)
@@ -297,33 +310,4 @@ def _frame_inputs(df: Any, map_over: str | Iterable[str]) -> dict[str, Iterator[
     if missing:
         msg = f"map_over names {missing}, which are not columns of the DataFrame {df.column_names}"
         raise UnknownInputError(msg)
-    return _Columns(df.select(*over), over).iterators()
-
-
-class _Columns:
-    """One read of a DataFrame, shared by one iterator per column (each buffers what the
-    others have read and it has not)."""
-
-    def __init__(self, df: Any, names: list[str]) -> None:
-        self._df = df
-        self._batches: Iterator[Any] | None = None
-        self._pending: dict[str, deque[list[Any]]] = {n: deque() for n in names}
-
-    def iterators(self) -> dict[str, Iterator[Any]]:
-        return {name: self._column(name) for name in self._pending}
-
-    def _read(self) -> bool:
-        if self._batches is None:
-            self._batches = iter(self._df.to_arrow_iter())
-        batch = next(self._batches, None)
-        if batch is None:
-            return False
-        for name, pending in self._pending.items():
-            pending.append(batch.column(name).to_pylist())
-        return True
-
-    def _column(self, name: str) -> Iterator[Any]:
-        pending = self._pending[name]
-        while pending or self._read():
-            if pending:
-                yield from pending.popleft()
+    return Lockstep(arrow_batches(df.select(*over).to_arrow_iter(), over), over).iterators()

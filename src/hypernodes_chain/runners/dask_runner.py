@@ -14,18 +14,20 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 import weakref
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
+from .._optional import optional
 from ..cache import Cache, MemoryCache
-from ..engines._optional import optional
 from ..events import Subscriber
 from . import _remote
 from ._drive import SyncDriver
-from ._work import BatchTask
+from ._work import BatchTask, ColumnCall, ItemCall, Work
 from .runner import Runner
+
+if TYPE_CHECKING:
+    from distributed import Future
 
 __all__ = ["DaskRunner"]
 
@@ -43,60 +45,56 @@ class DaskDriver(SyncDriver):
     def __init__(self, runner: DaskRunner) -> None:
         super().__init__()
         self.runner = runner
-        # (plan, constants, settings) ids -> (token, bytes or future, the objects: kept
-        # alive so that their ids are not reused while this driver runs)
-        self._shared: dict[tuple[int, int, int], tuple[str, Any, Any]] = {}
+        self._parts = _remote.SharedParts(self._place)
 
     def shipper(self) -> _Tasks:
         return _Tasks(self)
 
     @staticmethod
-    def _here(piece: Any) -> bool:
+    def _here(piece: Work) -> bool:
         """Nested graphs and calls that may wait for an interrupt's answer stay here."""
-        if type(piece) is BatchTask:
-            return piece.local.interactive is not None
-        return bool(piece.invoker.nested) or piece.local is not None
+        match piece:
+            case BatchTask():
+                return piece.local.interactive is not None
+            case ItemCall() | ColumnCall():
+                return piece.carries_flow or piece.local is not None
 
-    def _submit(self, client: Any, piece: Any) -> Any:
+    def _place(self, blob: bytes) -> object:
+        """A map's shared part as it travels: a large one is scattered to every worker once
+        instead of sent with every task."""
+        if len(blob) > _LARGE:
+            return self.runner.client.scatter(blob, broadcast=True, hash=False)
+        return blob
+
+    def _submit(self, client: Any, piece: Work) -> Any:
+        """The piece's Dask task (a future)."""
         retries = self.runner.retries
-        if type(piece) is BatchTask:
-            token, shared = self._shared_part(client, piece)
-            listen = piece.local.bus.active
-            blob = _remote.pack_batch(piece)
-            return client.submit(
-                _remote.run_batch, token, shared, blob, listen, pure=False, retries=retries
-            )
-        return client.submit(
-            _remote.run_call, _remote.pack_call(piece), pure=False, retries=retries
-        )
+        match piece:
+            case BatchTask():
+                token, shared = self._parts.part(piece)
+                listen = piece.local.bus.active
+                blob = _remote.pack_batch(piece)
+                return client.submit(
+                    _remote.run_batch, token, shared, blob, listen, pure=False, retries=retries
+                )
+            case ItemCall() | ColumnCall():
+                return client.submit(
+                    _remote.run_call, _remote.pack_call(piece), pure=False, retries=retries
+                )
 
-    def _shared_part(self, client: Any, task: BatchTask) -> tuple[str, Any]:
-        """The map's shared part, packed once per plan and settings of this driver."""
-        key = id(task.plan), id(task.constants), id(task.settings)
-        found = self._shared.get(key)
-        if found is None:
-            blob = _remote.pack_shared(task.plan, task.constants, task.constant_keys, task.settings)
-            shared: Any = blob
-            if len(blob) > _LARGE:  # one copy per worker instead of one per task
-                shared = client.scatter(blob, broadcast=True, hash=False)
-            objects = (task.plan, task.constants, task.settings)
-            found = self._shared[key] = (uuid.uuid4().hex, shared, objects)
-        return found[0], found[1]
-
-    def _receive(self, future: Any, piece: Any) -> Any:
+    def _receive(self, future: Future[bytes], piece: Work) -> Work:
         """The piece, filled from its finished task; the events it raised are published."""
         try:
             blob = future.result()
         except Exception as exc:
-            piece.error = exc
+            piece.error = exc  # type: ignore[union-attr]  # a ColumnCall has no error slot
             return piece
-        events = (
-            _remote.unpack_outcome(piece, blob)
-            if type(piece) is BatchTask
-            else _remote.unpack_call(piece, blob)
-        )
-        bus = piece.local.bus if type(piece) is BatchTask else piece.bus
-        return _remote.publish(piece, bus, events)
+        match piece:
+            case BatchTask():
+                events = _remote.unpack_outcome(piece, blob)
+                return _remote.publish(piece, piece.local.bus, events)
+            case ItemCall() | ColumnCall():
+                return _remote.publish(piece, piece.bus, _remote.unpack_call(piece, blob))
 
 
 class _Tasks:
@@ -105,22 +103,22 @@ class _Tasks:
     def __init__(self, driver: DaskDriver) -> None:
         self.driver = driver
         self.client = driver.runner.client
-        self.out: dict[Any, Any] = {}  # future -> its piece
+        self.out: dict[Future[bytes], Work] = {}  # future -> its piece
         self.finished = _distributed().as_completed(loop=self.client.loop)
 
     @property
     def pending(self) -> bool:
         return bool(self.out)
 
-    def ships(self, piece: Any) -> bool:
+    def ships(self, piece: Work) -> bool:
         return not self.driver._here(piece)
 
-    def send(self, piece: Any) -> None:
+    def send(self, piece: Work) -> None:
         future = self.driver._submit(self.client, piece)
         self.out[future] = piece
         self.finished.add(future)
 
-    def receive(self) -> list[Any]:
+    def receive(self) -> list[Work]:
         done = self.finished.next_batch(block=True)
         return [self.driver._receive(f, self.out.pop(f)) for f in done]
 
@@ -162,14 +160,14 @@ class DaskRunner(Runner):
 
     def __init__(
         self,
-        client: Any = None,
+        client: object = None,
         *,
         cache: Cache | None = None,
         callbacks: Sequence[Subscriber] | Subscriber | None = None,
-        engines: Any = None,
+        engines: object = None,
         max_in_flight: int | None = None,
         retries: int = 3,
-        cluster_options: Mapping[str, Any] | None = None,
+        cluster_options: Mapping[str, object] | None = None,
     ) -> None:
         if max_in_flight is not None and (
             isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int)
@@ -193,7 +191,7 @@ class DaskRunner(Runner):
         self._client: Any = None
         self._cluster: Any = None
         self._lock = threading.Lock()
-        self._finalizer: Any = None
+        self._finalizer: Callable[[], object] | None = None
         self._plugin = False
 
     # -- the cluster ----------------------------------------------------------------------

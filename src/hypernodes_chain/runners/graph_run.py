@@ -22,11 +22,11 @@ class GraphRun:
     Leaving the ``async with`` block early cancels the run and waits for its tasks.
     """
 
-    def __init__(self, start: Callable[..., Awaitable[Any]]) -> None:
+    def __init__(self, start: Callable[..., Awaitable[object]]) -> None:
         self._start = start  # start(session=, extra=) runs the run or map
-        self._result: Any = _NOT_YET
+        self._result: object = _NOT_YET
         self._pending: dict[str, asyncio.Future[Any]] = {}
-        self._task: asyncio.Task[Any] | None = None
+        self._task: asyncio.Task[None] | None = None
         self._queue: asyncio.Queue[Event] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -95,7 +95,7 @@ class GraphRun:
         """Ids of the interrupts waiting for an answer."""
         return list(self._pending)
 
-    def respond(self, value: Any, id: str | None = None) -> None:
+    def respond(self, value: object, id: str | None = None) -> None:
         """Answer the waiting interrupt (name it by ``id`` when several are waiting)."""
         if id is None:
             if not self._pending:

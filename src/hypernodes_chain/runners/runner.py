@@ -13,6 +13,7 @@ from ..graph import Graph
 from ..results import MapResult, Writer
 from ._base import BaseRunner
 from ._drive import SyncDriver, iterate
+from ._work import Handlers
 
 __all__ = ["Runner"]
 
@@ -40,7 +41,7 @@ class Runner(BaseRunner):
         self,
         cache: Cache | None = None,
         callbacks: Sequence[Subscriber] | Subscriber | None = None,
-        engines: Any = None,
+        engines: object = None,
         max_workers: int | None = None,
     ) -> None:
         self.max_workers = max_workers
@@ -52,9 +53,9 @@ class Runner(BaseRunner):
     def run(
         self,
         graph: Graph,
-        inputs: Mapping[str, Any],
+        inputs: Mapping[str, object],
         output_name: str | Iterable[str] | None = None,
-        handlers: Mapping[str, Any] | None = None,
+        handlers: Handlers | None = None,
     ) -> dict[str, Any]:
         """Run ``graph`` once; returns every output, or those named by ``output_name``."""
         flow, outputs = self._run_flow(graph, inputs, output_name, handlers)
@@ -65,14 +66,14 @@ class Runner(BaseRunner):
     def map(
         self,
         graph: Graph,
-        inputs: Mapping[str, Any],
+        inputs: Mapping[str, object],
         map_over: str | Iterable[str],
         map_mode: str = ...,
         output_name: str | Iterable[str] | None = ...,
         batch_size: int = ...,
         writer: None = ...,
         on_error: str = ...,
-        handlers: Mapping[str, Any] | None = ...,
+        handlers: Handlers | None = ...,
         engine_window: int = ...,
     ) -> list[Any]: ...
 
@@ -80,7 +81,7 @@ class Runner(BaseRunner):
     def map(
         self,
         graph: Graph,
-        inputs: Mapping[str, Any],
+        inputs: Mapping[str, object],
         map_over: str | Iterable[str],
         map_mode: str = ...,
         output_name: str | Iterable[str] | None = ...,
@@ -88,21 +89,21 @@ class Runner(BaseRunner):
         *,
         writer: Writer,
         on_error: str = ...,
-        handlers: Mapping[str, Any] | None = ...,
+        handlers: Handlers | None = ...,
         engine_window: int = ...,
     ) -> MapResult: ...
 
     def map(
         self,
         graph: Graph,
-        inputs: Mapping[str, Any],
+        inputs: Mapping[str, object],
         map_over: str | Iterable[str],
         map_mode: str = "zip",
         output_name: str | Iterable[str] | None = None,
         batch_size: int = 1024,
         writer: Writer | None = None,
         on_error: str = "raise",
-        handlers: Mapping[str, Any] | None = None,
+        handlers: Handlers | None = None,
         engine_window: int = 100_000,
     ) -> list[Any] | MapResult:
         """Run ``graph`` once per item of the ``map_over`` inputs.
@@ -126,14 +127,14 @@ class Runner(BaseRunner):
     def imap(
         self,
         graph: Graph,
-        inputs: Mapping[str, Any],
+        inputs: Mapping[str, object],
         map_over: str | Iterable[str],
         map_mode: str = "zip",
         output_name: str | Iterable[str] | None = None,
         batch_size: int = 1024,
         writer: None = None,
         on_error: str = "raise",
-        handlers: Mapping[str, Any] | None = None,
+        handlers: Handlers | None = None,
         engine_window: int = 100_000,
     ) -> Iterator[Any]:
         """Like `map`, lazily: yields each item's result in input order, batch by batch.

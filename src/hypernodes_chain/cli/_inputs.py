@@ -2,7 +2,7 @@
 
 A jsonl, parquet or csv file, or a folder of such shards, is read lazily. Parquet columns are
 read one by one; the records of a jsonl or csv input are read once and split in lockstep into
-one lazy iterator per column (`_Lockstep`). Csv text is converted to the int, float or bool the
+one lazy iterator per column (`Lockstep`). Csv text is converted to the int, float or bool the
 graph's nodes annotate. `choose_map_over` checks the columns against the graph's inputs and the
 ``--map-over`` and ``--set`` options.
 """
@@ -10,12 +10,13 @@ graph's nodes annotate. `choose_map_over` checks the columns against the graph's
 from __future__ import annotations
 
 import json
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeGuard
 
-from ._cli_errors import CliError, InputRecordError, one_line
+from .._columns import Lockstep, row_batches
+from ..exceptions import CliError, InputRecordError
+from ._errors import one_line
 
 __all__ = [
     "ShardFormat",
@@ -41,13 +42,16 @@ _FORMATS = {
 }
 
 
+_READ = 256  # records read at a time from a jsonl or csv input
+
+
 def is_shard_format(value: object) -> TypeGuard[ShardFormat]:
     return value in ("jsonl", "parquet")
 
 
 def manifest_format(folder: Path) -> ShardFormat | None:
     """The shard format in ``folder/_manifest.json``; None without a readable, known one."""
-    from .io._manifest import find_manifest  # late: `inspect` needs no pyarrow
+    from ..io._manifest import find_manifest  # late: `inspect` needs no pyarrow
 
     try:
         manifest = find_manifest(folder)
@@ -114,7 +118,7 @@ def _to_bool(text: str) -> bool:
 
 def open_reader(path: Path, graph: Any) -> tuple[str, Any]:
     """The format of ``path`` and a lazy reader of its records."""
-    from .io import read_csv, read_jsonl, read_parquet
+    from ..io import read_csv, read_jsonl, read_parquet
 
     fmt = _input_format(path)
     try:
@@ -155,96 +159,6 @@ def input_columns(fmt: str, reader: Any) -> list[str] | None:
     return None
 
 
-class _Lockstep:
-    """One pass over a record stream, split into one lazy iterator per field.
-
-    ``map(map_mode="zip")`` takes a batch from each column in turn, so the values read ahead
-    for the other columns stay within about one batch; a column running further ahead than
-    ``limit`` values means the columns are not consumed in step, and is an error rather than
-    unbounded memory.
-    """
-
-    def __init__(
-        self, records: Iterable[Any], names: Sequence[str], source: str, limit: int
-    ) -> None:
-        self._records = iter(records)
-        self._names = list(names)
-        self._queues = {name: deque[Any]() for name in self._names}
-        self._source = source
-        self._limit = limit
-        self._count = 0
-        self._done = False
-        self._started: set[str] = set()
-        self.peak = 0  # the most values ever waiting in one column
-
-    def column(self, name: str, length: Callable[[], int] | None) -> _LockstepColumn:
-        return _LockstepColumn(self, name, length)
-
-    def _fill(self) -> bool:
-        """Read up to 256 more records into the queues; False once the stream is done."""
-        if self._done:
-            return False
-        names, queues = self._names, [self._queues[n] for n in self._names]
-        n_read = 0
-        for record in self._records:
-            try:
-                values = [record[n] for n in names]
-            except (KeyError, TypeError):
-                raise InputRecordError(self._bad(record, self._count + n_read)) from None
-            for queue, value in zip(queues, values):
-                queue.append(value)
-            n_read += 1
-            if n_read == 256:
-                break
-        self._count += n_read
-        if n_read < 256:
-            self._done = True
-        longest = max(map(len, queues))
-        self.peak = max(self.peak, longest)
-        if longest > self._limit:
-            msg = (
-                f"the columns of {self._source} are not consumed in step (over {self._limit} "
-                f"values buffered); use map_mode='zip'"
-            )
-            raise RuntimeError(msg)
-        return n_read > 0
-
-    def _bad(self, record: Any, index: int) -> str:
-        where = f"record {index} of {self._source}"
-        if not isinstance(record, dict):
-            return f"{where} is not an object: {_short(record)}"
-        missing = [n for n in self._names if n not in record]
-        return f"{where} has no field {missing[0]!r}: {_short(record)}"
-
-    def values(self, name: str) -> Iterator[Any]:
-        if name in self._started:
-            msg = f"column {name!r} of {self._source} can be iterated only once"
-            raise RuntimeError(msg)
-        self._started.add(name)
-        queue = self._queues[name]
-        popleft = queue.popleft
-        while True:
-            while queue:
-                yield popleft()
-            if not self._fill() and not queue:
-                return
-
-
-class _LockstepColumn(Iterable[Any]):
-    """One field of a `_Lockstep` stream, with the reader's ``len()`` when known."""
-
-    def __init__(self, stream: _Lockstep, name: str, length: Callable[[], int] | None) -> None:
-        self._stream, self._name, self._length = stream, name, length
-
-    def __iter__(self) -> Iterator[Any]:
-        return self._stream.values(self._name)
-
-    def __len__(self) -> int:
-        if self._length is None:
-            raise TypeError("length unknown")
-        return self._length()
-
-
 def _short(value: Any, limit: int = 120) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -253,11 +167,26 @@ def _short(value: Any, limit: int = 120) -> str:
 def map_inputs(
     fmt: str, reader: Any, names: Sequence[str], batch_size: int
 ) -> dict[str, Iterable[Any]]:
-    """``{name: lazy column}`` for the fields in ``names``, reading the input once."""
+    """``{name: lazy column}`` for the fields in ``names``, reading the input once.
+
+    The records of a jsonl or csv input are read 256 at a time; a column that runs more
+    than about two batches ahead of the others is an error (`Lockstep`), as is a record
+    that is not an object or lacks a field (`InputRecordError`).
+    """
     if fmt == "parquet" or len(names) == 1:
         # Parquet is columnar: each column is read on its own, without building records.
         return {name: reader.column(name) for name in names}
-    stream = _Lockstep(reader, names, repr(str(reader.path)), limit=2 * batch_size + 1024)
+    source = repr(str(reader.path))
+
+    def bad(record: Any, index: int) -> InputRecordError:
+        where = f"record {index} of {source}"
+        if not isinstance(record, dict):
+            return InputRecordError(f"{where} is not an object: {_short(record)}")
+        missing = [n for n in names if n not in record]
+        return InputRecordError(f"{where} has no field {missing[0]!r}: {_short(record)}")
+
+    batches = row_batches(iter(reader), names, _READ, bad)
+    stream = Lockstep(batches, names, source=source, limit=2 * batch_size + 1024)
     return {name: stream.column(name, reader.__len__) for name in names}
 
 
@@ -291,34 +220,7 @@ def choose_map_over(
             f"--set names {_names(unknown_sets)} that the graph does not read; "
             f"graph inputs: {_names([*graph.inputs, *graph.optional_inputs])}"
         )
-    if map_over is not None:
-        not_inputs = [n for n in map_over if n not in known]
-        if not_inputs:
-            raise CliError(
-                f"--map-over names {_names(not_inputs)} that the graph does not read; "
-                f"graph inputs: {_names([*graph.inputs, *graph.optional_inputs])}"
-            )
-        if columns is not None:
-            absent = [n for n in map_over if n not in columns]
-            if absent:
-                raise CliError(
-                    f"--map-over names {_names(absent)}, not columns of {source}; "
-                    f"its columns: {_names(columns)}"
-                )
-        chosen = list(map_over)
-    elif columns is None:  # no record to look at: map over what the graph needs
-        chosen = [n for n in graph.inputs if n not in constants]
-    else:
-        # ``_index`` is the item index a StreamWriter adds to its rows (never a graph input):
-        # a folder written by an earlier run reads back as input without --map-over.
-        columns = [c for c in columns if c != "_index"]
-        unknown = [c for c in columns if c not in known]
-        if unknown:
-            raise CliError(
-                f"{source} has columns the graph does not read: {_names(unknown)}; graph inputs: "
-                f"{_names([*graph.inputs, *graph.optional_inputs])} (pick columns with --map-over)"
-            )
-        chosen = list(columns)
+    chosen = _columns_to_map(graph, columns, map_over, constants, source)
     both = [n for n in chosen if n in constants]
     if both:
         raise CliError(
@@ -334,6 +236,44 @@ def choose_map_over(
     if not chosen:
         raise CliError(f"nothing to map over: no column of {source} is a graph input")
     return chosen
+
+
+def _columns_to_map(
+    graph: Any,
+    columns: list[str] | None,
+    map_over: list[str] | None,
+    constants: dict[str, Any],
+    source: str,
+) -> list[str]:
+    """``--map-over``, else the input's columns, else (no record to tell) the graph's inputs."""
+    known = set(graph.inputs) | set(graph.optional_inputs)
+    if map_over is not None:
+        not_inputs = [n for n in map_over if n not in known]
+        if not_inputs:
+            raise CliError(
+                f"--map-over names {_names(not_inputs)} that the graph does not read; "
+                f"graph inputs: {_names([*graph.inputs, *graph.optional_inputs])}"
+            )
+        if columns is not None:
+            absent = [n for n in map_over if n not in columns]
+            if absent:
+                raise CliError(
+                    f"--map-over names {_names(absent)}, not columns of {source}; "
+                    f"its columns: {_names(columns)}"
+                )
+        return list(map_over)
+    if columns is None:  # no record to look at: map over what the graph needs
+        return [n for n in graph.inputs if n not in constants]
+    # ``_index`` is the item index a StreamWriter adds to its rows (never a graph input):
+    # a folder written by an earlier run reads back as input without --map-over.
+    columns = [c for c in columns if c != "_index"]
+    unknown = [c for c in columns if c not in known]
+    if unknown:
+        raise CliError(
+            f"{source} has columns the graph does not read: {_names(unknown)}; graph inputs: "
+            f"{_names([*graph.inputs, *graph.optional_inputs])} (pick columns with --map-over)"
+        )
+    return columns
 
 
 def _names(names: Iterable[str]) -> str:
