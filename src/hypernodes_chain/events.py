@@ -71,6 +71,10 @@ class NodeStarted(Event):
 
 @dataclass(frozen=True, slots=True)
 class NodeFinished(Event):
+    """A node finished: for one item, or for ``n_items`` items of a map's batch. A node
+    that calls an engine adds the tokens its prompts and replies took, where the engine
+    tells them (0 where it does not)."""
+
     node: str
     duration: float
     cached: bool
@@ -78,6 +82,8 @@ class NodeFinished(Event):
     n_items: int = 1
     n_cached: int = 0
     n_failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)

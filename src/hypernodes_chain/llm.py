@@ -19,9 +19,7 @@ node has an ``output_model``.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import weakref
 from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any
 
@@ -203,32 +201,20 @@ def _broker(settings: Settings | None, node: LLMNode) -> Any:
     return broker
 
 
-_LIMITS: weakref.WeakKeyDictionary[Any, dict[Any, asyncio.Semaphore]] = weakref.WeakKeyDictionary()
-
-
-def _limit(engine: Any) -> asyncio.Semaphore:
-    """The engine's ``max_concurrency`` as a semaphore of the running loop."""
-    loop = asyncio.get_running_loop()
-    per_loop = _LIMITS.setdefault(engine, {})
-    sem = per_loop.get(loop)
-    if sem is None:
-        sem = per_loop[loop] = asyncio.Semaphore(max(1, int(getattr(engine, "max_concurrency", 1))))
-    return sem
-
-
 def _generate(broker: Any, node: LLMNode, prompts: list[Any]) -> list[Any]:
     with broker.acquire(node.engine) as engine:
         return list(engine.generate(prompts, schema=node.schema, **sampling_of(node)))
 
 
 async def _agenerate(broker: Any, node: LLMNode, prompts: list[Any]) -> list[Any]:
-    async with broker.aacquire(node.engine) as engine, _limit(engine):
+    # no limit here: ``max_concurrency`` is the engine's own, over every caller at once
+    async with broker.aacquire(node.engine) as engine:
         return list(await engine.agenerate(prompts, schema=node.schema, **sampling_of(node)))
 
 
 async def _astream(broker: Any, node: LLMNode, prompt: Any, call: ItemCall) -> str:
     chunks = []
-    async with broker.aacquire(node.engine) as engine, _limit(engine):
+    async with broker.aacquire(node.engine) as engine:
         async for chunk in engine.astream(prompt, **sampling_of(node)):
             chunks.append(chunk)
             if call.bus is not None:
@@ -272,7 +258,7 @@ class LLMInvoker(NodeInvoker):
             # under AsyncRunner.iter: the reply's tokens stream out as they come
             reply = yield Awaiting(lambda: _astream(broker, node, prompt, call))
             return node.parse(reply)
-        values, failed = yield from self._answer(broker, [prompt])
+        values, failed = yield from self._answer(broker, [prompt], call)
         if 0 in failed:
             raise failed[0]
         return values[0]
@@ -288,7 +274,7 @@ class LLMInvoker(NodeInvoker):
             except Exception as exc:
                 failed[i] = exc
         order = sorted(prompts)
-        values, bad = yield from self._answer(broker, [prompts[i] for i in order])
+        values, bad = yield from self._answer(broker, [prompts[i] for i in order], call)
         out: list[Any] = [None] * call.n
         for k, i in enumerate(order):
             if k in bad:
@@ -297,8 +283,9 @@ class LLMInvoker(NodeInvoker):
                 out[i] = values[k]
         return out, failed
 
-    def _answer(self, broker: Any, prompts: list[Any]) -> Body:
-        """Ask the engine, parse each reply; ask again for the ones that did not validate."""
+    def _answer(self, broker: Any, prompts: list[Any], call: ItemCall | ColumnCall) -> Body:
+        """Ask the engine, parse each reply; ask again for the ones that did not validate.
+        The tokens of every reply (where the engine tells them) are added to ``call``."""
         node = self.node
         values: list[Any] = [None] * len(prompts)
         failed: dict[int, BaseException] = {}
@@ -309,6 +296,7 @@ class LLMInvoker(NodeInvoker):
             if len(replies) != len(batch):
                 msg = f"engine {node.engine!r} gave {len(replies)} replies for {len(batch)} prompts"
                 raise RuntimeError(msg)
+            _count_tokens(call, replies)
             again = []
             for i, reply in zip(todo, replies):
                 if isinstance(reply, Exception):
@@ -325,6 +313,17 @@ class LLMInvoker(NodeInvoker):
             if not todo:
                 break
         return values, failed
+
+
+def _count_tokens(call: ItemCall | ColumnCall, replies: Sequence[object]) -> None:
+    """Add the replies' (prompt, completion) tokens to the call's, where engines tell."""
+    prompt = completion = 0
+    for reply in replies:
+        prompt += getattr(reply, "prompt_tokens", None) or 0
+        completion += getattr(reply, "completion_tokens", None) or 0
+    if prompt or completion:
+        before = call.tokens or (0, 0)
+        call.tokens = (before[0] + prompt, before[1] + completion)
 
 
 register_invoker(LLMNode, LLMInvoker)

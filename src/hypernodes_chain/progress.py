@@ -60,8 +60,8 @@ def format_seconds(seconds: float) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
-def format_rate(per_second: float | None) -> str:
-    return "- items/s" if per_second is None else f"{per_second:,.1f} items/s"
+def format_rate(per_second: float | None, unit: str = "items") -> str:
+    return f"- {unit}/s" if per_second is None else f"{per_second:,.1f} {unit}/s"
 
 
 class RateColumn(ProgressColumn):
@@ -123,14 +123,31 @@ def fitted_columns(
 class NodeStats:
     """What one node (at one nesting path) did during a run."""
 
-    __slots__ = ("cached", "failed", "items", "seconds", "task")
+    __slots__ = (
+        "cached",
+        "completion_tokens",
+        "failed",
+        "items",
+        "prompt_tokens",
+        "seconds",
+        "task",
+    )
 
     def __init__(self, task: TaskID) -> None:
         self.items = 0
         self.cached = 0
         self.failed = 0
         self.seconds = 0.0
+        self.prompt_tokens = 0  # nodes that call engines, where the engine tells
+        self.completion_tokens = 0
         self.task = task
+
+    def tokens(self, seconds: float) -> tuple[str, str]:
+        """The tokens cell (prompt + completion) and completion tokens per second."""
+        if not (self.prompt_tokens or self.completion_tokens):
+            return "", ""
+        rate = self.completion_tokens / seconds if seconds > 0 else None
+        return f"{self.prompt_tokens:,} + {self.completion_tokens:,}", format_rate(rate, "tok")
 
 
 class RunView:
@@ -203,7 +220,9 @@ def summary(view: RunView, graph: str, counts: tuple[int, int, int], wall: float
         title=f"{graph}: summary", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False
     )
     table.add_column("node")
-    for name in ("items", "cached", "failed", "time", "share"):
+    tokens = any(s.prompt_tokens or s.completion_tokens for s in view.nodes.values())
+    names = ("items", "cached", "failed", "time", "share")
+    for name in (*names, "tokens (in + out)", "out tokens/s") if tokens else names:
         table.add_column(name, justify="right")
     nodes = sum(s.seconds for key, s in view.nodes.items() if len(key) == 1)
     extra = [("cache", view.cache_seconds), ("writer", view.write_seconds)]
@@ -218,9 +237,9 @@ def summary(view: RunView, graph: str, counts: tuple[int, int, int], wall: float
         share = f"{100 * s.seconds / whole:.1f}%" if whole > 0 else "-"
         failed = Text(f"{s.failed:,}", style="red" if s.failed else "")
         name = "  " * (len(key) - 1) + key[-1]
-        table.add_row(
-            name, f"{s.items:,}", f"{s.cached:,}", failed, format_seconds(s.seconds), share
-        )
+        cells: list[str | Text] = [name, f"{s.items:,}", f"{s.cached:,}", failed]
+        cells += [format_seconds(s.seconds), share]
+        table.add_row(*cells, *(s.tokens(s.seconds) if tokens else ()))
     for name, seconds in extra:
         if seconds > 0:
             share = f"{100 * seconds / whole:.1f}%" if whole > 0 else "-"
@@ -370,6 +389,8 @@ class ProgressCallback(Callback):
         stats.seconds += elapsed if elapsed is not None else event.duration
         stats.items += event.n_items
         stats.cached += event.n_cached
+        stats.prompt_tokens += event.prompt_tokens
+        stats.completion_tokens += event.completion_tokens
         view.progress.update(stats.task, advance=event.n_items, cached=stats.cached)
 
     def on_node_failed(self, event: NodeFailed) -> None:

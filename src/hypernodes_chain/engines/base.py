@@ -13,10 +13,37 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Engine", "Message", "Prompt", "chat_messages"]
+__all__ = ["Engine", "Message", "Prompt", "Reply", "chat_messages"]
 
 Message = Mapping[str, str]
 Prompt = str | Sequence[Message]
+
+
+class Reply(str):
+    """A reply's text, with the tokens it took where the engine can tell (else None).
+
+    An engine may return these in place of plain strings: they are strings, so nothing
+    else changes, and LLM nodes add their counts to their events (`NodeFinished`).
+    """
+
+    __slots__ = ("completion_tokens", "prompt_tokens")
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+    def __new__(
+        cls, text: str, *, prompt_tokens: int | None = None, completion_tokens: int | None = None
+    ) -> Reply:
+        reply = super().__new__(cls, text)
+        reply.prompt_tokens = prompt_tokens
+        reply.completion_tokens = completion_tokens
+        return reply
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_reply, (str(self), self.prompt_tokens, self.completion_tokens))
+
+
+def _reply(text: str, prompt_tokens: int | None, completion_tokens: int | None) -> Reply:
+    return Reply(text, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
 
 
 def chat_messages(prompt: Prompt) -> list[dict[str, Any]]:

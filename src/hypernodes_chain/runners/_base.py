@@ -15,10 +15,11 @@ from ..events import EventBus, Subscriber
 from ..exceptions import MapInputError, UnknownInputError
 from ..graph import Graph
 from ..interrupts import Session
-from ..plan import build_plan
+from ..plan import Plan, build_plan
 from ..results import MapResult, Writer
 from . import _nested  # noqa: F401  (registers the invoker of nested graphs)
 from ._flows import item_flow
+from ._invoke import plan_engines
 from ._map import map_flow, normalize_map_over
 from ._sources import as_inputs
 from ._work import Context, Flow, Handlers, Keys, Local, MapFlow, Settings
@@ -26,6 +27,8 @@ from ._work import Context, Flow, Handlers, Keys, Local, MapFlow, Settings
 __all__ = ["BaseRunner"]
 
 _MAP_MODES = ("zip", "product")
+ENGINE_QUEUE = 512  # prompts an engine map keeps queued at its engines (about)
+_MAX_ENGINE_BATCHES = 16
 _ON_ERROR = ("raise", "collect")
 
 
@@ -34,6 +37,7 @@ class BaseRunner:
 
     _inline = False  # may the core call plain functions itself? (only a serial sync runner)
     _in_flight = 1  # batches of a map out at once
+    _feeds_engines = False  # does a map that calls engines keep more batches out?
 
     def __init__(
         self,
@@ -138,9 +142,18 @@ class BaseRunner:
             ctx,
             batch_size=batch_size,
             writer=writer,
-            in_flight=self._in_flight,
+            in_flight=self._map_in_flight(plan, batch_size),
             engine_window=engine_window,
         )
+
+    def _map_in_flight(self, plan: Plan, batch_size: int) -> int:
+        """Batches of a map out at once: the runner's own number, or for a map whose nodes
+        call engines (on a runner that feeds them), enough batches that about
+        `ENGINE_QUEUE` prompts wait at the engines while the earliest batch finishes."""
+        if not self._feeds_engines or not plan_engines(plan):
+            return self._in_flight
+        wanted = -(-ENGINE_QUEUE // batch_size)
+        return max(self._in_flight, min(_MAX_ENGINE_BATCHES, max(2, wanted)))
 
 
 def _as_broker(engines: object) -> object:

@@ -41,6 +41,7 @@ __all__ = [
     "check_batch_result",
     "invoker_for",
     "join_chunks",
+    "plan_engines",
     "plan_invokers",
     "register_invoker",
 ]
@@ -389,6 +390,16 @@ def invoker_for(step: Step) -> Invoker:
     if node.batch:
         return _BATCH[node.kind]
     return _BY_KIND[node.kind]
+
+
+def plan_engines(plan: Plan) -> frozenset[str]:
+    """The engines a plan's steps call (their invokers say), memoised with the plan."""
+    memo = plan.memo
+    engines: frozenset[str] | None = memo.get("engines")
+    if engines is None:
+        named = (inv.engine_of(s.node) for s, inv in zip(plan.steps, plan_invokers(plan)))
+        engines = memo["engines"] = frozenset(e for e in named if e is not None)
+    return engines
 
 
 def plan_invokers(plan: Plan) -> tuple[Invoker, ...]:

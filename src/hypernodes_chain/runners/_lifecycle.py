@@ -63,8 +63,11 @@ def _finished(
     n: int = 1,
     n_cached: int = 0,
     n_failed: int = 0,
+    tokens: tuple[int, int] | None = None,
 ) -> None:
-    """``t0`` None: every item came from the cache (no time spent in the node)."""
+    """``t0`` None: every item came from the cache (no time spent in the node).
+    ``tokens``: the (prompt, completion) tokens of the engine calls the node made."""
+    prompt_tokens, completion_tokens = tokens or (0, 0)
     bus.publish(
         NodeFinished(
             path=path,
@@ -75,6 +78,8 @@ def _finished(
             n_items=n,
             n_cached=n_cached,
             n_failed=n_failed,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
         )
     )
 
@@ -150,7 +155,7 @@ def end_item(call: ItemCall, ctx: Context, values: dict[str, Any], keys: Keys | 
     if _cacheable(ctx, call.invoker, call.key):
         ctx.cache.set(call.key, call.result)  # type: ignore[union-attr,arg-type]
     if bus is not None:
-        _finished(bus, call.path, step, call.t0, index=call.index)
+        _finished(bus, call.path, step, call.t0, index=call.index, tokens=call.tokens)
 
 
 # -- a batch ---------------------------------------------------------------------------------
@@ -324,8 +329,9 @@ def end_column(call: ColumnCall, b: Batch) -> None:
     else:
         n_failed = _store_rows(call, b)
     if b.bus is not None:
-        n = len(positions) + call.hits
-        _finished(b.bus, b.path, step, call.t0, n=n, n_cached=call.hits, n_failed=n_failed)
+        n, hits = len(positions) + call.hits, call.hits
+        _finished(b.bus, b.path, step, call.t0, n=n, n_cached=hits, n_failed=n_failed,
+                  tokens=call.tokens)  # fmt: skip
 
 
 def _store_rows(call: ColumnCall, b: Batch) -> int:
@@ -409,7 +415,8 @@ def _store_constant(call: ItemCall, b: Batch, *, cached: bool) -> None:
     if b.bus is not None:
         n = len(b.alive)
         t0 = None if cached else call.t0
-        _finished(b.bus, b.path, call.step, t0, n=n, n_cached=n if cached else 0)
+        _finished(b.bus, b.path, call.step, t0, n=n, n_cached=n if cached else 0,
+                  tokens=call.tokens)  # fmt: skip
 
 
 def _fail_all(call: ItemCall, b: Batch, error: BaseException) -> None:

@@ -484,10 +484,10 @@ def run_call(blob: bytes) -> bytes:
 
 def _call_state(
     call: ItemCall | ColumnCall, events: list[Event], *, portable: bool = False
-) -> tuple[object, object, list[Event]]:
-    """What goes back of a node call: ``(results, failed, events)`` for a column, ``(ok,
-    value or error, events)`` for an item; ``portable``: errors that pickle (as
-    `RemoteError` where they do not)."""
+) -> tuple[object, object, list[Event], tuple[int, int] | None]:
+    """What goes back of a node call: ``(results, failed, events, tokens)`` for a column,
+    ``(ok, value or error, events, tokens)`` for an item; ``portable``: errors that pickle
+    (as `RemoteError` where they do not)."""
     if portable:
         events = [_portable_event(e) for e in events]
     match call:
@@ -495,16 +495,17 @@ def _call_state(
             failed = call.failed
             if portable:
                 failed = {pos: _portable_error(e) for pos, e in failed.items()}
-            return call.results, failed, events
+            return call.results, failed, events, call.tokens
         case ItemCall() if call.error is not None:
-            return False, _portable_error(call.error) if portable else call.error, events
+            error = _portable_error(call.error) if portable else call.error
+            return False, error, events, call.tokens
         case ItemCall():
-            return True, call.result, events
+            return True, call.result, events, call.tokens
 
 
 def unpack_call(call: ItemCall | ColumnCall, blob: bytes) -> list[Event]:
     """Fill the call's outcome from a worker's reply; returns the events it raised."""
-    first, second, events = pickle.loads(blob)
+    first, second, events, call.tokens = pickle.loads(blob)
     match call:
         case ColumnCall():
             call.results, call.failed = first, second

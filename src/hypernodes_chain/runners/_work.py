@@ -174,6 +174,7 @@ class ItemCall:
         "settings",
         "step",
         "t0",
+        "tokens",
     )
 
     def __init__(
@@ -202,6 +203,7 @@ class ItemCall:
         self.result: object = None
         self.error: BaseException | None = None
         self.t0 = 0.0
+        self.tokens: tuple[int, int] | None = None  # (prompt, completion) of engine calls
 
     @property
     def carries_flow(self) -> bool:
@@ -239,6 +241,7 @@ class ColumnCall:
         "settings",
         "step",
         "t0",
+        "tokens",
     )
 
     def __init__(
@@ -271,6 +274,7 @@ class ColumnCall:
         self.results: list[object] = []
         self.failed: dict[int, BaseException] = {}
         self.t0 = 0.0
+        self.tokens: tuple[int, int] | None = None  # (prompt, completion) of engine calls
         # the batch flow's bookkeeping: batch positions of the rows, cache keys and hits
         self.positions: list[int] = []
         self.keys: list[str | None] | None = None

@@ -42,6 +42,7 @@ class AsyncRunner(BaseRunner):
 
     # two batches of a map out at once: one computes while the other's results are written
     _in_flight = 2
+    _feeds_engines = True  # batch tasks are asyncio tasks: an engine map keeps more out
 
     def __init__(
         self,

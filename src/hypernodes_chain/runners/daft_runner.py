@@ -214,6 +214,11 @@ class DaftRunner(Runner):
     def _driver(self) -> SyncDriver:
         return DaftDriver(self)
 
+    _feeds_engines = False  # Daft keeps its own UDF instances busy
+
+    def _map_driver(self) -> SyncDriver:
+        return self._driver()
+
     def _feed(self, first: BatchTask) -> StreamFeed | WindowFeed:
         """The feed of one map, chosen by its first batch task (see the module docstring)."""
         from ._daft_feed import Lane, StreamFeed, WindowFeed

@@ -258,6 +258,11 @@ class DaskRunner(Runner):
         return f"DaskRunner({where}, max_in_flight={self.max_in_flight})"
 
     # -- driving ------------------------------------------------------------------------
+    _feeds_engines = False  # ``max_in_flight`` is the user's bound
+
+    def _map_driver(self) -> SyncDriver:
+        return self._driver()
+
     def _driver(self) -> SyncDriver:
         """A driver for one run or map (checked before anything runs)."""
         _check_cache(self.cache)

@@ -13,6 +13,7 @@ from ..graph import Graph
 from ..results import MapResult, Writer
 from ._base import BaseRunner
 from ._drive import SyncDriver, iterate
+from ._threads import FeedingDriver
 from ._work import Handlers
 
 __all__ = ["Runner"]
@@ -36,6 +37,8 @@ class Runner(BaseRunner):
         Size of a thread pool for independent nodes and the items of a column;
         ``None`` runs everything in the calling thread.
     """
+
+    _feeds_engines = True  # an engine map's batches run in threads (`FeedingDriver`)
 
     def __init__(
         self,
@@ -116,7 +119,7 @@ class Runner(BaseRunner):
             handlers, engine_window=engine_window,
         )  # fmt: skip
         rows: list[Any] = []
-        batches = self._driver().batches(flow)
+        batches = self._map_driver().batches(flow)
         while True:
             try:
                 rows += next(batches)
@@ -149,7 +152,7 @@ class Runner(BaseRunner):
             graph, inputs, map_over, map_mode, output_name, batch_size, None, on_error, handlers,
             engine_window=engine_window,
         )  # fmt: skip
-        yield from iterate(self._driver().batches(flow))
+        yield from iterate(self._map_driver().batches(flow))
 
     def close(self) -> None:
         """Shut the thread pool down (if one was started), closing its threads' loops."""
@@ -168,6 +171,15 @@ class Runner(BaseRunner):
     def _driver(self) -> SyncDriver:
         if self.max_workers is None or self.max_workers <= 1:
             return _INLINE
+        return SyncDriver(self._worker_pool(), self.max_workers)
+
+    def _map_driver(self) -> SyncDriver:
+        """A map's driver: batches of engine plans in threads of their own."""
+        if self.max_workers is None or self.max_workers <= 1:
+            return FeedingDriver()
+        return FeedingDriver(self._worker_pool(), self.max_workers)
+
+    def _worker_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="hypernodes")
-        return SyncDriver(self._pool, self.max_workers)
+        return self._pool
