@@ -387,6 +387,10 @@ def _all_errors() -> list[BaseException]:
             errors.append(NodeError("node 'f' failed", node="f", index=3, path=("outer", "f")))
         elif cls is exceptions.LLMOutputError:
             errors.append(cls("summarize", '{"title": 1', "title: Input should be a string"))
+        elif cls is exceptions.EngineReplyError:
+            errors.append(cls("ollama", 2, 8, None))
+        elif cls is exceptions.TruncatedReplyError:
+            errors.append(cls(64, '{"title": "half a ti'))
         else:
             errors.append(cls(f"a {name}"))
     return errors

@@ -16,6 +16,10 @@ mistake, so ``except ValueError`` keeps working around graph construction::
     ├── InterruptError                   (also RuntimeError) an interrupt nobody can answer
     ├── CallbackError                    (also RuntimeError) a callback raised on an event
     ├── LLMOutputError                   (also ValueError) an LLM reply that does not validate
+    ├── EngineError                      (also RuntimeError) an engine could not answer
+    │   ├── EngineReplyError             (also TypeError) a reply that is not text (engine, prompt)
+    │   └── TruncatedReplyError          (also ValueError) a reply cut at max_tokens; keeps its text
+    ├── UnknownEngineError               (also KeyError) an engine name the broker does not know
     ├── ResumeError                      (also ValueError) a folder a writer must not resume
     └── WriterLockedError                (also RuntimeError) another writer holds the folder
 
@@ -49,6 +53,8 @@ __all__ = [
     "CycleError",
     "DotNotFoundError",
     "DuplicateOutputError",
+    "EngineError",
+    "EngineReplyError",
     "GraphError",
     "GraphTypeError",
     "HypernodesError",
@@ -62,6 +68,8 @@ __all__ = [
     "RemoteError",
     "ResumeError",
     "ResumeWarning",
+    "TruncatedReplyError",
+    "UnknownEngineError",
     "UnknownInputError",
     "WriterLockedError",
 ]
@@ -183,6 +191,59 @@ class _Unhashable(Exception):
 
 class _Misfit(Exception):
     """A column's values do not fit its type (raised inside the buffer only)."""
+
+
+class EngineError(HypernodesError, RuntimeError):
+    """An engine could not answer: it failed to start, a request failed after its retries,
+    or a reply broke the engine protocol. The engine's own error, if any, is chained."""
+
+
+class EngineReplyError(EngineError, TypeError):
+    """An engine gave something other than text (or an exception) for one prompt: that
+    prompt's item fails, naming the engine and the prompt's place in the call."""
+
+    def __init__(self, engine: str, position: int, n: int, got: object) -> None:
+        super().__init__(
+            f"engine {engine!r} gave {type(got).__name__} for prompt {position} of {n} "
+            f"(a reply is the text, or the exception of a prompt that failed)"
+        )
+        self.engine = engine
+        self.position = position
+        self.n = n
+        self.got_type = type(got).__name__
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_engine_reply_error, (self.engine, self.position, self.n, self.got_type))
+
+
+def _engine_reply_error(engine: str, position: int, n: int, got_type: str) -> EngineReplyError:
+    error = EngineReplyError(engine, position, n, None)
+    error.args = (str(error).replace("NoneType", got_type, 1),)
+    error.got_type = got_type
+    return error
+
+
+class TruncatedReplyError(EngineError, ValueError):
+    """A reply cut at ``max_tokens`` before its schema was complete; ``raw`` holds the text
+    it had (written with the item's failure, as for other bad replies)."""
+
+    def __init__(self, max_tokens: int, raw: str) -> None:
+        super().__init__(
+            f"reply truncated at max_tokens={max_tokens} before the schema was complete "
+            f"({len(raw):,} characters so far: {raw[:80]!r})"
+        )
+        self.max_tokens = max_tokens
+        self.raw = raw
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.max_tokens, self.raw))
+
+
+class UnknownEngineError(HypernodesError, KeyError):
+    """An engine name the broker does not know (a `KeyError`, as for a missing key)."""
+
+    def __str__(self) -> str:  # KeyError's own str() would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 class ResumeWarning(UserWarning):

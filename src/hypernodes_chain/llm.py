@@ -25,7 +25,7 @@ from typing import Any
 
 from . import hashing
 from .events import StreamingChunkEvent
-from .exceptions import LLMOutputError
+from .exceptions import EngineReplyError, LLMOutputError
 from .node import Node
 from .plan import Step
 from .runners._effects import Awaiting, Either
@@ -298,9 +298,12 @@ class LLMInvoker(NodeInvoker):
                 raise RuntimeError(msg)
             _count_tokens(call, replies)
             again = []
-            for i, reply in zip(todo, replies):
+            for k, (i, reply) in enumerate(zip(todo, replies)):
                 if isinstance(reply, Exception):
                     failed[i] = reply
+                    continue
+                if not isinstance(reply, str):
+                    failed[i] = EngineReplyError(node.engine, k, len(batch), reply)
                     continue
                 try:
                     values[i] = node.parse(reply)

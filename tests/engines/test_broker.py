@@ -554,6 +554,15 @@ def test_bad_settings_are_value_errors():
         EngineBroker(max_live=0)
     with pytest.raises(ValueError, match="idle_seconds must be 0 or more, got -1"):
         EngineBroker(idle_seconds=-1)
+    for bad in (1.5, True, "2"):  # 1.5 once acted as 2
+        with pytest.raises(ValueError, match=f"max_live must be at least 1, got {bad!r}"):
+            EngineBroker(max_live=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="idle_seconds must be 0 or more, got nan"):
+        EngineBroker(idle_seconds=float("nan"))
+    with pytest.raises(TypeError, match="idle_seconds must be a number of seconds"):
+        EngineBroker(idle_seconds="3")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="clock must be a callable"):
+        EngineBroker(clock=3.0)  # type: ignore[arg-type]
 
 
 # -- events ----------------------------------------------------------------------------------

@@ -87,7 +87,8 @@ def test_map_makes_one_generate_per_batch_of_cache_misses(engine: Counting) -> N
     graph = Graph([clean, summarize_node()])
     runner = Runner(engines={"small": engine}, cache=MemoryCache())
     out = runner.map(graph, {"review": REVIEWS}, map_over="review", batch_size=4)
-    assert engine.calls == [4, 4, 2]
+    # the batches are at the engine at once (in whichever order they reach it)
+    assert sorted(engine.calls) == [2, 4, 4]
     assert all(isinstance(row["summary"], Summary) for row in out)
     again = runner.map(graph, {"review": REVIEWS}, map_over="review", batch_size=4)
     assert engine.calls == [4, 4, 2]  # every item came from the cache: no model call

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, TypedDict, TypeGuard
 
 from ..events import EngineStarted, EngineStopped, Event, EventBus
-from ..exceptions import HypernodesError
+from ..exceptions import UnknownEngineError
 from .base import Engine
 
 __all__ = ["EngineBroker", "EngineStatus", "UnknownEngineError"]
@@ -35,13 +35,6 @@ EngineFactory = Callable[[], Engine]
 Clock = Callable[[], float]
 
 _COLD, _STARTING, _LIVE, _STOPPING = "cold", "starting", "live", "stopping"
-
-
-class UnknownEngineError(HypernodesError, KeyError):
-    """(also KeyError) an engine name the broker does not know."""
-
-    def __str__(self) -> str:  # KeyError's own str() would quote the message
-        return str(self.args[0]) if self.args else ""
 
 
 class EngineStatus(TypedDict):
@@ -115,12 +108,18 @@ class EngineBroker:
         clock: Clock = time.monotonic,
         bus: EventBus | None = None,
     ) -> None:
-        if max_live < 1:
-            msg = f"max_live must be at least 1, got {max_live!r}"
+        if isinstance(max_live, bool) or not isinstance(max_live, int) or max_live < 1:
+            msg = f"max_live must be at least 1, got {max_live!r} (a whole number of engines)"
             raise ValueError(msg)
-        if idle_seconds < 0:
+        if isinstance(idle_seconds, bool) or not isinstance(idle_seconds, (int, float)):
+            msg = f"idle_seconds must be a number of seconds, got {idle_seconds!r}"
+            raise TypeError(msg)
+        if not idle_seconds >= 0:  # NaN included
             msg = f"idle_seconds must be 0 or more, got {idle_seconds!r}"
             raise ValueError(msg)
+        if not callable(clock):
+            msg = f"clock must be a callable that returns seconds, got {clock!r}"
+            raise TypeError(msg)
         self.max_live = max_live
         self.idle_seconds = idle_seconds
         self.bus = bus
