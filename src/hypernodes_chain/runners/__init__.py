@@ -1,4 +1,5 @@
-"""Runners execute graphs; they share one core (`_flows`) and differ only in their driver."""
+"""Runners execute graphs; they share one core (`_flows`, `_lifecycle`, `_map`) and differ
+only in their driver (`_drive`)."""
 
 from .async_runner import AsyncRunner
 from .daft_runner import DaftRunner

@@ -1,4 +1,5 @@
-"""`Runner`: drives the core's flows in this thread (or a thread pool), one batch at a time."""
+"""`Runner`: drives the core's flows in this thread (or a thread pool), one batch at a time;
+a map whose nodes call engines keeps several batches at the engines (``_threads``)."""
 
 from __future__ import annotations
 
