@@ -10,9 +10,10 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,7 +27,7 @@ pytest.importorskip("xgrammar")
 pydantic = pytest.importorskip("pydantic")
 
 from hypernodes_chain import AsyncRunner, Graph, Runner  # noqa: E402
-from hypernodes_chain.engines.base import Engine  # noqa: E402
+from hypernodes_chain.engines.base import Engine, Reply  # noqa: E402
 from hypernodes_chain.engines.ollama import OllamaEngine, OllamaError  # noqa: E402
 from hypernodes_chain.llm import llm_node  # noqa: E402
 
@@ -150,6 +151,133 @@ def test_concurrency_reaches_but_never_exceeds_max_concurrency(srv: Server) -> N
     replies = asyncio.run(engine.agenerate([f"p {i}" for i in range(10)], max_tokens=2))
     assert all(isinstance(r, str) for r in replies)
     assert 1 < srv.stats()["peak"] <= 3
+
+
+def both_at_once(*calls: Callable[[], Any]) -> list[Any]:
+    """Run each call in its own thread, released together; their results in order."""
+    barrier = threading.Barrier(len(calls))
+    results: list[Any] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        results[i] = calls[i]()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+        assert not thread.is_alive()
+    return results
+
+
+def test_two_threads_calling_generate_share_one_limit(srv: Server) -> None:
+    srv.get("/debug/delay?s=0.05")
+    engine = engine_of(srv, max_concurrency=3)
+    try:
+        replies = both_at_once(
+            lambda: engine.generate([f"one {i}" for i in range(6)], max_tokens=2),
+            lambda: engine.generate([f"two {i}" for i in range(6)], max_tokens=2),
+        )
+    finally:
+        engine.stop()
+    assert all(isinstance(r, str) for batch in replies for r in batch), replies
+    stats = srv.stats()
+    assert stats["requests"]["/api/generate"] == 12 + 1  # and the unload
+    assert 1 < stats["peak"] <= 3
+
+
+def test_two_event_loops_calling_agenerate_share_one_limit(srv: Server) -> None:
+    srv.get("/debug/delay?s=0.05")
+    engine = engine_of(srv, max_concurrency=3)
+
+    def in_a_loop_of_its_own(tag: str) -> list[str | Exception]:
+        return asyncio.run(engine.agenerate([f"{tag} {i}" for i in range(6)], max_tokens=2))
+
+    try:
+        replies = both_at_once(lambda: in_a_loop_of_its_own("one"),
+                               lambda: in_a_loop_of_its_own("two"))  # fmt: skip
+    finally:
+        engine.stop()
+    assert all(isinstance(r, str) for batch in replies for r in batch), replies
+    stats = srv.stats()
+    assert stats["requests"]["/api/generate"] == 12 + 1
+    assert 1 < stats["peak"] <= 3
+
+
+@llm_node(engine="o", output_name="first", max_tokens=2)
+def first(review: str) -> str:
+    return f"first: {review}"
+
+
+@llm_node(engine="o", output_name="second", max_tokens=2)
+def second(review: str) -> str:
+    return f"second: {review}"
+
+
+@pytest.mark.parametrize("runner_kind", ["Runner(max_workers=4)", "AsyncRunner"])
+def test_two_llm_nodes_on_one_engine_share_one_limit(srv: Server, runner_kind: str) -> None:
+    srv.get("/debug/delay?s=0.03")
+    engine = engine_of(srv, max_concurrency=3)
+    graph = Graph([first, second])
+    reviews = [f"review {i}" for i in range(16)]
+    try:
+        if runner_kind == "AsyncRunner":
+            runner = AsyncRunner(engines={"o": engine})
+            out = asyncio.run(runner.map(graph, {"review": reviews}, map_over="review",
+                                         batch_size=4))  # fmt: skip
+        else:
+            with Runner(engines={"o": engine}, max_workers=4) as pooled:
+                out = pooled.map(graph, {"review": reviews}, map_over="review", batch_size=4)
+    finally:
+        engine.stop()
+    assert all(isinstance(row["first"], str) and isinstance(row["second"], str) for row in out)
+    stats = srv.stats()
+    assert stats["requests"]["/api/generate"] == 2 * 16 + 2  # and the load and the unload
+    assert 1 < stats["peak"] <= 3
+
+
+def test_connections_are_reused(srv: Server) -> None:
+    engine = engine_of(srv, max_concurrency=3)
+    try:
+        for k in range(4):
+            replies = engine.generate([f"call {k} prompt {i}" for i in range(5)], max_tokens=2)
+            assert all(isinstance(r, str) for r in replies), replies
+        assert "".join(engine.stream("the water", max_tokens=4))
+        # the stats request itself comes on a connection of its own
+        assert srv.stats()["connections"] - 1 <= 3
+        srv.reset()
+
+        async def calls() -> None:
+            for k in range(4):
+                replies = await engine.agenerate([f"a {k} {i}" for i in range(5)], max_tokens=2)
+                assert all(isinstance(r, str) for r in replies), replies
+            assert [c async for c in engine.astream("the water", max_tokens=4)]
+
+        asyncio.run(calls())
+        assert srv.stats()["connections"] - 1 <= 3
+    finally:
+        engine.stop()
+
+
+def test_replies_carry_the_servers_token_counts(srv: Server) -> None:
+    engine = engine_of(srv)
+    [reply] = engine.generate(["the water is warm"], max_tokens=6)
+    assert isinstance(reply, Reply), reply
+    assert reply.prompt_tokens is not None and reply.prompt_tokens > 0
+    assert reply.completion_tokens is not None and 0 < reply.completion_tokens <= 6
+
+
+def test_pickles_as_its_configuration(srv: Server) -> None:
+    import pickle
+
+    engine = engine_of(srv, max_concurrency=2, keep_alive="7m")
+    first = engine.generate(["a"], max_tokens=2)  # a live client, a pool, locks: none travel
+    copy = pickle.loads(pickle.dumps(engine))
+    assert (copy.host, copy.max_concurrency, copy.keep_alive) == (srv.host, 2, "7m")
+    assert copy.generate(["a"], max_tokens=2) == first
+    copy.stop()
+    engine.stop()
 
 
 def test_agenerate_equals_generate(srv: Server) -> None:

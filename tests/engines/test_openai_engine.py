@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,8 +24,8 @@ pytest.importorskip("transformers")
 pytest.importorskip("xgrammar")
 pydantic = pytest.importorskip("pydantic")
 
-from hypernodes_chain import Graph, MemoryCache, Runner  # noqa: E402
-from hypernodes_chain.engines.base import Engine  # noqa: E402
+from hypernodes_chain import AsyncRunner, Graph, MemoryCache, Runner  # noqa: E402
+from hypernodes_chain.engines.base import Engine, Reply  # noqa: E402
 from hypernodes_chain.engines.openai_engine import OpenAIEngine, OpenAIEngineError  # noqa: E402
 from hypernodes_chain.llm import llm_node  # noqa: E402
 
@@ -156,6 +156,126 @@ def test_concurrency_is_bounded(engine: OpenAIEngine, base_url: str, mode: str) 
     stats = debug(base_url, "stats")
     assert stats["requests"] == 12
     assert 1 < stats["peak"] <= 4
+
+
+def both_at_once(*calls: Callable[[], Any]) -> list[Any]:
+    """Run each call in its own thread, released together; their results in order."""
+    barrier = threading.Barrier(len(calls))
+    results: list[Any] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        results[i] = calls[i]()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+        assert not thread.is_alive()
+    return results
+
+
+@pytest.mark.parametrize("mode", ["two threads", "two event loops"])
+def test_concurrent_calls_share_one_limit(base_url: str, mode: str) -> None:
+    debug(base_url, "delay", seconds=0.05)
+    eng = OpenAIEngine(base_url, NAME, max_concurrency=3, backoff=FAST)
+
+    def call(tag: str) -> list[str | Exception]:
+        prompts = [f"{tag} {i}" for i in range(6)]
+        if mode == "two threads":
+            return eng.generate(prompts, max_tokens=2)
+        return asyncio.run(eng.agenerate(prompts, max_tokens=2))
+
+    try:
+        replies = both_at_once(lambda: call("one"), lambda: call("two"))
+    finally:
+        eng.stop()
+    assert all(isinstance(r, str) for batch in replies for r in batch), replies
+    stats = debug(base_url, "stats")
+    assert stats["requests"] == 12
+    assert 1 < stats["peak"] <= 3
+
+
+@llm_node(engine="o", output_name="first", max_tokens=2)
+def first(review: str) -> str:
+    return f"first: {review}"
+
+
+@llm_node(engine="o", output_name="second", max_tokens=2)
+def second(review: str) -> str:
+    return f"second: {review}"
+
+
+@pytest.mark.parametrize("runner_kind", ["Runner(max_workers=4)", "AsyncRunner"])
+def test_two_llm_nodes_on_one_engine_share_one_limit(base_url: str, runner_kind: str) -> None:
+    debug(base_url, "delay", seconds=0.03)
+    eng = OpenAIEngine(base_url, NAME, max_concurrency=3, backoff=FAST)
+    graph = Graph([first, second])
+    reviews = [f"review {i}" for i in range(16)]
+    try:
+        if runner_kind == "AsyncRunner":
+            runner = AsyncRunner(engines={"o": eng})
+            out = asyncio.run(runner.map(graph, {"review": reviews}, map_over="review",
+                                         batch_size=4))  # fmt: skip
+        else:
+            with Runner(engines={"o": eng}, max_workers=4) as pooled:
+                out = pooled.map(graph, {"review": reviews}, map_over="review", batch_size=4)
+    finally:
+        eng.stop()
+    assert all(isinstance(row["first"], str) and isinstance(row["second"], str) for row in out)
+    stats = debug(base_url, "stats")
+    assert stats["requests"] == 2 * 16
+    assert 1 < stats["peak"] <= 3
+
+
+def test_connections_are_reused(base_url: str) -> None:
+    eng = OpenAIEngine(base_url, NAME, max_concurrency=3, backoff=FAST)
+    try:
+        eng.start()
+        for k in range(4):
+            replies = eng.generate([f"call {k} prompt {i}" for i in range(5)], max_tokens=2)
+            assert all(isinstance(r, str) for r in replies), replies
+        assert "".join(eng.stream("the water", max_tokens=4))
+        # the stats request itself comes on a connection of its own
+        assert debug(base_url, "stats")["connections"] - 1 <= 3
+        debug(base_url, "reset")
+
+        async def calls() -> None:
+            for k in range(4):
+                replies = await eng.agenerate([f"a {k} {i}" for i in range(5)], max_tokens=2)
+                assert all(isinstance(r, str) for r in replies), replies
+            assert [c async for c in eng.astream("the water", max_tokens=4)]
+
+        asyncio.run(calls())
+        assert debug(base_url, "stats")["connections"] - 1 <= 3
+    finally:
+        eng.stop()
+
+
+def test_replies_carry_the_servers_token_counts(engine: OpenAIEngine) -> None:
+    for [reply] in (engine.generate(["the water is warm"], max_tokens=6),
+                    asyncio.run(engine.agenerate(["the water is warm"], max_tokens=6))):  # fmt: skip
+        assert isinstance(reply, Reply), reply
+        assert reply.prompt_tokens is not None and reply.prompt_tokens > 0
+        assert reply.completion_tokens is not None and 0 < reply.completion_tokens <= 6
+
+
+def test_stop_closes_the_async_client_of_a_running_loop(base_url: str) -> None:
+    eng = OpenAIEngine(base_url, NAME, max_concurrency=2, backoff=FAST)
+
+    async def main() -> Any:
+        assert "".join([c async for c in eng.astream("the water", max_tokens=4)])
+        client = await eng._http.async_client()  # the loop's own, kept between calls
+        assert not client.is_closed
+        await asyncio.to_thread(eng.stop)  # from another thread, while this loop runs
+        assert client.is_closed
+        assert "".join([c async for c in eng.astream("the water", max_tokens=4)])  # reopened
+        return await eng._http.async_client()
+
+    reopened = asyncio.run(main())
+    assert reopened.is_closed  # closed with its loop
+    eng.stop()
 
 
 def test_transient_failures_are_retried(engine: OpenAIEngine, base_url: str) -> None:

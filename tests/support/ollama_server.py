@@ -1,21 +1,29 @@
 """A loopback server speaking the subset of the Ollama HTTP API that the ``ollama`` client
-uses, backed by a real (tiny) Hugging Face model through `TransformersEngine`.
+uses, backed by a real (tiny) Hugging Face model through `TransformersEngine`, or by no model.
 
-    python tests/support/ollama_server.py --port 0 --model-dir DIR --name NAME [--fail-first N]
+    python tests/support/ollama_server.py --port 0 [--model-dir DIR] --name NAME
+        [--fail-first N] [--delay SECONDS] [--slow-every K] [--slow-factor F]
 
-prints its port on stdout once it listens. Endpoints: ``POST /api/generate``, ``POST
+prints its port on stdout once it listens. Without ``--model-dir`` a reply is a short text
+made from the prompt (for benchmarks of the client side: the server then answers many
+requests at once, as a GPU-backed server does). Endpoints: ``POST /api/generate``, ``POST
 /api/chat`` (NDJSON streaming when ``stream`` is true; ``format`` a JSON schema; ``options``
 temperature/top_p/num_predict/seed/stop; an empty request loads the model, ``keep_alive`` 0
 unloads it), ``POST /api/show``, ``GET /api/tags``, ``GET /api/version``; for tests: ``GET
 /debug/stats`` (requests per path, fields sent, formats, options and keep_alive values
-received, loads, unloads, peak concurrent generate/chat requests), ``GET /debug/reset``,
-``GET /debug/fail?n=N&status=503`` (the next N generate/chat requests fail with that status)
-and ``GET /debug/delay?s=SECONDS`` (each generate/chat request waits that long first).
+received, loads, unloads, peak concurrent generate/chat requests, TCP connections accepted),
+``GET /debug/reset``, ``GET /debug/fail?n=N&status=503`` (the next N generate/chat requests
+fail with that status), ``GET /debug/delay?s=SECONDS[&slow_every=K&slow_factor=F]`` (each
+generate/chat request waits that long first; one prompt in K, chosen by a hash of the prompt,
+so the same prompts always get the same delays, F times as long), ``GET /debug/window/start``
+and ``GET /debug/window`` (requests in flight since the window started: the peak and the
+time-weighted mean, integrated exactly at every change of the count).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -23,6 +31,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import zlib
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -58,20 +67,27 @@ def _now() -> str:
 class State:
     """The model, its load state and the counters the tests read."""
 
-    def __init__(self, model_dir: Path, name: str, fail_first: int) -> None:
-        from hypernodes_chain.engines import TransformersEngine
-
+    def __init__(self, model_dir: Path | None, name: str, fail_first: int) -> None:
         self.name = name if ":" in name else f"{name}:latest"
         self.model_dir = model_dir
-        self.engine = TransformersEngine(model_dir)
-        self.digest = self.engine.identity()["revision"].removeprefix("sha256:")
+        self.engine: Any = None
+        if model_dir is not None:
+            from hypernodes_chain.engines import TransformersEngine
+
+            self.engine = TransformersEngine(model_dir)
+            self.digest = self.engine.identity()["revision"].removeprefix("sha256:")
+        else:
+            self.digest = hashlib.sha256(self.name.encode()).hexdigest()
         self.lock = threading.Lock()
         self.loaded = False
         self.fail_next = fail_first
         self.fail_status = 503
         self.delay = 0.0
+        self.slow_every = 0
+        self.slow_factor = 1.0
         self.in_flight = 0
         self.reset()
+        self.start_window()
 
     def reset(self) -> None:
         self.requests: dict[str, int] = {}
@@ -83,6 +99,41 @@ class State:
         self.unloads = 0
         self.peak = 0
         self.failed = 0
+        self.connections = 0
+
+    def start_window(self) -> None:
+        """Start measuring requests in flight (call with the lock held, or before serving)."""
+        now = time.perf_counter()
+        self.window_start = self.changed = now
+        self.window_peak = self.in_flight
+        self.area = 0.0  # integral of in_flight over time since window_start
+
+    def flight(self, step: int) -> None:
+        """In flight goes up or down by one (call with the lock held)."""
+        now = time.perf_counter()
+        self.area += self.in_flight * (now - self.changed)
+        self.changed = now
+        self.in_flight += step
+        self.peak = max(self.peak, self.in_flight)
+        self.window_peak = max(self.window_peak, self.in_flight)
+
+    def window(self) -> dict[str, Any]:
+        now = time.perf_counter()
+        seconds = now - self.window_start
+        area = self.area + self.in_flight * (now - self.changed)
+        mean = area / seconds if seconds > 0 else 0.0
+        return {"seconds": seconds, "peak": self.window_peak, "mean": mean}
+
+    def delay_of(self, body: dict[str, Any]) -> float:
+        """The reply time of a request: the base delay, ``slow_factor`` times as long for
+        one prompt in ``slow_every`` (by a hash of the prompt: the same prompt, the same time)."""
+        if not self.delay:
+            return 0.0
+        if self.slow_every > 1:
+            prompt = json.dumps(body.get("prompt") or body.get("messages") or "")
+            if zlib.crc32(prompt.encode()) % self.slow_every == 0:
+                return self.delay * self.slow_factor
+        return self.delay
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -97,6 +148,7 @@ class State:
             "failed": self.failed,
             "loaded": self.loaded,
             "fail_next": self.fail_next,
+            "connections": self.connections,
         }
 
     def knows(self, model: str) -> bool:
@@ -105,16 +157,35 @@ class State:
     def load(self) -> None:
         with self.lock:
             if not self.loaded:
-                self.engine.start()
+                if self.engine is not None:
+                    self.engine.start()
                 self.loaded = True
                 self.loads += 1
 
     def unload(self) -> None:
         with self.lock:
             if self.loaded:
-                self.engine.stop()
+                if self.engine is not None:
+                    self.engine.stop()
                 self.loaded = False
                 self.unloads += 1
+
+    def generate(self, prompt: Any, schema: Any, sampling: dict[str, Any]) -> Any:
+        """The reply of the model, or without one a short text made from the prompt."""
+        if self.engine is not None:
+            [reply] = self.engine.generate([prompt], schema=schema, **sampling)
+            return reply
+        from hypernodes_chain.engines.base import Reply
+
+        text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+        reply = "{}" if schema is not None else f"reply to {text[:40]}"
+        return Reply(reply, prompt_tokens=len(text.split()), completion_tokens=len(reply.split()))
+
+    def stream(self, prompt: Any, schema: Any, sampling: dict[str, Any]) -> Any:
+        if self.engine is not None:
+            return self.engine.stream(prompt, schema=schema, **sampling)
+        reply = self.generate(prompt, schema, sampling)
+        return [reply[i : i + 8] for i in range(0, len(reply), 8)]
 
     def details(self) -> dict[str, Any]:
         return {
@@ -208,21 +279,35 @@ class Handler(BaseHTTPRequestHandler):
             with state.lock:
                 state.reset()
                 state.fail_next, state.delay = 0, 0.0
+                state.slow_every, state.slow_factor = 0, 1.0
             self._send_json(200, {"ok": True})
+        elif url.path == "/debug/window/start":
+            with state.lock:
+                state.start_window()
+            self._send_json(200, {"ok": True})
+        elif url.path == "/debug/window":
+            with state.lock:
+                self._send_json(200, state.window())
         elif url.path == "/debug/fail":
             with state.lock:
                 state.fail_next = int(query.get("n", "1"))
                 state.fail_status = int(query.get("status", "503"))
             self._send_json(200, {"ok": True})
         elif url.path == "/debug/delay":
-            state.delay = float(query.get("s", "0"))
+            with state.lock:
+                state.delay = float(query.get("s", "0"))
+                state.slow_every = int(query.get("slow_every", "0"))
+                state.slow_factor = float(query.get("slow_factor", "1"))
             self._send_json(200, {"ok": True})
         else:
             self._send_json(404, {"error": f"404 page not found: {url.path}"})
 
     def _tag(self) -> dict[str, Any]:
         state = self.server.state
-        size = sum(p.stat().st_size for p in state.model_dir.iterdir() if p.is_file())
+        folder = state.model_dir
+        size = (
+            0 if folder is None else sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+        )
         return {
             "name": state.name,
             "model": state.name,
@@ -249,7 +334,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send_json(
                 200,
                 {
-                    "modelfile": f"FROM {state.model_dir}\n",
+                    "modelfile": f"FROM {state.model_dir or state.name}\n",
                     "parameters": "",
                     "template": "{{ .Prompt }}",
                     "details": state.details(),
@@ -260,13 +345,12 @@ class Handler(BaseHTTPRequestHandler):
             )
         elif path in ("/api/generate", "/api/chat"):
             with state.lock:
-                state.in_flight += 1
-                state.peak = max(state.peak, state.in_flight)
+                state.flight(+1)
             try:
                 self._generate(path, body)
             finally:
                 with state.lock:
-                    state.in_flight -= 1
+                    state.flight(-1)
         else:
             self._send_json(404, {"error": f"404 page not found: {path}"})
 
@@ -288,8 +372,9 @@ class Handler(BaseHTTPRequestHandler):
             if failing:
                 state.fail_next -= 1
                 state.failed += 1
-        if state.delay:
-            time.sleep(state.delay)
+            delay = state.delay_of(body)
+        if delay:
+            time.sleep(delay)
         if failing:
             self._send_json(state.fail_status, {"error": "injected failure"})
             return
@@ -356,7 +441,7 @@ class Handler(BaseHTTPRequestHandler):
         if stream:
             self._start_stream()
             try:
-                for chunk in state.engine.stream(prompt, schema=schema, **sampling):
+                for chunk in state.stream(prompt, schema, sampling):
                     self._chunk(part(chunk, False))
             except Exception as exc:
                 self._chunk({"error": f"{type(exc).__name__}: {exc}"})
@@ -364,12 +449,17 @@ class Handler(BaseHTTPRequestHandler):
                 self._chunk(part("", True))
             self._end_stream()
         else:
-            [reply] = state.engine.generate([prompt], schema=schema, **sampling)
+            reply = state.generate(prompt, schema, sampling)
             if isinstance(reply, Exception):
                 status = 400 if isinstance(reply, ValueError | TypeError) else 500
                 self._send_json(status, {"error": f"{type(reply).__name__}: {reply}"})
             else:
-                self._send_json(200, part(reply, True))
+                done = part(reply, True)
+                for field, attr in (("prompt_eval_count", "prompt_tokens"),
+                                    ("eval_count", "completion_tokens")):  # fmt: skip
+                    if getattr(reply, attr, None) is not None:
+                        done[field] = getattr(reply, attr)
+                self._send_json(200, done)
         if keep_alive == 0:
             state.unload()
 
@@ -382,21 +472,31 @@ class Server(ThreadingHTTPServer):
         super().__init__(address, Handler)
         self.state = state
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.state.lock:  # one accepted TCP connection (it may carry many requests)
+            self.state.connections += 1
+        super().process_request(request, client_address)
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--model-dir", type=Path, help="without one: replies made from prompts")
     parser.add_argument("--name", required=True)
     parser.add_argument("--fail-first", type=int, default=0)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each reply")
+    parser.add_argument("--slow-every", type=int, default=0, help="one prompt in K is slow")
+    parser.add_argument("--slow-factor", type=float, default=1.0, help="how much slower")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import torch
-    import transformers  # noqa: F401  (imported before listening: the first request is fast)
+    if args.model_dir is not None:
+        import torch
+        import transformers  # noqa: F401  (imported before listening: the first request is fast)
 
-    torch.set_num_threads(1)
+        torch.set_num_threads(1)
     state = State(args.model_dir, args.name, args.fail_first)
+    state.delay, state.slow_every, state.slow_factor = args.delay, args.slow_every, args.slow_factor
     server = Server((args.host, args.port), state)
     print(server.server_address[1], flush=True)
     try:

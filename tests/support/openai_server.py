@@ -14,7 +14,8 @@ input closes (the test process went away) or it is terminated.
 - ``GET /debug/fail?n=K&status=503[&match=TEXT][&retry_after=S]``: the next K completion
   requests (whose body contains TEXT, when given) fail with that status.
 - ``GET /debug/delay?seconds=S``: every completion request first sleeps S seconds.
-- ``GET /debug/stats``: completion requests, peak concurrency, bodies received;
+- ``GET /debug/stats``: completion requests, peak concurrency, bodies received, TCP
+  connections accepted;
   ``GET /debug/reset`` clears the stats, the failures and the delay.
 """
 
@@ -42,6 +43,7 @@ class State:
 
     def reset(self) -> None:
         self.requests = 0
+        self.connections = 0
         self.in_flight = 0
         self.peak = 0
         self.bodies: list[Any] = []
@@ -56,6 +58,11 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
     state: State
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.state.lock:  # one accepted TCP connection (it may carry many requests)
+            self.state.connections += 1
+        super().process_request(request, client_address)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -122,6 +129,7 @@ class Handler(BaseHTTPRequestHandler):
                     "requests": state.requests,
                     "peak": state.peak,
                     "in_flight": state.in_flight,
+                    "connections": state.connections,
                     "bodies": list(state.bodies),
                 }
             self._send_json(200, stats)
@@ -225,7 +233,12 @@ class Handler(BaseHTTPRequestHandler):
                         "finish_reason": "stop",
                     }
                 ],
-                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                "usage": {
+                    "prompt_tokens": getattr(reply, "prompt_tokens", None) or 0,
+                    "completion_tokens": getattr(reply, "completion_tokens", None) or 0,
+                    "total_tokens": (getattr(reply, "prompt_tokens", None) or 0)
+                    + (getattr(reply, "completion_tokens", None) or 0),
+                },
             },
         )
 

@@ -1,17 +1,22 @@
 """OllamaEngine: a model served by Ollama, through the official ``ollama`` client.
 
 A str prompt goes to ``/api/generate``, chat messages to ``/api/chat``; one request per
-prompt, up to ``max_concurrency`` in flight (a thread pool for `generate`, a semaphore and
-``asyncio.gather`` for `agenerate`). ``schema`` goes as ``format=<JSON schema>`` (Ollama's
-structured outputs); the sampling keywords become Ollama ``options`` (``max_tokens`` as
-``num_predict``; ``temperature``, ``top_p``, ``seed``, ``stop`` and any other option as
-given). ``start()`` loads the model (an empty generate request with ``keep_alive``),
-``stop()`` unloads it (``keep_alive=0``).
+prompt. The engine holds one client and one thread pool, opened on first use and closed by
+``stop()``: the prompts of every `generate` and `agenerate` call go to that pool, and every
+request of every caller takes one of its ``max_concurrency`` slots (`Connections`): that many
+requests in flight on the engine in this process, whoever sends them (``astream`` uses an
+``AsyncClient`` of its event loop, in the same slots).
+
+``schema`` goes as ``format=<JSON schema>`` (Ollama's structured outputs); the sampling
+keywords become Ollama ``options`` (``max_tokens`` as ``num_predict``; ``temperature``,
+``top_p``, ``seed``, ``stop`` and any other option as given). ``start()`` loads the model (an
+empty generate request with ``keep_alive``), ``stop()`` unloads it (``keep_alive=0``) and
+closes the client and the pool.
 
 Transient failures (connection refused or reset, timeouts, HTTP 429 and 5xx) are retried
-``retries`` times with exponential back-off and jitter (tenacity); what still fails is that
-prompt's `OllamaError`, naming the engine, the model and the host. Connecting times out after
-a few seconds, so a server that is down is an error, never a hang.
+``retries`` times with exponential back-off and jitter (`RetryPolicy`); what still fails is
+that prompt's `OllamaError`, naming the engine, the model and the host. Connecting times out
+after a few seconds, so a server that is down is an error, never a hang.
 
 ``ollama`` and ``tenacity`` are imported when the engine is used, never at import time
 (install them with the ``llm`` extra).
@@ -19,27 +24,25 @@ a few seconds, so a server that is down is an error, never a hang.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
 import threading
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 from .._optional import optional
 from ..exceptions import HypernodesError
-from .base import Prompt, chat_messages
+from ._http import Connections
+from ._retry import RetryPolicy
+from .base import Prompt, Reply, chat_messages
 
 __all__ = ["OllamaEngine", "OllamaError"]
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
 # back-off between attempts: 0.2 s, 0.4 s, 0.8 s, ... (at most 5 s), plus up to 0.2 s of jitter
-_WAIT_MULTIPLIER = 0.2
-_WAIT_MAX = 5.0
-_WAIT_JITTER = 0.2
+_BACKOFF = (0.2, 5.0)
 _CONNECT_TIMEOUT = 5.0
 
 
@@ -90,7 +93,8 @@ class OllamaEngine:
 
     ``host``: ``"http://127.0.0.1:11434"`` by default (or ``$OLLAMA_HOST``). ``keep_alive``:
     how long the server keeps the model loaded after a request (``"5m"``, seconds, ``-1`` for
-    ever). ``max_concurrency``: requests in flight at once. ``options``: Ollama options sent
+    ever). ``max_concurrency``: requests in flight on this engine in this process, from every
+    caller together (threads, event loops, nodes, runners). ``options``: Ollama options sent
     with every request (``num_ctx``, ``top_k``, ...), under the sampling keywords of a call.
     ``retries``: extra attempts after a transient failure. ``timeout``: seconds for one
     request (connecting: at most 5 s).
@@ -128,45 +132,59 @@ class OllamaEngine:
         self.options = dict(options or {})
         self.retries = retries
         self.timeout = float(timeout)
+        self._init_state()
+
+    _CONFIG = ("model", "host", "keep_alive", "max_concurrency", "options", "retries", "timeout")
+
+    def _init_state(self) -> None:
         self._lock = threading.Lock()
         self._loaded = False
         self._digest: str | None = None
+        self._retry = RetryPolicy(retries=self.retries, transient=_transient, backoff=_BACKOFF)
+        self._http = Connections(
+            max_concurrency=self.max_concurrency,
+            name="OllamaEngine",
+            open_client=lambda: _lib("ollama").Client(host=self.host, **self._client_kwargs()),
+            open_async_client=lambda: _lib("ollama").AsyncClient(
+                host=self.host, **self._client_kwargs()
+            ),
+            close_async_client=lambda client: client.close(),
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Only the configuration travels (to Dask workers): clients and locks are rebuilt."""
+        return {name: getattr(self, name) for name in self._CONFIG}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_state()
 
     def __repr__(self) -> str:
         return f"OllamaEngine({self.model!r}, host={self.host!r})"
 
     # ----------------------------------------------------------------- plumbing
 
-    def _timeout(self) -> Any:
-        return _lib("httpx").Timeout(self.timeout, connect=min(self.timeout, _CONNECT_TIMEOUT))
-
-    def _sync_client(self) -> Any:
-        # one client per call, closed when it ends: no connection outlives its call (an
-        # engine that is never stopped leaks no socket)
-        return _lib("ollama").Client(host=self.host, timeout=self._timeout())
-
-    def _async_client(self) -> Any:
-        # an httpx.AsyncClient belongs to the loop it first ran on: one per call too
-        return _lib("ollama").AsyncClient(host=self.host, timeout=self._timeout())
-
-    def _retry_args(self) -> dict[str, Any]:
-        tenacity = _lib("tenacity")
-        wait = tenacity.wait_exponential(
-            multiplier=_WAIT_MULTIPLIER, max=_WAIT_MAX
-        ) + tenacity.wait_random(0, _WAIT_JITTER)
+    def _client_kwargs(self) -> dict[str, Any]:
+        httpx = _lib("httpx")
+        n = self.max_concurrency
         return {
-            "stop": tenacity.stop_after_attempt(self.retries + 1),
-            "wait": wait,
-            "retry": tenacity.retry_if_exception(_transient),
-            "reraise": True,
+            "timeout": httpx.Timeout(self.timeout, connect=min(self.timeout, _CONNECT_TIMEOUT)),
+            "limits": httpx.Limits(max_connections=n, max_keepalive_connections=n),
         }
 
-    def _call(self, fn: Callable[[], Any]) -> Any:
-        return _lib("tenacity").Retrying(**self._retry_args())(fn)
+    def _one_off_client(self) -> Any:
+        # for the digest lookup: an engine that is never started holds no connection
+        return _lib("ollama").Client(host=self.host, **self._client_kwargs())
 
-    async def _acall(self, fn: Callable[[], Awaitable[Any]]) -> Any:
-        # ``fn`` must be a coroutine function: tenacity awaits only what it sees as one
-        return await _lib("tenacity").AsyncRetrying(**self._retry_args())(fn)
+    def _send(self, method: str, kwargs: Mapping[str, Any]) -> Any:
+        """One request on the engine's client, in a slot, retried when transient."""
+        client = self._http.client()
+
+        def attempt() -> Any:
+            with self._http.slots:
+                return getattr(client, method)(**kwargs)
+
+        return self._retry.call(attempt)
 
     def _error(self, exc: BaseException, what: str = "request") -> OllamaError:
         """``exc`` as an error naming the engine, the model and the host."""
@@ -237,30 +255,35 @@ class OllamaEngine:
         """Load the model on the server (an empty generate request with ``keep_alive``).
 
         Raises `OllamaError` when the server is down or does not have the model."""
-        with self._sync_client() as client:
-            try:
-                self._call(lambda: client.generate(model=self.model, keep_alive=self.keep_alive))
-            except Exception as exc:
-                raise self._error(exc, "loading the model") from exc
+        try:
+            self._send("generate", {"model": self.model, "keep_alive": self.keep_alive})
+        except Exception as exc:
+            raise self._error(exc, "loading the model") from exc
         self._loaded = True
         self._digest = None  # the model may have been pulled again: look its digest up anew
 
     def stop(self) -> None:
-        """Unload the model (``keep_alive=0``); idempotent. A server that is down or no
-        longer has the model holds nothing, so those are not errors."""
+        """Unload the model (``keep_alive=0``) and close the engine's clients and pool;
+        idempotent. A server that is down or no longer has the model holds nothing, so
+        those are not errors."""
         with self._lock:
             loaded, self._loaded = self._loaded, False
-        if not loaded:
-            return
-        with self._sync_client() as client:
-            try:
-                client.generate(model=self.model, keep_alive=0)
-            except Exception as exc:
-                if _status(exc) == 404 or isinstance(exc, ConnectionError):
-                    return
-                if _is_connect_error(exc):
-                    return
-                raise self._error(exc, "unloading the model") from exc
+        try:
+            if loaded:
+                self._unload()
+        finally:
+            self._http.close()
+
+    def _unload(self) -> None:
+        try:
+            with self._http.slots:
+                self._http.client().generate(model=self.model, keep_alive=0)
+        except Exception as exc:
+            if _status(exc) == 404 or isinstance(exc, ConnectionError):
+                return
+            if _is_connect_error(exc):
+                return
+            raise self._error(exc, "unloading the model") from exc
 
     def identity(self) -> dict[str, Any]:
         """Engine kind, model name, the model's digest (from ``/api/tags``, or a hash of
@@ -271,14 +294,14 @@ class OllamaEngine:
 
     def _lookup_digest(self) -> str:
         names = {self.model} if ":" in self.model else {self.model, f"{self.model}:latest"}
-        with self._sync_client() as client:
+        with self._one_off_client() as client:
             try:
-                listing = self._call(client.list)
+                listing = self._retry.call(client.list)
                 for entry in listing.models:
                     name = entry.model or getattr(entry, "name", None)
                     if name in names and entry.digest:
                         return str(entry.digest)
-                shown = self._call(lambda: client.show(self.model))
+                shown = self._retry.call(lambda: client.show(self.model))
             except Exception as exc:
                 raise self._error(exc, "looking up the model's digest") from exc
         blob = json.dumps(shown.model_dump(mode="json"), sort_keys=True, default=str)
@@ -287,147 +310,131 @@ class OllamaEngine:
     # ----------------------------------------------------------------- generation
 
     def _one(
-        self,
-        client: Any,
-        prompt: Prompt,
-        schema: Mapping[str, Any] | None,
-        sampling: Mapping[str, Any],
+        self, prompt: Prompt, schema: Mapping[str, Any] | None, sampling: Mapping[str, Any]
     ) -> str | Exception:
         try:
             method, kwargs = self._request(prompt, schema, sampling, stream=False)
         except Exception as exc:
             return exc
         try:
-            part = self._call(lambda: getattr(client, method)(**kwargs))
+            part = self._send(method, kwargs)
         except Exception as exc:
             return self._error(exc)
         self._loaded = True
-        return self._text(part)
+        return Reply(
+            self._text(part),
+            prompt_tokens=_count(getattr(part, "prompt_eval_count", None)),
+            completion_tokens=_count(getattr(part, "eval_count", None)),
+        )
 
     def generate(
         self, prompts: Sequence[Prompt], *, schema: Mapping[str, Any] | None = None, **sampling: Any
     ) -> list[str | Exception]:
-        """One reply per prompt, in order, ``max_concurrency`` requests at a time; a prompt
-        that fails (after retries) gets its exception."""
+        """One reply per prompt, in order (a `Reply` with the server's prompt and completion
+        token counts); a prompt that fails (after retries) gets its exception. Each prompt
+        goes to the engine's pool, so concurrent calls share it."""
         if isinstance(prompts, str):
             raise TypeError("generate takes a list of prompts, not one str")
-        prompts = list(prompts)
-        if not prompts:
-            return []
-        with self._sync_client() as client:  # httpx.Client is thread-safe
-            if len(prompts) == 1 or self.max_concurrency == 1:
-                return [self._one(client, p, schema, sampling) for p in prompts]
-            workers = min(self.max_concurrency, len(prompts))
-            with ThreadPoolExecutor(workers, thread_name_prefix="OllamaEngine") as pool:
-                return list(pool.map(lambda p: self._one(client, p, schema, sampling), prompts))
+        return self._http.map(lambda p: self._one(p, schema, sampling), prompts)
 
     async def agenerate(
         self, prompts: Sequence[Prompt], *, schema: Mapping[str, Any] | None = None, **sampling: Any
     ) -> list[str | Exception]:
-        """The async twin of `generate` (``AsyncClient``, a semaphore of ``max_concurrency``)."""
+        """The async twin of `generate`: the same pool and slots, awaited without holding a
+        thread."""
         if isinstance(prompts, str):
             raise TypeError("agenerate takes a list of prompts, not one str")
-        prompts = list(prompts)
-        if not prompts:
-            return []
-        semaphore = asyncio.Semaphore(self.max_concurrency)
-        async with self._async_client() as client:
-
-            async def one(prompt: Prompt) -> str | Exception:
-                try:
-                    method, kwargs = self._request(prompt, schema, sampling, stream=False)
-                except Exception as exc:
-                    return exc
-                async with semaphore:
-
-                    async def request() -> Any:
-                        return await getattr(client, method)(**kwargs)
-
-                    try:
-                        part = await self._acall(request)
-                    except Exception as exc:
-                        return self._error(exc)
-                self._loaded = True
-                return self._text(part)
-
-            return list(await asyncio.gather(*(one(p) for p in prompts)))
+        return await self._http.amap(lambda p: self._one(p, schema, sampling), prompts)
 
     # ----------------------------------------------------------------- streaming
 
     def stream(self, prompt: Prompt, **sampling: Any) -> Iterator[str]:
-        """The text chunks of one reply as the server streams them (``schema=`` too).
-        Opening the stream is retried like a request; a failure later is an `OllamaError`."""
+        """The text chunks of one reply as the server streams them (``schema=`` too); the
+        stream holds a slot until it ends. Opening the stream is retried like a request; a
+        failure later is an `OllamaError`."""
         schema = sampling.pop("schema", None)
         method, kwargs = self._request(prompt, schema, sampling, stream=True)
-        with self._sync_client() as client:
+        client = self._http.client()
+        slots = self._http.slots
 
-            def open_stream() -> tuple[Any, Any]:
+        def open_stream() -> tuple[Any, Any]:
+            slots.acquire()
+            try:
                 parts = getattr(client, method)(**kwargs)
-                try:
-                    return parts, next(parts)
-                except StopIteration:
-                    return parts, None
+                return parts, next(parts, None)
+            except BaseException:
+                slots.release()
+                raise
 
-            try:
-                parts, first = self._call(open_stream)
-            except Exception as exc:
-                raise self._error(exc, "streaming") from exc
-            self._loaded = True
-            try:
-                if first is None:
+        try:
+            parts, first = self._retry.call(open_stream)
+        except Exception as exc:
+            raise self._error(exc, "streaming") from exc
+        self._loaded = True
+        try:
+            if first is None:
+                return
+            text = self._text(first)
+            if text:
+                yield text
+            while True:
+                try:
+                    part = next(parts)
+                except StopIteration:
                     return
-                text = self._text(first)
+                except Exception as exc:
+                    raise self._error(exc, "streaming") from exc
+                text = self._text(part)
                 if text:
                     yield text
-                while True:
-                    try:
-                        part = next(parts)
-                    except StopIteration:
-                        return
-                    except Exception as exc:
-                        raise self._error(exc, "streaming") from exc
-                    text = self._text(part)
-                    if text:
-                        yield text
-            finally:
-                parts.close()
+        finally:
+            parts.close()
+            slots.release()
 
     async def astream(self, prompt: Prompt, **sampling: Any) -> AsyncIterator[str]:
         """The async twin of `stream`."""
         schema = sampling.pop("schema", None)
         method, kwargs = self._request(prompt, schema, sampling, stream=True)
-        async with self._async_client() as client:
+        client = await self._http.async_client()
+        slots = self._http.slots
 
-            async def open_stream() -> tuple[Any, Any]:
+        async def open_stream() -> tuple[Any, Any]:
+            await slots.aacquire()
+            try:
                 parts = await getattr(client, method)(**kwargs)
-                try:
-                    return parts, await parts.__anext__()
-                except StopAsyncIteration:
-                    return parts, None
+                return parts, await anext(parts, None)
+            except BaseException:
+                slots.release()
+                raise
 
-            try:
-                parts, first = await self._acall(open_stream)
-            except Exception as exc:
-                raise self._error(exc, "streaming") from exc
-            self._loaded = True
-            try:
-                if first is None:
+        try:
+            parts, first = await self._retry.acall(open_stream)
+        except Exception as exc:
+            raise self._error(exc, "streaming") from exc
+        self._loaded = True
+        try:
+            if first is None:
+                return
+            text = self._text(first)
+            if text:
+                yield text
+            while True:
+                try:
+                    part = await parts.__anext__()
+                except StopAsyncIteration:
                     return
-                text = self._text(first)
+                except Exception as exc:
+                    raise self._error(exc, "streaming") from exc
+                text = self._text(part)
                 if text:
                     yield text
-                while True:
-                    try:
-                        part = await parts.__anext__()
-                    except StopAsyncIteration:
-                        return
-                    except Exception as exc:
-                        raise self._error(exc, "streaming") from exc
-                    text = self._text(part)
-                    if text:
-                        yield text
-            finally:
-                await parts.aclose()
+        finally:
+            await parts.aclose()
+            slots.release()
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and value >= 0 else None
 
 
 def _is_connect_error(exc: BaseException) -> bool:

@@ -1,14 +1,18 @@
 """OpenAIEngine: any OpenAI-compatible chat completions server over HTTP.
 
 vLLM (``vllm serve``), llama.cpp's server, TGI, SGLang and hosted APIs all answer
-``POST {base_url}/chat/completions``. One request per prompt, at most ``max_concurrency`` in
-flight (a thread pool for `generate`, an ``asyncio.Semaphore`` per event loop for
-`agenerate`). ``schema`` goes as ``response_format={"type": "json_schema", ...}``.
+``POST {base_url}/chat/completions``. One request per prompt. The engine holds one client
+and one thread pool, opened on first use and closed by ``stop()``: the prompts of every
+`generate` and `agenerate` call go to that pool, and every request of every caller takes one
+of its ``max_concurrency`` slots (`Connections`): that many requests in flight on the engine
+in this process, whoever sends them (``astream`` uses an ``httpx.AsyncClient`` of its event
+loop, in the same slots). ``schema`` goes as ``response_format={"type": "json_schema", ...}``.
 
 Transient failures (connection refused or reset, timeouts, HTTP 429 and 5xx) are retried
-``retries`` times with exponential back-off and jitter (tenacity); other 4xx answers are not
-retried. A prompt that still fails becomes that entry's `OpenAIEngineError`, naming the
-engine, the model and the base URL, with the server's own message.
+``retries`` times with exponential back-off and jitter (`RetryPolicy`, which also honours a
+``Retry-After``); other 4xx answers are not retried. A prompt that still fails becomes that
+entry's `OpenAIEngineError`, naming the engine, the model and the base URL, with the
+server's own message.
 
 httpx and tenacity are imported when the engine is used, never at import time (install them
 with the ``llm`` extra).
@@ -16,21 +20,18 @@ with the ``llm`` extra).
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import json
-import threading
-import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 from .._optional import optional
-from .base import Prompt, chat_messages
+from ._http import Connections
+from ._retry import RetryPolicy
+from .base import Prompt, Reply, chat_messages
 
 __all__ = ["OpenAIEngine", "OpenAIEngineError"]
 
 DEFAULT_MAX_TOKENS = 256
-_MAX_RETRY_AFTER = 60.0  # seconds: the longest Retry-After that is honoured
 _SSE = {"Accept": "text/event-stream"}
 _RESERVED = frozenset({"model", "messages", "stream", "response_format"})
 
@@ -79,7 +80,8 @@ def _server_message(response: Any) -> str:
     return text[:500] or getattr(response, "reason_phrase", "") or "no message"
 
 
-def _content(body: Any) -> str:
+def _content(body: Any) -> Reply:
+    """The reply of a chat completion, with the token counts of its ``usage``."""
     try:
         message = body["choices"][0]["message"]
     except (KeyError, IndexError, TypeError):
@@ -88,7 +90,17 @@ def _content(body: Any) -> str:
     if content is None:
         refusal = message.get("refusal")
         raise ValueError(f"the reply has no content{f' (refusal: {refusal})' if refusal else ''}")
-    return str(content)
+    usage = body.get("usage") if isinstance(body, Mapping) else None
+    usage = usage if isinstance(usage, Mapping) else {}
+    return Reply(
+        str(content),
+        prompt_tokens=_count(usage.get("prompt_tokens")),
+        completion_tokens=_count(usage.get("completion_tokens")),
+    )
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and value >= 0 else None
 
 
 def _delta(data: str) -> str:
@@ -104,10 +116,12 @@ def _delta(data: str) -> str:
 class OpenAIEngine:
     """An OpenAI-compatible server: ``base_url`` is the API root (``http://host:8000/v1``).
 
-    ``api_key`` is sent as a bearer token (never part of `identity`). ``timeout``: seconds a
-    request may take (read/write/pool); ``connect_timeout`` bounds connecting, so a down
-    server fails fast. ``retries``: retries of a transient failure; ``backoff=(first,
-    most)``: seconds of the first wait and the cap of the exponential back-off (jittered).
+    ``api_key`` is sent as a bearer token (never part of `identity`). ``max_concurrency``:
+    requests in flight on this engine in this process, from every caller together (threads,
+    event loops, nodes, runners). ``timeout``: seconds a request may take (read/write/pool);
+    ``connect_timeout`` bounds connecting, so a down server fails fast. ``retries``: retries
+    of a transient failure; ``backoff=(first, most)``: seconds of the first wait and the cap
+    of the exponential back-off (jittered).
 
     Sampling keywords of `generate` / `stream`: ``max_tokens`` (default 256),
     ``temperature`` (default 0), ``top_p`` (default 1), ``seed``, ``stop``; any other keyword
@@ -152,11 +166,15 @@ class OpenAIEngine:
     )  # fmt: skip
 
     def _init_state(self) -> None:
-        self._lock = threading.Lock()
-        self._client: Any = None
-        self._slots = threading.BoundedSemaphore(self.max_concurrency)
-        self._loop_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
-            weakref.WeakKeyDictionary()
+        self._retry = RetryPolicy(
+            retries=self.retries, transient=self._transient, backoff=self.backoff
+        )
+        self._http = Connections(
+            max_concurrency=self.max_concurrency,
+            name="OpenAIEngine",
+            open_client=lambda: _lib("httpx").Client(**self._client_kwargs()),
+            open_async_client=lambda: _lib("httpx").AsyncClient(**self._client_kwargs()),
+            close_async_client=lambda client: client.aclose(),
         )
         self._entry: dict[str, Any] | None = None  # the model's entry in /models
         self._looked_up = False
@@ -191,12 +209,6 @@ class OpenAIEngine:
             ),
         }
 
-    def _sync_client(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                self._client = _lib("httpx").Client(**self._client_kwargs())
-            return self._client
-
     def _url(self, path: str) -> str:
         return f"{self.base_url}/{path}"
 
@@ -205,10 +217,11 @@ class OpenAIEngine:
     def start(self) -> None:
         """Check the server (``GET /models``); a clear error within ``connect_timeout``
         seconds if it cannot be reached. Idempotent."""
-        client = self._sync_client()
+        client = self._http.client()
         httpx = _lib("httpx")
         try:
-            response = client.get(self._url("models"))
+            with self._http.slots:
+                response = client.get(self._url("models"))
         except httpx.HTTPError as exc:
             raise OpenAIEngineError(
                 f"{self._where()}: cannot reach the server ({type(exc).__name__}: {exc}); "
@@ -224,11 +237,8 @@ class OpenAIEngine:
         self._remember(response)
 
     def stop(self) -> None:
-        """Close the HTTP client (idempotent); a later call opens a new one."""
-        with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        """Close the engine's clients and pool (idempotent); a later call opens new ones."""
+        self._http.close()
 
     def _remember(self, response: Any) -> None:
         """Keep this model's entry of a ``/models`` answer (None when it has none)."""
@@ -333,32 +343,6 @@ class OpenAIEngine:
             exc, (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
         )
 
-    def _wait(self, tenacity: Any) -> Any:
-        """Exponential from ``backoff[0]`` up to ``backoff[1]`` plus up to ``backoff[0]`` of
-        jitter; at least the server's ``Retry-After`` seconds (up to a minute)."""
-        backoff = tenacity.wait_exponential(
-            multiplier=self.backoff[0], max=self.backoff[1]
-        ) + tenacity.wait_random(0, self.backoff[0])
-
-        def wait(state: Any) -> float:
-            seconds = float(backoff(state))
-            exc = state.outcome.exception() if state.outcome is not None else None
-            retry_after = getattr(exc, "retry_after", None)
-            if retry_after is not None:
-                seconds = max(seconds, min(float(retry_after), _MAX_RETRY_AFTER))
-            return seconds
-
-        return wait
-
-    def _retrying_kwargs(self) -> dict[str, Any]:
-        tenacity = _lib("tenacity")
-        return {
-            "stop": tenacity.stop_after_attempt(self.retries + 1),
-            "wait": self._wait(tenacity),
-            "retry": tenacity.retry_if_exception(self._transient),
-            "reraise": True,
-        }
-
     def _final(self, exc: BaseException, attempts: int) -> OpenAIEngineError:
         """The entry's error: the engine, the model, the URL, the cause, the attempts."""
         if isinstance(exc, OpenAIEngineError):
@@ -373,50 +357,23 @@ class OpenAIEngine:
         error.__cause__ = exc
         return error
 
-    def _post(self, client: Any, body: dict[str, Any]) -> str:
-        tenacity = _lib("tenacity")
+    def _post(self, body: dict[str, Any]) -> str:
+        """One completion on the engine's client, in a slot, retried when transient."""
+        client = self._http.client()
         attempts = 0
 
         def once() -> str:
             nonlocal attempts
             attempts += 1
-            with self._slots:
+            with self._http.slots:
                 response = client.post(self._url("chat/completions"), json=body)
             self._check(response, attempts)
             return _content(response.json())
 
         try:
-            result: str = tenacity.Retrying(**self._retrying_kwargs())(once)
+            return self._retry.call(once)
         except Exception as exc:
             raise self._final(exc, attempts) from exc
-        return result
-
-    async def _apost(self, client: Any, slots: asyncio.Semaphore, body: dict[str, Any]) -> str:
-        tenacity = _lib("tenacity")
-        attempts = 0
-
-        async def once() -> str:
-            nonlocal attempts
-            attempts += 1
-            async with slots:
-                response = await client.post(self._url("chat/completions"), json=body)
-            self._check(response, attempts)
-            return _content(response.json())
-
-        try:
-            result: str = await tenacity.AsyncRetrying(**self._retrying_kwargs())(once)
-        except Exception as exc:
-            raise self._final(exc, attempts) from exc
-        return result
-
-    def _loop_semaphore(self) -> asyncio.Semaphore:
-        """One semaphore per event loop: ``max_concurrency`` bounds every call on it."""
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            slots = self._loop_slots.get(loop)
-            if slots is None:
-                slots = self._loop_slots[loop] = asyncio.Semaphore(self.max_concurrency)
-            return slots
 
     # ----------------------------------------------------------------- generation
 
@@ -443,37 +400,29 @@ class OpenAIEngine:
     def generate(
         self, prompts: Sequence[Prompt], *, schema: Mapping[str, Any] | None = None, **sampling: Any
     ) -> list[str | Exception]:
-        """One reply per prompt, in order; a prompt that fails gets its exception."""
+        """One reply per prompt, in order (a `Reply` with the server's ``usage`` token
+        counts); a prompt that fails gets its exception. Each prompt goes to the engine's
+        pool, so concurrent calls share it."""
         results, bodies = self._bodies(prompts, schema, sampling)
-        if not bodies:
-            return results
-        client = self._sync_client()
-        workers = min(self.max_concurrency, len(bodies))
-        with concurrent.futures.ThreadPoolExecutor(workers, "OpenAIEngine") as pool:
-            futures = {i: pool.submit(self._post, client, body) for i, body in bodies.items()}
-            for i, future in futures.items():
-                try:
-                    results[i] = future.result()
-                except Exception as exc:
-                    results[i] = exc
+        replies = self._http.map(self._reply, bodies.values())
+        for i, reply in zip(bodies, replies):
+            results[i] = reply
         return results
+
+    def _reply(self, body: dict[str, Any]) -> str | Exception:
+        try:
+            return self._post(body)
+        except Exception as exc:
+            return exc
 
     async def agenerate(
         self, prompts: Sequence[Prompt], *, schema: Mapping[str, Any] | None = None, **sampling: Any
     ) -> list[str | Exception]:
-        """The async twin of `generate` (``httpx.AsyncClient``, bounded by a semaphore)."""
+        """The async twin of `generate`: the same pool and slots, awaited without holding a
+        thread."""
         results, bodies = self._bodies(prompts, schema, sampling)
-        if not bodies:
-            return results
-        slots = self._loop_semaphore()
-        async with _lib("httpx").AsyncClient(**self._client_kwargs()) as client:
-            replies = await asyncio.gather(
-                *(self._apost(client, slots, body) for body in bodies.values()),
-                return_exceptions=True,
-            )
+        replies = await self._http.amap(self._reply, bodies.values())
         for i, reply in zip(bodies, replies):
-            if isinstance(reply, BaseException) and not isinstance(reply, Exception):
-                raise reply
             results[i] = reply
         return results
 
@@ -481,17 +430,18 @@ class OpenAIEngine:
 
     def stream(self, prompt: Prompt, **sampling: Any) -> Iterator[str]:
         """The text chunks of one reply (``stream: true``, server-sent events); takes
-        `generate`'s keywords, ``schema`` included. Opening the stream is retried like a
-        request; a failure after the first chunk is raised."""
+        `generate`'s keywords, ``schema`` included. The stream holds a slot until it ends.
+        Opening the stream is retried like a request; a failure after the first chunk is
+        raised."""
         body = self._body(prompt, stream=True, **sampling)
-        client = self._sync_client()
-        tenacity = _lib("tenacity")
+        client = self._http.client()
+        slots = self._http.slots
         attempts = 0
 
         def open_stream() -> Any:
             nonlocal attempts
             attempts += 1
-            self._slots.acquire()
+            slots.acquire()
             try:
                 request = client.build_request(
                     "POST", self._url("chat/completions"), json=body, headers=_SSE
@@ -505,12 +455,12 @@ class OpenAIEngine:
                     response.close()
                     raise
             except BaseException:
-                self._slots.release()
+                slots.release()
                 raise
             return response
 
         try:
-            response = tenacity.Retrying(**self._retrying_kwargs())(open_stream)
+            response = self._retry.call(open_stream)
         except Exception as exc:
             raise self._final(exc, attempts) from exc
         try:
@@ -525,51 +475,50 @@ class OpenAIEngine:
                     yield text
         finally:
             response.close()
-            self._slots.release()
+            slots.release()
 
     async def astream(self, prompt: Prompt, **sampling: Any) -> AsyncIterator[str]:
-        """The async twin of `stream`."""
+        """The async twin of `stream` (the loop's ``httpx.AsyncClient``; the same slots)."""
         body = self._body(prompt, stream=True, **sampling)
-        slots = self._loop_semaphore()
-        tenacity = _lib("tenacity")
+        client = await self._http.async_client()
+        slots = self._http.slots
         attempts = 0
-        async with _lib("httpx").AsyncClient(**self._client_kwargs()) as client:
 
-            async def open_stream() -> Any:
-                nonlocal attempts
-                attempts += 1
-                await slots.acquire()
+        async def open_stream() -> Any:
+            nonlocal attempts
+            attempts += 1
+            await slots.aacquire()
+            try:
+                request = client.build_request(
+                    "POST", self._url("chat/completions"), json=body, headers=_SSE
+                )
+                response = await client.send(request, stream=True)
                 try:
-                    request = client.build_request(
-                        "POST", self._url("chat/completions"), json=body, headers=_SSE
-                    )
-                    response = await client.send(request, stream=True)
-                    try:
-                        if response.status_code >= 400:
-                            await response.aread()
-                        self._check(response, attempts)
-                    except BaseException:
-                        await response.aclose()
-                        raise
+                    if response.status_code >= 400:
+                        await response.aread()
+                    self._check(response, attempts)
                 except BaseException:
-                    slots.release()
+                    await response.aclose()
                     raise
-                return response
-
-            try:
-                response = await tenacity.AsyncRetrying(**self._retrying_kwargs())(open_stream)
-            except Exception as exc:
-                raise self._final(exc, attempts) from exc
-            try:
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        return
-                    text = _delta(data)
-                    if text:
-                        yield text
-            finally:
-                await response.aclose()
+            except BaseException:
                 slots.release()
+                raise
+            return response
+
+        try:
+            response = await self._retry.acall(open_stream)
+        except Exception as exc:
+            raise self._final(exc, attempts) from exc
+        try:
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                text = _delta(data)
+                if text:
+                    yield text
+        finally:
+            await response.aclose()
+            slots.release()
