@@ -164,3 +164,12 @@ def test_how_many_batches_an_engine_map_keeps_out() -> None:
     assert runner._map_in_flight(plan, ENGINE_QUEUE) == 2
     assert runner._map_in_flight(plan, ENGINE_QUEUE // 4) == 4
     assert runner._map_in_flight(plan, 1) == 16
+
+
+def test_the_node_adds_no_limit_of_its_own_to_a_users_engine() -> None:
+    """``max_concurrency`` is the engine's to keep: an engine that keeps none is called by
+    several batches at once, whatever number it declares."""
+    engine = GatedEngine(want=2)
+    engine.max_concurrency = 1
+    assert _map(AsyncRunner(engines={"gate": engine})) == EXPECTED
+    assert engine.most >= 2
