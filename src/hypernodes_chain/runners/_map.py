@@ -6,6 +6,11 @@ out at once; the driver runs them (in place, or elsewhere) and sends them back i
 order. A `Handoff` (``_handoff``) passes finished batches on in input order: as
 `BatchRows` (for ``map`` returning a list and for ``imap``) or to the writer. Memory stays
 O(in_flight x batch_size) whenever results go to a writer or ``imap``.
+
+There is one loop (`_in_order`); a `Stage` says what a batch's task is and where it goes
+when done. A plain map has one stage (`_Direct`: each batch one task of the whole plan,
+then the `Handoff`); an engine-aware map runs the loop once per window and engine segment
+(``_segments``), each batch a task of that segment, the last segment's handed off.
 """
 
 from __future__ import annotations
@@ -13,20 +18,21 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from itertools import islice, product
+from typing import Protocol, TypeVar
 
 from .. import hashing
 from ..exceptions import MapInputError
 from ..plan import Plan
 from ..results import MapResult, Writer
 from ._handoff import Handoff
-from ._segments import plan_segments, segmented_batches
+from ._segments import Schedule, plan_segments, spill_folder
 from ._sources import as_column
 from ._work import BatchTask, Context, MapFlow
 
 __all__ = ["map_batches", "map_flow", "normalize_map_over"]
 
 _Batch = list[list[object]]  # one batch of items: one list per ``map_over`` input
-_Part = tuple[int, list[int], dict[str, list[object]]]  # (first, indices, columns by name)
+J = TypeVar("J", contravariant=True)  # what a stage makes a batch task of
 
 
 def _length(values: object) -> int | None:
@@ -132,7 +138,7 @@ def map_flow(
 
     This schedules; a `Handoff` passes finished batches on in input order (to the writer
     or as `BatchRows`), so memory stays O(in_flight x batch_size). When the plan needs
-    more engines than the broker keeps alive, items go through in windows of
+    more engines than the broker keeps alive, the same loop runs the items in windows of
     ``engine_window``, one engine segment after the other (see ``_segments``).
     """
     out = Handoff(plan, ctx, writer)
@@ -144,63 +150,105 @@ def map_flow(
     skip = out.open(map_over)
     with out:  # from here on the writer is closed, and the end reported, whatever happens
         out.start(total, batch_size, skip)
+        numbered = _numbered(batches, skip, out.result)
         segments = plan_segments(plan, ctx.settings)
-        if segments is not None:
-            windows = _windows(batches, map_over, skip, out.result, engine_window)
-            yield from segmented_batches(
-                segments, windows, constants, constant_keys, ctx, out.report, plan
-            )
+        if segments is None:
+
+            def task(seq: int, indices: list[int], batch: _Batch) -> BatchTask:
+                columns = dict(zip(map_over, batch))
+                return BatchTask(
+                    plan, columns, constants, indices, ctx.settings, ctx.local,
+                    seq=seq, constant_keys=constant_keys,
+                )  # fmt: skip
+
+            yield from _in_order(numbered, _Direct(task, out), in_flight)
             return out.result
-
-        def task(seq: int, indices: list[int], batch: _Batch) -> BatchTask:
-            columns = dict(zip(map_over, batch))
-            return BatchTask(
-                plan, columns, constants, indices, ctx.settings, ctx.local,
-                seq=seq, constant_keys=constant_keys,
-            )  # fmt: skip
-
-        yield from _in_order(_numbered(batches, skip, out.result), task, out, in_flight)
+        schedule = Schedule(segments, plan, map_over, constants, constant_keys, ctx, out)
+        with spill_folder(writer) as folder:
+            for carries, stage in schedule.passes(numbered, engine_window, folder):
+                yield from _in_order(carries, stage, in_flight)
     return out.result
 
 
-def _in_order(
-    numbered: Iterator[tuple[int, list[int], _Batch]],
-    make: Callable[[int, list[int], _Batch], BatchTask],
-    out: Handoff,
-    in_flight: int,
-) -> MapFlow[None]:
-    """Keep up to ``in_flight`` batches out (in flight, or done and waiting for an earlier
-    one in ``out``); each batch read becomes the task ``make(seq, indices, columns)``."""
-    pending: dict[int, tuple[int, BatchTask]] = {}  # in flight, by sequence number
-    seq = 0
+class Stage(Protocol[J]):
+    """Where the map loop's batches go. ``begin`` makes a batch's task (None: nothing to
+    run, the stage took the batch as it is), ``done`` takes the task back finished,
+    ``flush`` hands on what is due in input order; ``waiting`` batches are done but held
+    (they count against the in-flight window), ``due``: one of them can go now."""
+
+    def begin(self, job: J) -> BatchTask | None: ...
+
+    def done(self, task: BatchTask) -> None: ...
+
+    def flush(self) -> MapFlow[None]: ...
+
+    @property
+    def waiting(self) -> int: ...
+
+    @property
+    def due(self) -> bool: ...
+
+
+class _Direct:
+    """A plain map's stage: each batch one task of the whole plan, handed to ``out``."""
+
+    def __init__(self, make: Callable[[int, list[int], _Batch], BatchTask], out: Handoff) -> None:
+        self.make = make
+        self.out = out
+        self._first: dict[int, int] = {}  # in flight: the index of each one's first item
+        self._seq = 0
+
+    def begin(self, job: tuple[int, list[int], _Batch]) -> BatchTask | None:
+        first, indices, batch = job
+        seq, self._seq = self._seq, self._seq + 1
+        if not indices:  # every item of the batch was stored by an earlier run
+            self.out.done(seq, first, None)
+            return None
+        self._first[seq] = first
+        return self.make(seq, indices, batch)
+
+    def done(self, task: BatchTask) -> None:
+        self.out.done(task.seq, self._first.pop(task.seq), task)
+
+    def flush(self) -> MapFlow[None]:
+        return self.out.flush()
+
+    @property
+    def waiting(self) -> int:
+        return self.out.waiting
+
+    @property
+    def due(self) -> bool:
+        return self.out.due
+
+
+def _in_order(jobs: Iterator[J], stage: Stage[J], in_flight: int) -> MapFlow[None]:
+    """The map loop: keep up to ``in_flight`` batches out (in flight, or done and held by
+    ``stage`` for an earlier one); each batch read becomes the stage's task."""
+    pending: set[int] = set()  # in flight, by sequence number
     exhausted = False
     while True:
-        yield from out.flush()  # hand on what is done, in input order, before reading on
+        yield from stage.flush()  # hand on what is done, in input order, before reading on
         new: list[BatchTask] = []
-        while not exhausted and len(pending) + out.waiting < in_flight:
-            read = next(numbered, None)
-            if read is None:
+        while not exhausted and len(pending) + stage.waiting < in_flight:
+            job = next(jobs, None)
+            if job is None:
                 exhausted = True
-                break
-            first, indices, batch = read
-            if indices:
-                new.append(make(seq, indices, batch))
-                pending[seq] = (first, new[-1])
-            else:  # every item of the batch was stored by an earlier run
-                out.done(seq, first, None)
-            seq += 1
+            elif (task := stage.begin(job)) is not None:
+                new.append(task)
+                pending.add(task.seq)
         if not new and not pending:
-            if out.due:
+            if stage.due:
                 continue  # batches skipped whole are still to be reported
             break
         finished = yield new
         assert finished is not None  # work is answered with the pieces that finished
         for done in finished:
             assert isinstance(done, BatchTask)
-            first, _ = pending.pop(done.seq)
+            pending.discard(done.seq)
             if done.error is not None:
                 raise done.error
-            out.done(done.seq, first, done)
+            stage.done(done)
 
 
 def _numbered(
@@ -218,32 +266,6 @@ def _numbered(
         yield first, indices, batch
 
 
-def _windows(
-    batches: Iterator[_Batch],
-    map_over: Sequence[str],
-    skip: Container[int],
-    result: MapResult,
-    size: int,
-) -> Iterator[Iterator[_Part]]:
-    """Map batches ``size`` items at a time, each window an iterator to exhaust before the
-    next (nothing of a window is held here): ``(first, indices, columns)`` per batch, the
-    items an earlier run stored already left out, a batch crossing a window's end cut."""
-    parts = _parts(batches, map_over, skip, result, size)
-    pending = next(parts, None)
-
-    def window() -> Iterator[_Part]:
-        nonlocal pending
-        while pending is not None:
-            part, closes = pending
-            pending = next(parts, None)
-            yield part
-            if closes:
-                return
-
-    while pending is not None:
-        yield window()
-
-
 def _unstored(
     indices: list[int], batch: _Batch, skip: Container[int], result: MapResult
 ) -> tuple[list[int], _Batch]:
@@ -253,26 +275,6 @@ def _unstored(
     if len(keep) == len(indices):
         return indices, batch
     return [indices[pos] for pos in keep], [[col[pos] for pos in keep] for col in batch]
-
-
-def _parts(
-    batches: Iterator[_Batch],
-    map_over: Sequence[str],
-    skip: Container[int],
-    result: MapResult,
-    size: int,
-) -> Iterator[tuple[_Part, bool]]:
-    """``((first, indices, columns), closes_its_window)`` for every stretch of a batch."""
-    n = 0
-    for first, indices, batch in _numbered(batches, skip, result):
-        while indices:  # a batch that crosses the window's end is cut there
-            take = min(len(indices), size - n)
-            part = [col[:take] for col in batch]
-            n += take
-            yield (first, indices[:take], dict(zip(map_over, part))), n >= size
-            n %= size
-            indices, batch = indices[take:], [col[take:] for col in batch]
-            first = indices[0] if indices else first
 
 
 def normalize_map_over(map_over: str | Iterable[str]) -> tuple[str, ...]:
