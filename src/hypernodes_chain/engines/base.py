@@ -63,7 +63,9 @@ def chat_messages(prompt: Prompt) -> list[dict[str, Any]]:
 class Engine(Protocol):
     """What an engine offers; see the module docstring for the contract of each call."""
 
-    max_concurrency: int  # requests in flight at once (HTTP engines); 1 for local ones
+    # requests in flight on the engine at once, whoever sends them (HTTP engines: a pool;
+    # TransformersEngine: prompts per device batch, formed by its own scheduler)
+    max_concurrency: int
 
     def start(self) -> None:
         """Load the model (idempotent)."""

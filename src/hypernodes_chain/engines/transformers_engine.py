@@ -1,7 +1,13 @@
 """TransformersEngine: a local Hugging Face causal LM, batched on the device.
 
-Prompts of one `generate` call are encoded, sorted by length, left padded and sent to
-``model.generate`` in sub-batches of ``max_batch_size``; replies come back in input order.
+The engine schedules its own requests: one scheduler thread per started engine
+(`_scheduler.BatchScheduler`) forms each ``model.generate`` call from whatever prompts wait,
+up to ``max_batch_size``, whoever sent them (threads, event loops, several LLM nodes sharing
+the engine), so the model never idles while work waits. Prompts share a device batch only
+when their schema and sampling agree (the group key); the oldest waiting group goes first.
+`generate` encodes its prompts (sorted by length, so a big call pads little), queues them and
+waits; `agenerate` awaits the same future without holding a thread. Each device batch is
+left padded; replies come back in input order.
 ``schema`` (a JSON schema dict) is enforced by xgrammar's grammar-constrained decoding: a
 token bitmask per row and step, so even a tiny random model returns schema-valid JSON, and a
 row whose grammar is complete can only emit EOS.
@@ -22,14 +28,19 @@ import json
 import os
 import re
 import threading
-from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
+import weakref
+from collections.abc import AsyncIterator, Generator, Hashable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .._optional import optional
+from ..exceptions import EngineError, TruncatedReplyError
 from ._revision import FolderRevision, folder_revision
+from ._scheduler import BatchScheduler
 from ._threaded import stream_in_thread
-from .base import Prompt, chat_messages
+from .base import Prompt, Reply, chat_messages
 
 __all__ = ["TransformersEngine"]
 
@@ -65,10 +76,6 @@ def _escape_controls(text: str) -> str:
     so escaping it is exact.
     """
     return _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-
-
-def _truncated(max_tokens: int) -> ValueError:
-    return ValueError(f"reply truncated at max_tokens={max_tokens} before the schema was complete")
 
 
 class _GrammarProcessor:
@@ -156,19 +163,65 @@ class _Cancel:
         )
 
 
+@dataclass(frozen=True)
+class _Spec:
+    """What a device batch needs besides its prompts: the same for every prompt of a group."""
+
+    kwargs: dict[str, Any]
+    warpers: list[Any]
+    grammar: Any
+    stops: list[str]
+    max_tokens: int
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """One `generate` call in the queue: its future, and how to put its replies in order."""
+
+    future: Future[list[Any]]
+    size: int
+    order: list[int]  # prompt indices in the order they were queued
+    failed: dict[int, Exception]  # prompts that could not be encoded
+
+    def replies(self, queued: Sequence[Any]) -> list[str | Exception]:
+        out: list[Any] = [None] * self.size
+        for i, exc in self.failed.items():
+            out[i] = exc
+        for i, reply in zip(self.order, queued):
+            out[i] = reply
+        return out
+
+
+def _weak_run(engine: TransformersEngine) -> Any:
+    """The engine's `_run_batch` for its scheduler thread, holding the engine weakly."""
+    method = weakref.WeakMethod(engine._run_batch)
+
+    def run(spec: _Spec, rows: list[list[int]], stopping: threading.Event) -> Any:
+        bound = method()
+        if bound is None:
+            raise EngineError("the engine was garbage collected")
+        return bound(spec, rows, stopping)
+
+    return run
+
+
 class TransformersEngine:
     """A Hugging Face causal LM folder (``AutoModelForCausalLM`` + ``AutoTokenizer``).
 
     ``device``: a torch device string (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``).
     ``dtype``: ``"float32"``, ``"bfloat16"``, ``"float16"``, ``"auto"`` or a ``torch.dtype``;
-    None keeps transformers' default. ``max_batch_size``: rows per ``model.generate`` call.
-    ``max_concurrency`` stays 1 for a local model (calls are serialised by a lock).
+    None keeps transformers' default. ``max_batch_size``: most prompts per ``model.generate``
+    call, formed by the engine from every caller's waiting prompts; it is also the engine's
+    ``max_concurrency`` (prompts on the device at once; more wait in its queue).
+    ``batch_wait``: seconds a device batch short of ``max_batch_size`` waits for more prompts
+    (default 5 ms, small beside a ``model.generate`` call; 0 starts every batch at once).
 
     Sampling keywords of `generate` / `stream`: ``max_tokens`` (default 256),
     ``temperature`` (0 = greedy), ``top_p``, ``seed`` (makes sampling reproducible for the same
-    call: the same prompts, in the same batches), ``stop`` (a string or strings: the reply is
-    cut before the first one); any other keyword (``top_k``, ``repetition_penalty``, ...) goes
-    to ``model.generate``.
+    call: a seeded call's prompts share device batches with no other call), ``stop`` (a string
+    or strings: the reply is cut before the first one); any other keyword (``top_k``,
+    ``repetition_penalty``, ...) goes to ``model.generate``.
     """
 
     kind = "transformers"
@@ -180,20 +233,29 @@ class TransformersEngine:
         device: str = "cpu",
         dtype: Any = None,
         max_batch_size: int = 64,
-        max_concurrency: int = 1,
+        batch_wait: float = 0.005,
         trust_remote_code: bool = False,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        if max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if not batch_wait >= 0:
+            raise ValueError(f"batch_wait must be >= 0 seconds, got {batch_wait}")
         self.model = str(model)
         self.device = str(device)
         self.dtype = dtype
         self.max_batch_size = max_batch_size
-        self.max_concurrency = max_concurrency
+        self.max_concurrency = max_batch_size
+        self.batch_wait = batch_wait
         self.trust_remote_code = trust_remote_code
-        self._lock = threading.Lock()  # one model: one generation at a time
+        # _life guards loading, the scheduler and the queue's entrance (start, stop, submit);
+        # _lock is the device: one generation at a time (a scheduled batch or a stream);
+        # _text guards the tokenizer, used by callers (encode) and the scheduler (decode).
+        # Order: _life before _text, _lock before _text; never _lock then _life.
+        self._life = threading.RLock()
+        self._lock = threading.Lock()
+        self._text = threading.Lock()
+        self._scheduler: BatchScheduler | None = None
+        self._finalizer: weakref.finalize[Any, Any]
         self._model: Any = None
         self._tokenizer: Any = None
         self._compiler: Any = None
@@ -229,9 +291,23 @@ class TransformersEngine:
         return str(self.dtype).removeprefix("torch.")
 
     def start(self) -> None:
-        """Load the tokenizer and the model onto ``device`` (idempotent)."""
-        with self._lock:
+        """Load the tokenizer and the model onto ``device`` and start the scheduler thread
+        (idempotent)."""
+        with self._life:
             self._load()
+            if self._scheduler is None:
+                scheduler = BatchScheduler(
+                    repr(self),
+                    _weak_run(self),
+                    max_batch_size=self.max_batch_size,
+                    device=self._lock,
+                    batch_wait=self.batch_wait,
+                )
+                # the thread holds the engine weakly: an engine dropped unstopped is freed,
+                # and its thread ends with it
+                gone = f"{self!r} was garbage collected with requests waiting"
+                self._finalizer = weakref.finalize(self, scheduler.close, lambda: EngineError(gone))
+                self._scheduler = scheduler
 
     def _load(self) -> None:
         if self._model is not None:
@@ -263,16 +339,31 @@ class TransformersEngine:
         self._tokenizer, self._model = tokenizer, model
 
     def stop(self) -> None:
-        """Free the model (and the GPU memory it held); idempotent."""
-        with self._lock:
-            if self._model is None:
-                return
-            on_cuda = str(self._model.device).startswith("cuda")
-            self._model = self._tokenizer = self._compiler = None
-            self._grammars.clear()
+        """Stop the scheduler and free the model (and the GPU memory it held); idempotent.
+
+        Requests not yet answered (waiting, or on the device: that batch ends at its next
+        step) fail with an `EngineError` naming the engine; a later call starts it again.
+        A stream in progress finishes first."""
+        with self._life:
+            scheduler, self._scheduler = self._scheduler, None
+            if scheduler is not None:
+                self._finalizer.detach()
+                scheduler.close(self._stopped)
+            with self._lock, self._text:
+                if self._model is None:
+                    return
+                on_cuda = str(self._model.device).startswith("cuda")
+                self._model = self._tokenizer = self._compiler = None
+                self._grammars.clear()
             gc.collect()
             if on_cuda:
                 _lib("torch").cuda.empty_cache()
+
+    def _stopped(self) -> EngineError:
+        return EngineError(
+            f"{self!r} was stopped before this request was answered "
+            "(a later call starts the engine again)"
+        )
 
     def identity(self) -> dict[str, Any]:
         """Engine kind, resolved model folder, revision, dtype and device.
@@ -384,25 +475,21 @@ class TransformersEngine:
             torch.manual_seed(int(seed))
             yield
 
-    def _decode(self, tokens: Sequence[int]) -> str:
+    def _decode(self, tokens: Sequence[int]) -> tuple[str, int]:
+        """The text of a row's new tokens, and how many were generated (EOS included)."""
         eos = set(self._eos_ids)
         kept: list[int] = []
         for token in tokens:
             if token in eos:
-                break
+                text = str(self._tokenizer.decode(kept, skip_special_tokens=True))
+                return text, len(kept) + 1
             kept.append(token)
-        return str(self._tokenizer.decode(kept, skip_special_tokens=True))
+        return str(self._tokenizer.decode(kept, skip_special_tokens=True)), len(kept)
 
-    def _generate_batch(
-        self,
-        rows: Sequence[list[int]],
-        *,
-        grammar: Any,
-        kwargs: dict[str, Any],
-        warpers: Sequence[Any],
-        stops: Sequence[str],
-        max_tokens: int,
+    def _run_batch(
+        self, spec: _Spec, rows: list[list[int]], stopping: threading.Event
     ) -> list[str | Exception]:
+        """One ``model.generate`` call (the scheduler thread, holding the device)."""
         torch = _lib("torch")
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
@@ -410,101 +497,163 @@ class TransformersEngine:
         for i, row in enumerate(rows):  # left padding
             ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
             mask[i, width - len(row) :] = 1
-        call = dict(kwargs)
+        call = dict(spec.kwargs, stopping_criteria=[_Cancel(stopping)])
         processor = None
-        if grammar is not None:
+        if spec.grammar is not None:  # this group's grammar: groups never share a batch
             processor = _GrammarProcessor(
                 _lib("xgrammar"),
-                grammar,
+                spec.grammar,
                 len(rows),
                 width,
                 self._vocab_size,
                 self._eos_ids,
-                warpers,
+                spec.warpers,
             )
             call["logits_processor"] = [processor]
-        if stops:
-            call.update(stop_strings=list(stops), tokenizer=self._tokenizer)
+        if spec.stops:
+            call.update(stop_strings=list(spec.stops), tokenizer=self._tokenizer)
         device = self._model.device
-        with torch.inference_mode():
+        with self._seeded(spec.seed), torch.inference_mode():
             out = self._model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), **call
             )
         new = out[:, width:].cpu()
         if processor is not None:
             processor.catch_up(new)
-        replies: list[str | Exception] = []
-        for i, tokens in enumerate(new.tolist()):
-            try:
-                text, stopped = _cut_at_stop(self._decode(tokens), stops)
-                if processor is not None and not stopped and not processor.complete(i):
-                    replies.append(
-                        _truncated(max_tokens)
-                        if processor.consumed[i] >= max_tokens and not processor.dead[i]
-                        else ValueError("generation ended before the schema was complete")
-                    )
-                    continue
-                replies.append(text if processor is None else _escape_controls(text))
-            except Exception as exc:  # one row's failure fails that prompt only
-                replies.append(exc)
-        return replies
+        with self._text:
+            return [
+                self._reply(tokens, len(rows[i]), i, processor, spec)
+                for i, tokens in enumerate(new.tolist())
+            ]
+
+    def _reply(
+        self,
+        tokens: list[int],
+        prompt_tokens: int,
+        row: int,
+        processor: _GrammarProcessor | None,
+        spec: _Spec,
+    ) -> str | Exception:
+        """One row's reply with its token counts, or its exception (that prompt's only)."""
+        try:
+            text, generated = self._decode(tokens)
+            text, stopped = _cut_at_stop(text, spec.stops)
+            if processor is not None:
+                if not stopped and not processor.complete(row):
+                    if processor.consumed[row] >= spec.max_tokens and not processor.dead[row]:
+                        return TruncatedReplyError(spec.max_tokens, _escape_controls(text))
+                    return ValueError("generation ended before the schema was complete")
+                text = _escape_controls(text)
+            return Reply(text, prompt_tokens=prompt_tokens, completion_tokens=generated)
+        except Exception as exc:
+            return exc
+
+    def _submit(
+        self,
+        prompts: Sequence[Prompt],
+        schema: Mapping[str, Any] | None,
+        sampling: dict[str, Any],
+        *,
+        blocking: bool = True,
+    ) -> _Pending | None:
+        """Encode the prompts and queue them under their group key (starting the engine if
+        needed). Not ``blocking``: None where that would wait (a load, a schema's first
+        compilation, another caller's encoding, a stop), so an event loop never blocks."""
+        if not self._life.acquire(blocking=blocking):
+            return None
+        try:
+            if not blocking and (
+                self._scheduler is None
+                or (schema is not None and json.dumps(schema) not in self._grammars)
+            ):
+                return None
+            self.start()
+            assert self._scheduler is not None
+            key, spec = self._group(schema, **sampling)
+            failed: dict[int, Exception] = {}
+            encoded: dict[int, list[int]] = {}
+            with self._text:
+                for i, prompt in enumerate(prompts):
+                    try:
+                        encoded[i] = self._encode(prompt)
+                    except Exception as exc:
+                        failed[i] = exc
+            order = sorted(encoded, key=lambda i: len(encoded[i]))  # a big call pads little
+            future = self._scheduler.submit(key, spec, [encoded[i] for i in order])
+            return _Pending(future, len(prompts), order, failed)
+        finally:
+            self._life.release()
+
+    def _group(
+        self,
+        schema: Mapping[str, Any] | None,
+        *,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        **extra: Any,
+    ) -> tuple[Hashable, _Spec]:
+        """The group key of a call (what prompts sharing a device batch must agree on) and
+        its spec; bad sampling arguments raise here, failing the whole call."""
+        stops = _stop_list(stop)
+        kwargs, warpers = self._generate_kwargs(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            constrained=schema is not None,
+            extra=dict(extra),
+        )
+        with self._text:
+            grammar = self._grammar(schema) if schema is not None else None
+        schema_key = json.dumps(schema) if schema is not None else None
+        # a seeded call is reproducible only in batches of its own prompts
+        alone = object() if seed is not None else None
+        key = (
+            schema_key,
+            max_tokens,
+            float(temperature),
+            float(top_p),
+            tuple(stops),
+            repr(sorted(extra.items())),
+            alone,
+        )
+        return key, _Spec(kwargs, warpers, grammar, stops, max_tokens, seed)
 
     def generate(
         self,
         prompts: Sequence[Prompt],
         *,
         schema: Mapping[str, Any] | None = None,
-        max_tokens: int = DEFAULT_MAX_TOKENS,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        stop: str | Sequence[str] | None = None,
         **sampling: Any,
     ) -> list[str | Exception]:
         """One reply per prompt, in order; a prompt that fails (it cannot be encoded, or its
-        reply ran out of ``max_tokens`` before ``schema`` was complete) gets its exception.
-        Starts the engine if needed."""
+        reply ran out of ``max_tokens`` before ``schema`` was complete) gets its exception,
+        and so do the prompts of a device call that fails. The prompts join the engine's
+        queue and may share device batches with other callers' prompts of the same group.
+        Starts the engine if needed. Sampling keywords: see the class."""
         if isinstance(prompts, str):
             raise TypeError("generate takes a list of prompts, not one str")
-        stops = _stop_list(stop)
-        with self._lock:
-            self._load()
-            kwargs, warpers = self._generate_kwargs(
-                max_tokens=max_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                constrained=schema is not None,
-                extra=dict(sampling),
-            )
-            grammar = self._grammar(schema) if schema is not None else None
-            results: list[str | Exception | None] = [None] * len(prompts)
-            encoded: dict[int, list[int]] = {}
-            for i, prompt in enumerate(prompts):
-                try:
-                    encoded[i] = self._encode(prompt)
-                except Exception as exc:
-                    results[i] = exc
-            order = sorted(encoded, key=lambda i: len(encoded[i]))
-            with self._seeded(seed):
-                for start in range(0, len(order), self.max_batch_size):
-                    chunk = order[start : start + self.max_batch_size]
-                    replies = self._generate_batch(
-                        [encoded[i] for i in chunk],
-                        grammar=grammar,
-                        kwargs=kwargs,
-                        warpers=warpers,
-                        stops=stops,
-                        max_tokens=max_tokens,
-                    )
-                    for i, reply in zip(chunk, replies):
-                        results[i] = reply
-        return [r if r is not None else RuntimeError("no reply") for r in results]
+        pending = self._submit(list(prompts), schema, sampling)
+        assert pending is not None
+        return pending.replies(pending.future.result())
 
     async def agenerate(
         self, prompts: Sequence[Prompt], *, schema: Mapping[str, Any] | None = None, **sampling: Any
     ) -> list[str | Exception]:
-        """`generate` in a worker thread (calls are serialised by the engine's lock)."""
-        return await asyncio.to_thread(self.generate, list(prompts), schema=schema, **sampling)
+        """The async twin of `generate`: the prompts join the same queue and the reply is
+        awaited, holding no thread (a worker thread only loads the engine or compiles a new
+        schema). Cancelling the call drops its prompts that still wait."""
+        if isinstance(prompts, str):
+            raise TypeError("agenerate takes a list of prompts, not one str")
+        prompts = list(prompts)
+        pending = self._submit(prompts, schema, sampling, blocking=False)
+        if pending is None:
+            pending = await asyncio.to_thread(self._submit, prompts, schema, sampling)
+            assert pending is not None
+        queued: list[Any] = await asyncio.wrap_future(pending.future)
+        return pending.replies(queued)
 
     # ----------------------------------------------------------------- streaming
 
@@ -528,8 +677,10 @@ class TransformersEngine:
     ) -> Generator[str, None, None]:
         stops = _stop_list(stop)
         hold = max((len(s) for s in stops), default=1) - 1  # a stop may begin in the tail
-        with self._lock:
-            self._load()
+        self.start()
+        with self._lock:  # the device: no scheduled batch runs meanwhile
+            if self._model is None:
+                raise self._stopped()
             torch, transformers = _lib("torch"), _lib("transformers")
             kwargs, warpers = self._generate_kwargs(
                 max_tokens=max_tokens,
@@ -538,12 +689,14 @@ class TransformersEngine:
                 constrained=schema is not None,
                 extra=dict(sampling),
             )
-            row = self._encode(prompt)
+            with self._text:
+                row = self._encode(prompt)
+                grammar = self._grammar(schema) if schema is not None else None
             processor = None
             if schema is not None:
                 processor = _GrammarProcessor(
                     _lib("xgrammar"),
-                    self._grammar(schema),
+                    grammar,
                     1,
                     len(row),
                     self._vocab_size,
@@ -602,7 +755,7 @@ class TransformersEngine:
                 processor.catch_up(outputs[0][:, len(row) :].cpu())
                 if not processor.complete(0):
                     if processor.consumed[0] >= max_tokens and not processor.dead[0]:
-                        raise _truncated(max_tokens)
+                        raise TruncatedReplyError(max_tokens, _escape_controls(text))
                     raise ValueError("generation ended before the schema was complete")
 
     async def astream(self, prompt: Prompt, **sampling: Any) -> AsyncIterator[str]:
