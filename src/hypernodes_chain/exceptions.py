@@ -17,6 +17,8 @@ mistake, so ``except ValueError`` keeps working around graph construction::
     ├── CallbackError                    (also RuntimeError) a callback raised on an event
     ├── LLMOutputError                   (also ValueError) an LLM reply that does not validate
     ├── EngineError                      (also RuntimeError) an engine could not answer
+    │   ├── OllamaError                  a request to Ollama that failed after its retries
+    │   ├── OpenAIEngineError            the same for an OpenAI-compatible server (HTTP status)
     │   ├── EngineReplyError             (also TypeError) a reply that is not text (engine, prompt)
     │   └── TruncatedReplyError          (also ValueError) a reply cut at max_tokens; keeps its text
     ├── UnknownEngineError               (also KeyError) an engine name the broker does not know
@@ -64,6 +66,8 @@ __all__ = [
     "MapInputError",
     "MissingInputError",
     "NodeError",
+    "OllamaError",
+    "OpenAIEngineError",
     "PlanError",
     "RemoteError",
     "ResumeError",
@@ -196,6 +200,33 @@ class _Misfit(Exception):
 class EngineError(HypernodesError, RuntimeError):
     """An engine could not answer: it failed to start, a request failed after its retries,
     or a reply broke the engine protocol. The engine's own error, if any, is chained."""
+
+
+class OllamaError(EngineError):
+    """A request to Ollama that failed (after retries where the failure was transient)."""
+
+
+class OpenAIEngineError(EngineError):
+    """A request to an OpenAI-compatible server that failed (after retries where the
+    failure was transient).
+
+    ``status`` is the HTTP status (None for a connection failure or a timeout),
+    ``transient`` whether it was worth retrying, ``attempts`` how many requests were sent.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        transient: bool = False,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.transient = transient
+        self.attempts = attempts
+        self.retry_after: float | None = None  # the server's Retry-After, in seconds
 
 
 class EngineReplyError(EngineError, TypeError):

@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 from .._optional import optional
-from ..exceptions import HypernodesError
+from ..exceptions import OllamaError
 from ._http import Connections
 from ._retry import RetryPolicy
 from .base import Prompt, Reply, chat_messages
@@ -44,10 +44,6 @@ DEFAULT_HOST = "http://127.0.0.1:11434"
 # back-off between attempts: 0.2 s, 0.4 s, 0.8 s, ... (at most 5 s), plus up to 0.2 s of jitter
 _BACKOFF = (0.2, 5.0)
 _CONNECT_TIMEOUT = 5.0
-
-
-class OllamaError(HypernodesError, RuntimeError):
-    """A request to Ollama that failed (after retries where the failure was transient)."""
 
 
 def _lib(name: str) -> Any:

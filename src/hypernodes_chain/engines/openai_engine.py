@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 from .._optional import optional
+from ..exceptions import OpenAIEngineError
 from ._http import Connections
 from ._retry import RetryPolicy
 from .base import Prompt, Reply, chat_messages
@@ -38,28 +39,6 @@ _RESERVED = frozenset({"model", "messages", "stream", "response_format"})
 
 def _lib(name: str) -> Any:
     return optional(name, "OpenAIEngine", "llm")
-
-
-class OpenAIEngineError(RuntimeError):
-    """A request that failed (after retries where the failure was transient).
-
-    ``status`` is the HTTP status (None for a connection failure or a timeout),
-    ``transient`` whether it was worth retrying, ``attempts`` how many requests were sent.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        transient: bool = False,
-        attempts: int = 1,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.transient = transient
-        self.attempts = attempts
-        self.retry_after: float | None = None  # the server's Retry-After, in seconds
 
 
 def _server_message(response: Any) -> str:
