@@ -70,6 +70,8 @@ def test_one_line_per_event_in_order():
         "n_items": 2,
         "n_cached": 0,
         "n_failed": 0,
+        "prompt_tokens": 0,  # a node that calls no engine
+        "completion_tokens": 0,
     }
     assert list(lines[-1])[:3] == ["event", "time", "path"]
     assert lines[-1]["n_ok"] == 3

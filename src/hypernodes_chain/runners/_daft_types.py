@@ -8,15 +8,13 @@ holds Python objects.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 import pyarrow as pa
 
 from .._optional import optional
 from ..plan import Plan
-
-if TYPE_CHECKING:
-    from ._daft_udf import Frame
 
 __all__ = ["daft", "output_dtype", "output_struct", "struct_series"]
 
@@ -60,17 +58,22 @@ def output_struct(plan: Plan) -> tuple[Any, pa.StructType | None]:
     return struct, arrow if _plain(arrow) else None
 
 
-def struct_series(frame: Frame, columns: list[list[object]], n: int) -> Any:
-    """One struct Series from the output columns: built in Arrow when every value fits its
-    field, else by Daft from rows (pydantic models, tuples and Python objects)."""
+def struct_series(
+    outputs: Sequence[str],
+    dtype: Any,
+    arrow: pa.StructType | None,
+    columns: list[list[object]],
+    n: int,
+) -> Any:
+    """One struct Series (of type ``dtype``, ``arrow`` in Arrow where plain) from the output
+    columns: built in Arrow when every value fits its field, else by Daft from rows
+    (pydantic models, tuples and Python objects)."""
     series = daft().Series
-    arrow: pa.StructType | None = frame.arrow
     if arrow is not None:
         try:
             arrays = [pa.array(col, type=arrow.field(i).type) for i, col in enumerate(columns)]
             return series.from_arrow(pa.StructArray.from_arrays(arrays, fields=list(arrow)))
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
             pass
-    names = frame.plan.outputs
-    rows = [dict(zip(names, row)) for row in zip(*columns)] if columns else [{}] * n
-    return series.from_pylist(rows, dtype=frame.dtype)
+    rows = [dict(zip(outputs, row)) for row in zip(*columns)] if columns else [{}] * n
+    return series.from_pylist(rows, dtype=dtype)

@@ -188,7 +188,8 @@ def frame_rows(frame: Frame, columns: Sequence[Series]) -> Any:
     outputs = frame.plan.outputs
     from ._daft_types import struct_series
 
-    return struct_series(frame, [outcome.column(o, n) for o in outputs], n)
+    values = [outcome.column(o, n) for o in outputs]
+    return struct_series(outputs, frame.dtype, frame.arrow, values, n)
 
 
 def frame_udf(ref: FrameRef, *columns: Series) -> Any:
