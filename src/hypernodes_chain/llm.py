@@ -24,6 +24,7 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any
 
 from . import hashing
+from .engines.base import DEFAULT_MAX_TOKENS
 from .events import StreamingChunkEvent
 from .exceptions import EngineReplyError, LLMOutputError
 from .node import Node
@@ -55,7 +56,7 @@ class LLMNode(Node[..., Any]):
         cache: bool = True,
         parse_retries: int = 1,
         temperature: float = 0.0,
-        max_tokens: int = 256,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
         top_p: float = 1.0,
         seed: int | None = None,
         stop: Sequence[str] | None = None,
@@ -148,7 +149,7 @@ def llm_node(
     cache: bool = True,
     parse_retries: int = 1,
     temperature: float = 0.0,
-    max_tokens: int = 256,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
     top_p: float = 1.0,
     seed: int | None = None,
     stop: Sequence[str] | None = None,

@@ -310,9 +310,12 @@ def test_a_prompt_failing_past_its_retries_fails_alone(
 
 
 def test_client_errors_are_not_retried(engine: OpenAIEngine, base_url: str) -> None:
-    (error,) = engine.generate(["the water"], max_tokens=0)  # the server answers 400
+    (error,) = engine.generate(["the water"], n=2)  # the server answers 400
     assert isinstance(error, OpenAIEngineError) and error.status == 400
-    assert "max_tokens must be >= 1" in str(error)  # the server's own message
+    assert "only n=1 is supported" in str(error)  # the server's own message
+    assert debug(base_url, "stats")["requests"] == 1
+    with pytest.raises(ValueError, match="max_tokens must be a whole number >= 1, got 0"):
+        engine.generate(["the water"], max_tokens=0)  # checked here: no request is sent
     assert debug(base_url, "stats")["requests"] == 1
     unknown = OpenAIEngine(base_url, "no-such-model", backoff=FAST)
     (missing,) = unknown.generate(["x"])

@@ -11,12 +11,70 @@ reply must follow; engines with constrained decoding enforce it.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Engine", "Message", "Prompt", "Reply", "chat_messages"]
+__all__ = [
+    "DEFAULT_MAX_TOKENS",
+    "Engine",
+    "Message",
+    "Prompt",
+    "Reply",
+    "Sampling",
+    "chat_messages",
+]
+
+DEFAULT_MAX_TOKENS = 256  # of every engine, and of `llm_node`
 
 Message = Mapping[str, str]
 Prompt = str | Sequence[Message]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """The sampling keywords every engine takes, checked once (`Sampling.of`).
+
+    ``max_tokens`` (default `DEFAULT_MAX_TOKENS`), ``temperature`` (0: greedy), ``top_p``,
+    ``seed``, ``stop`` (a string or several); any other keyword is the engine's own and kept
+    in ``extra`` (Ollama options, vLLM sampling parameters, ...). Hashable but for ``extra``.
+    """
+
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @classmethod
+    def of(cls, sampling: Mapping[str, Any]) -> Sampling:
+        """The keywords of a call (None values left out) as a checked `Sampling`.
+
+        Raises
+        ------
+        ValueError
+            ``max_tokens`` is not a whole number of at least 1, ``temperature`` is negative,
+            or ``top_p`` is not in (0, 1].
+        """
+        given = {k: v for k, v in sampling.items() if v is not None}
+        known = {f.name for f in fields(cls)} - {"extra"}
+        own = {k: given.pop(k) for k in list(given) if k in known}
+        stop = own.get("stop", ())
+        own["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
+        out = cls(**own, extra=given)
+        out._check()
+        return out
+
+    def _check(self) -> None:
+        tokens = self.max_tokens
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+            raise ValueError(f"max_tokens must be a whole number >= 1, got {tokens!r}")
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError(f"stop must be non-empty strings, got {list(self.stop)!r}")
 
 
 class Reply(str):

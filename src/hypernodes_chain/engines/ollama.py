@@ -36,7 +36,7 @@ from .._optional import optional
 from ..exceptions import OllamaError
 from ._http import Connections
 from ._retry import RetryPolicy
-from .base import Prompt, Reply, chat_messages
+from .base import Prompt, Reply, Sampling, chat_messages
 
 __all__ = ["OllamaEngine", "OllamaError"]
 
@@ -226,16 +226,17 @@ class OllamaEngine:
         raise TypeError(f"a prompt is a str or a list of chat messages, got {prompt!r}")
 
     def _options(self, sampling: Mapping[str, Any]) -> dict[str, Any]:
+        """The engine's options, under the call's sampling keywords (Ollama's names)."""
+        params = Sampling.of(sampling)
         options = dict(self.options)
-        for key, value in sampling.items():
-            if value is None:
-                continue
-            if key == "max_tokens":
-                options["num_predict"] = int(value)
-            elif key == "stop":
-                options["stop"] = [value] if isinstance(value, str) else list(value)
-            else:
-                options[key] = value
+        options.update(
+            num_predict=params.max_tokens, temperature=params.temperature, top_p=params.top_p
+        )
+        if params.seed is not None:
+            options["seed"] = params.seed
+        if params.stop:
+            options["stop"] = list(params.stop)
+        options.update(params.extra)
         return options
 
     @staticmethod

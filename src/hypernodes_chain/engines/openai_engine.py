@@ -28,11 +28,10 @@ from .._optional import optional
 from ..exceptions import OpenAIEngineError
 from ._http import Connections
 from ._retry import RetryPolicy
-from .base import Prompt, Reply, chat_messages
+from .base import Prompt, Reply, Sampling, chat_messages
 
 __all__ = ["OpenAIEngine", "OpenAIEngineError"]
 
-DEFAULT_MAX_TOKENS = 256
 _SSE = {"Accept": "text/event-stream"}
 _RESERVED = frozenset({"model", "messages", "stream", "response_format"})
 
@@ -264,28 +263,24 @@ class OpenAIEngine:
         prompt: Prompt,
         *,
         schema: Mapping[str, Any] | None = None,
-        max_tokens: int = DEFAULT_MAX_TOKENS,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        stop: str | Sequence[str] | None = None,
         stream: bool = False,
-        **extra: Any,
+        **sampling: Any,
     ) -> dict[str, Any]:
-        reserved = sorted(_RESERVED & set(extra))
+        params = Sampling.of(sampling)
+        reserved = sorted(_RESERVED & set(params.extra))
         if reserved:
             raise TypeError(f"OpenAIEngine sets {', '.join(reserved)} itself")
         body: dict[str, Any] = {
             "model": self.model,
             "messages": chat_messages(prompt),
-            "temperature": temperature,
-            "top_p": top_p,
-            "max_tokens": max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_tokens": params.max_tokens,
         }
-        if seed is not None:
-            body["seed"] = seed
-        if stop is not None:
-            body["stop"] = [stop] if isinstance(stop, str) else list(stop)
+        if params.seed is not None:
+            body["seed"] = params.seed
+        if params.stop:
+            body["stop"] = list(params.stop)
         if schema is not None:
             body["response_format"] = {
                 "type": "json_schema",
@@ -293,7 +288,7 @@ class OpenAIEngine:
             }
         if stream:
             body["stream"] = True
-        body.update(extra)
+        body.update(params.extra)
         return body
 
     def _check(self, response: Any, attempt: int) -> None:

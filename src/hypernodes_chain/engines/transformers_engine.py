@@ -40,25 +40,15 @@ from ..exceptions import EngineError, TruncatedReplyError
 from ._revision import FolderRevision, folder_revision
 from ._scheduler import BatchScheduler
 from ._threaded import stream_in_thread
-from .base import Prompt, Reply, chat_messages
+from .base import Prompt, Reply, Sampling, chat_messages
 
 __all__ = ["TransformersEngine"]
 
-DEFAULT_MAX_TOKENS = 256
 _CONTROL = re.compile("[\x00-\x1f]")
 
 
 def _lib(name: str) -> Any:
     return optional(name, "TransformersEngine", "local")
-
-
-def _stop_list(stop: str | Sequence[str] | None) -> list[str]:
-    if stop is None:
-        return []
-    stops = [stop] if isinstance(stop, str) else list(stop)
-    if not all(isinstance(s, str) and s for s in stops):
-        raise ValueError(f"stop must be non-empty strings, got {stop!r}")
-    return stops
 
 
 def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
@@ -584,20 +574,15 @@ class TransformersEngine:
         finally:
             self._life.release()
 
-    def _group(
-        self,
-        schema: Mapping[str, Any] | None,
-        *,
-        max_tokens: int = DEFAULT_MAX_TOKENS,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        stop: str | Sequence[str] | None = None,
-        **extra: Any,
-    ) -> tuple[Hashable, _Spec]:
+    def _group(self, schema: Mapping[str, Any] | None, **sampling: Any) -> tuple[Hashable, _Spec]:
         """The group key of a call (what prompts sharing a device batch must agree on) and
         its spec; bad sampling arguments raise here, failing the whole call."""
-        stops = _stop_list(stop)
+        params = Sampling.of(sampling)
+        max_tokens, temperature, top_p, seed = (
+            params.max_tokens, params.temperature, params.top_p, params.seed
+        )  # fmt: skip
+        extra = dict(params.extra)
+        stops = list(params.stop)
         kwargs, warpers = self._generate_kwargs(
             max_tokens=max_tokens,
             temperature=temperature,
@@ -668,14 +653,13 @@ class TransformersEngine:
         cancel: threading.Event,
         *,
         schema: Mapping[str, Any] | None = None,
-        max_tokens: int = DEFAULT_MAX_TOKENS,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        stop: str | Sequence[str] | None = None,
         **sampling: Any,
     ) -> Generator[str, None, None]:
-        stops = _stop_list(stop)
+        params = Sampling.of(sampling)
+        max_tokens, temperature, top_p, seed = (
+            params.max_tokens, params.temperature, params.top_p, params.seed
+        )  # fmt: skip
+        stops = list(params.stop)
         hold = max((len(s) for s in stops), default=1) - 1  # a stop may begin in the tail
         self.start()
         with self._lock:  # the device: no scheduled batch runs meanwhile
@@ -687,7 +671,7 @@ class TransformersEngine:
                 temperature=temperature,
                 top_p=top_p,
                 constrained=schema is not None,
-                extra=dict(sampling),
+                extra=dict(params.extra),
             )
             with self._text:
                 row = self._encode(prompt)
