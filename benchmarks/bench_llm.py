@@ -21,10 +21,14 @@ sharing one place (``max_live=1``); the same comparison for Ollama and vLLM.
     the official client, a pool of 8 threads calling ``ollama.Client.generate`` (the limit),
     and (2) an ``@llm_node`` map on ``OllamaEngine(max_concurrency=8)``. Target >= 0.95.
 (d) vLLM offline (``--engines vllm``, where vllm imports: run it with the Python of a vLLM
-    venv): the same prompts through (1) a loop of ``LLM.generate(prompts[i:i+B],
-    SamplingParams(...))`` on the engine's own ``vllm.LLM`` (the limit) and (2) an
-    ``@llm_node`` map on that ``VLLMEngine`` with ``batch_size=B`` (``--vllm-batch-size``).
-    Target >= 0.95.
+    venv), N prompts (2,048; ``--quick`` 256) with structured output (a small pydantic model,
+    ``max_tokens=64``) or (``--vllm-replies varied``, the default with ``--device cuda``) free
+    text of varied length (a drawn number of sentences asked, ``--vllm-stop`` strings,
+    ``max_tokens=256``), greedy, through: ONE ``LLM.generate(all N, SamplingParams(...))`` on
+    the engine's own ``vllm.LLM`` (the limit); the ``VLLMEngine`` called directly (one call of
+    all N; 8 threads calling ``generate`` with 64 prompts at once); and an ``@llm_node`` map
+    with a parquet ``StreamWriter``, ``batch_size`` 256 and 64, under ``Runner`` and
+    ``AsyncRunner``. Target >= 0.95 of the limit's throughput.
 For (c) and (d) a second table gives the engine's start and stop times, the RSS of the
 processes holding the model (the server's; this process and its children for vLLM) before
 start, after start and after stop, the map's throughput, and the share of 1,000 replies
@@ -42,6 +46,7 @@ benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import json
 import math
@@ -53,6 +58,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
@@ -510,79 +516,290 @@ def ollama_section(args: argparse.Namespace, cfg: dict, model: str, work: Path) 
 
 
 # --------------------------------------------------------------------------- (d) vLLM
-def vllm_section(args: argparse.Namespace, cfg: dict, work: Path) -> dict:
+VLLM_BATCHES = (256, 64)  # map batch sizes of (d): vLLM's 256 slots, and llm_reviews.py's 64
+VLLM_THREADS = 8  # the engine-side variant: threads calling VLLMEngine.generate at once
+VLLM_VARIED_TOKENS = 256  # max_tokens of the varied replies
+
+
+def review_prompts(n: int, varied: bool) -> list[str]:
+    """The prompts of (d): a review to rate, or (varied) to write about at a drawn length."""
+    import random
+
+    rng = random.Random(2)
+    if not varied:
+        return [f"Rate this review as JSON: {p}" for p in prompts_of(n)]
+    return [f"Write {rng.randint(1, 8)} sentences about this review: {p}" for p in prompts_of(n)]
+
+
+class VllmWorkload:
+    """What (d) asks of the engine: structured replies (a small pydantic model, the default
+    on CPU), or (``varied``, the default with ``--device cuda``) free text of varied length:
+    stop strings end each reply (with the tiny model ``the``, which its random text holds
+    after 8 to 165 tokens for 80% of replies), ``max_tokens`` caps the rest."""
+
+    def __init__(self, args: argparse.Namespace, cfg: dict) -> None:
+        self.varied = args.vllm_replies == "varied"
+        self.n = cfg["n"]
+        self.model = None if self.varied else verdict_model()
+        self.schema = None if self.model is None else self.model.model_json_schema()
+        self.max_tokens = VLLM_VARIED_TOKENS if self.varied else SO_TOKENS
+        stop = args.vllm_stop if args.vllm_stop is not None else (None if args.model else "the")
+        self.stop = [s for s in (stop or "").split(",") if s] if self.varied else []
+        self.prompts = review_prompts(self.n, self.varied)
+        self.sampling: dict[str, Any] = {"max_tokens": self.max_tokens, "temperature": 0.0}
+        if self.stop:
+            self.sampling["stop"] = self.stop
+
+    def describe(self) -> str:
+        if not self.varied:
+            return (
+                f"structured output (`Verdict`: an enum, an int in 1..5, a bool), "
+                f"max_tokens={self.max_tokens}"
+            )
+        return f"free text of varied length, stop={self.stop}, max_tokens={self.max_tokens}"
+
+    def params(self) -> Any:
+        """The ``SamplingParams`` of the limit's ``LLM.generate``."""
+        import vllm
+        from vllm.sampling_params import StructuredOutputsParams
+
+        extra = (
+            {}
+            if self.schema is None
+            else {"structured_outputs": StructuredOutputsParams(json=self.schema)}
+        )
+        return vllm.SamplingParams(**self.sampling, top_p=1.0, **extra)
+
+    def node(self) -> Any:
+        from hypernodes_chain.llm import llm_node
+
+        @llm_node(
+            engine="v", output_name="reply", output_model=self.model, cache=False,
+            max_tokens=self.max_tokens, temperature=0.0, stop=self.stop or None,
+        )  # fmt: skip
+        def ask(text: str) -> str:
+            return text
+
+        return ask
+
+    def values(self, replies: list[Any]) -> list[Any]:
+        """Replies as comparable values: parsed JSON (None where a reply failed), or text."""
+        if self.model is None:
+            return [r if isinstance(r, str) else None for r in replies]
+        out = []
+        for reply in replies:
+            try:
+                out.append(self.model.model_validate_json(reply).model_dump())
+            except (TypeError, ValueError):
+                out.append(None)
+        return out
+
+    def from_rows(self, folder: Path) -> list[Any]:
+        """The map's values read back from its parquet folder, in input order."""
+        from hypernodes_chain.io import read_parquet
+
+        rows = sorted(read_parquet(folder), key=lambda r: r["_index"])
+        by_index = {r["_index"]: r for r in rows}
+        out = []
+        for i in range(self.n):
+            row = by_index.get(i)
+            if row is None:
+                out.append(None)
+            elif self.model is None:
+                out.append(row["reply"])
+            else:
+                out.append({f: row[f"reply.{f}"] for f in self.model.model_fields})
+        return out
+
+
+def vllm_variants(engine: Any, work: VllmWorkload, broker: Any, folder: Path) -> list[dict]:
+    """The rows of (d): the limit, the engine called directly, the maps. Each row's ``run``
+    is what is timed; its ``values`` turns what ``run`` gave into comparable values after."""
+    from hypernodes_chain import AsyncRunner, Graph, Runner
+    from hypernodes_chain.io import StreamWriter
+
+    prompts, params, sampling = work.prompts, work.params(), dict(work.sampling)
+    schema = work.schema
+    graph = Graph(nodes=[work.node()])
+    runs = iter(range(10_000))
+
+    def limit() -> list[Any]:
+        return engine.llm.generate(prompts, params, use_tqdm=False)
+
+    def limit_values(outputs: list[Any]) -> list[Any]:
+        cut = [schema is not None and o.outputs[0].finish_reason == "length" for o in outputs]
+        return work.values([None if c else o.outputs[0].text for c, o in zip(cut, outputs)])
+
+    def one_call() -> list[Any]:
+        return engine.generate(prompts, schema=schema, **sampling)
+
+    def threads() -> list[Any]:
+        def ask(i: int) -> list[Any]:
+            return engine.generate(prompts[i : i + 64], schema=schema, **sampling)
+
+        with ThreadPoolExecutor(VLLM_THREADS) as pool:
+            return [r for part in pool.map(ask, range(0, len(prompts), 64)) for r in part]
+
+    def mapped(runner_kind: str, batch: int) -> Callable[[], Path]:
+        def run() -> Path:
+            out = folder / f"map{next(runs)}"
+            writer = StreamWriter(out, format="parquet")
+            kwargs = dict(map_over="text", batch_size=batch, writer=writer, on_error="collect")
+            if runner_kind == "Runner":
+                Runner(engines=broker).map(graph, {"text": prompts}, **kwargs)
+            else:
+                asyncio.run(AsyncRunner(engines=broker).map(graph, {"text": prompts}, **kwargs))
+            return out
+
+        return run
+
+    terms = [f"max_tokens={work.max_tokens}", "temperature=0"]
+    terms += [f"stop={work.stop}"] if work.stop else []
+    terms += [] if schema is None else ["structured_outputs=StructuredOutputsParams(json=schema)"]
+    model = "(output_model=Verdict)" if schema is not None else ""
+    rows = [
+        {"key": "limit", "library": "vllm (limit)", "run": limit, "values": limit_values,
+         "how": f"ONE `LLM.generate(all prompts, SamplingParams({', '.join(terms)}))` on the "
+         "engine's `vllm.LLM`"},
+        {"key": "one", "library": "VLLMEngine", "run": one_call, "values": work.values,
+         "how": "one `engine.generate(all prompts, schema=..., **the same sampling)`"},
+        {"key": "threads", "library": "VLLMEngine", "run": threads, "values": work.values,
+         "how": f"{VLLM_THREADS} threads calling `engine.generate(64 prompts)` at once"},
+    ]  # fmt: skip
+    for runner_kind in ("Runner", "AsyncRunner"):
+        for batch in VLLM_BATCHES:
+            rows.append({
+                "key": "map", "library": "hypernodes_chain", "run": mapped(runner_kind, batch),
+                "values": work.from_rows,
+                "how": f"`{runner_kind}(engines=broker).map(..., batch_size={batch}, "
+                f"writer=StreamWriter(parquet), on_error='collect')`, one `@llm_node`{model}, "
+                "no cache",
+            })  # fmt: skip
+    return rows
+
+
+def vllm_rounds(rows: list[dict], reps: int, engine: Any) -> None:
+    """One warm-up each, then ``reps`` round-robin rounds. Each row keeps its times, new
+    tokens, the CPU seconds of this process (the engine core runs in another), vLLM engine
+    steps (each schedules one batch), and how many values differ from the limit's or failed."""
+    llm_engine = engine.llm.llm_engine
+    step, steps = llm_engine.step, [0]
+
+    def counted() -> Any:  # what LLM.generate and VLLMEngine's scheduler both call
+        steps[0] += 1
+        return step()
+
+    llm_engine.step = counted
+    for r in rows:
+        r["run"]()
+        r.update(times=[], tokens=[], cpu=[], steps=[], differ=0, failed=0)
+    for _ in range(reps):
+        want = None
+        for r in rows:
+            before, steps[0] = engine.usage["completion_tokens"], 0
+            gc.collect()
+            c0, t0 = time.process_time(), time.perf_counter()
+            got = r["run"]()
+            r["times"].append(time.perf_counter() - t0)
+            r["cpu"].append(time.process_time() - c0)
+            r["steps"].append(steps[0])
+            if r["key"] == "limit":
+                r["tokens"].append(sum(len(o.outputs[0].token_ids) for o in got))
+            else:
+                r["tokens"].append(engine.usage["completion_tokens"] - before)
+            values = r["values"](got)
+            if want is None:
+                want = values
+            r["differ"] = max(r["differ"], sum(a != b for a, b in zip(values, want)))
+            r["failed"] = max(r["failed"], sum(v is None for v in values))
+    llm_engine.step = step
+
+
+def reply_lengths(engine: Any, work: VllmWorkload) -> list[int]:
+    """Completion tokens of each reply (one ``LLM.generate`` of all prompts)."""
+    outputs = engine.llm.generate(work.prompts, work.params(), use_tqdm=False)
+    return sorted(len(o.outputs[0].token_ids) for o in outputs)
+
+
+def vllm_section(args: argparse.Namespace, cfg: dict, work_dir: Path) -> dict:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB (CPU builds only)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import vllm  # imported before the start is timed
 
     from hypernodes_chain.engines import EngineBroker, VLLMEngine, build_tiny_model
 
-    n, tokens, batch = cfg["n"], cfg["tokens"], args.vllm_batch_size
     if args.model:
         model = str(Path(args.model[0]).expanduser())
     else:
-        model = str(build_tiny_model(work / "tiny128", hidden_size=128, num_heads=2))
+        model = str(build_tiny_model(work_dir / "tiny128", hidden_size=128, num_heads=2))
     engine_args = json.loads(args.vllm_args)
     engine = VLLMEngine(model, **engine_args)
-    prompts = prompts_of(n)
+    work = VllmWorkload(args, cfg)
     me = os.getpid()
     life: dict[str, Any] = {"rss0": tree_rss_mb(me)}
     t0 = time.perf_counter()
     engine.start()
     life["start"] = time.perf_counter() - t0
     life["rss1"] = tree_rss_mb(me)
-    params = vllm.SamplingParams(max_tokens=tokens, temperature=0.0, top_p=1.0)
-    got: dict[str, list[Any]] = {}
-
-    def raw(items: list[str]) -> float:
-        llm = engine.llm
-        out: list[str] = []
-
-        def loop() -> None:
-            for i in range(0, len(items), batch):
-                outputs = llm.generate(items[i : i + batch], params, use_tqdm=False)
-                out.extend(o.outputs[0].text for o in outputs)
-
-        seconds = timed(loop)
-        got["raw"] = out
-        return seconds
-
-    broker = EngineBroker({"v": engine})
-    mapped = llm_map("v", tokens, work, "vllm", batch, broker)
-    rows = [
-        {
-            "key": "raw",
-            "library": "vllm (limit)",
-            "how": f"loop of `LLM.generate(prompts[i:i+{batch}], SamplingParams(max_tokens="
-            f"{tokens}, temperature=0))` on the engine's `vllm.LLM`",
-            "once": raw,
-        },
-        {
-            "key": "map",
-            "library": "hypernodes_chain",
-            "how": f"`Runner(engines={{'v': VLLMEngine(model)}}).map(..., batch_size={batch}, "
-            "writer=StreamWriter(parquet))`, one `@llm_node`, no cache",
-            "once": lambda items: mapped(items, got),
-        },
-    ]
-    rounds(rows, prompts[: min(n, 2 * batch)], prompts, cfg["reps"], got)
-    life["rate"], life["so_seconds"] = validity(engine, cfg["so_items"], batch)
+    broker = EngineBroker({"v": engine})  # kept for the whole part: a freed broker stops it
+    rows = vllm_variants(engine, work, broker, work_dir)
+    vllm_rounds(rows, cfg["reps"], engine)
+    lengths = reply_lengths(engine, work)
+    life["rate"], life["so_seconds"] = validity(engine, cfg["so_items"], VLLM_BATCHES[0])
+    starts = broker.status()["v"]["starts"]
     t0 = time.perf_counter()
     engine.stop()
     life["stop"] = time.perf_counter() - t0
     gc.collect()
     life["rss2"] = tree_rss_mb(me)
     broker.close()
-    for r in rows:
-        r["n"], r["tokens"] = n, tokens
+    maps = [r for r in rows if r["key"] == "map"]
     life.update(
         engine=f"vLLM {vllm.__version__} offline ({'--model' if args.model else 'tiny model'}, "
         f"{engine_args})",
         where="this process and its children",
-        throughput=n / statistics.median(rows[1]["times"]),
+        throughput=work.n / statistics.median(maps[0]["times"]),
         so_items=cfg["so_items"],
     )
-    return {"rows": rows, "life": life}
+    return {"rows": rows, "life": life, "work": work, "lengths": lengths, "starts": starts}
+
+
+def report_vllm(section: dict) -> None:
+    rows, work, lengths = section["rows"], section["work"], section["lengths"]
+    limit = rows[0]
+    base = statistics.median(limit["times"])
+    print(f"\n### D: vLLM offline, {work.n:,} prompts, {work.describe()}: vs ONE `LLM.generate`\n")
+    print(
+        "| library | how | n | reps | median (s) | min (s) | prompts/s | new tokens/s | "
+        "x limit (medians) | x limit (median of rounds) | engine steps | CPU here (s) | "
+        "target | verdict | note |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|")
+    for r in rows:
+        med, low = statistics.median(r["times"]), min(r["times"])
+        ratio = base / med
+        per_round = statistics.median(b / t for b, t in zip(limit["times"], r["times"]))
+        ours = r["key"] != "limit"
+        target = f">= {THROUGHPUT_TARGET}" if ours else ""
+        verdict = ("PASS" if ratio >= THROUGHPUT_TARGET else "FAIL") if ours else ""
+        notes = []
+        if r["differ"]:
+            notes.append(f"{r['differ']} replies differ from the limit's")
+        if r["failed"]:
+            notes.append(f"{r['failed']} failed (truncated)")
+        tokens = statistics.median(r["tokens"])
+        print(
+            f"| {r['library']} | {r['how']} | {work.n:,} | {len(r['times'])} | {med:.2f} | "
+            f"{low:.2f} | {work.n / med:,.1f} | {tokens / med:,.0f} | "
+            f"{ratio:.3f} | {per_round:.3f} | {statistics.median(r['steps']):.0f} | "
+            f"{statistics.median(r['cpu']):.2f} | {target} | {verdict} | {'; '.join(notes)} |"
+        )
+    q = statistics.quantiles(lengths, n=10)
+    print(
+        f"\nReply lengths (completion tokens): min {lengths[0]}, p10 {q[0]:.0f}, median "
+        f"{statistics.median(lengths):.0f}, p90 {q[-1]:.0f}, max {lengths[-1]}; engine starts "
+        f"during the part: {section['starts']} (expected 1)."
+    )
 
 
 # --------------------------------------------------------------------------- report
@@ -685,7 +902,15 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--ollama-n", type=int, help="prompts of (c)")
     parser.add_argument("--so-items", type=int, help="structured-output items of (c), (d)")
     parser.add_argument(
-        "--vllm-batch-size", type=int, default=256, help="prompts per LLM.generate in (d)"
+        "--vllm-replies",
+        choices=("structured", "varied"),
+        help="(d): structured output (default on CPU) or free text of varied length (default "
+        "with --device cuda)",
+    )
+    parser.add_argument(
+        "--vllm-stop",
+        help="(d), varied replies: comma-separated stop strings (default: 'the' with the tiny "
+        "model, none with --model)",
     )
     parser.add_argument(
         "--vllm-args",
@@ -702,6 +927,8 @@ def main() -> None:
         print(json.dumps(chain_child(json.loads(args.child))))
         return
     cfg = dict(QUICK if args.quick else FULL)
+    if args.vllm_replies is None:
+        args.vllm_replies = "varied" if args.device.startswith("cuda") else "structured"
     for key in ("n", "tokens", "reps", "chain_items", "chain_reps", "ollama_n", "so_items"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
@@ -804,9 +1031,9 @@ def main() -> None:
             walls["c"] = time.perf_counter() - t0
         if "vllm" in engines:
             print(
-                f"(d) {cfg['n']:,} prompts x {cfg['tokens']} new tokens, greedy, vLLM offline, "
-                f"batch {args.vllm_batch_size}, engine args {args.vllm_args}, {cfg['reps']} "
-                f"reps; then {cfg['so_items']:,} structured-output replies",
+                f"(d) {cfg['n']:,} prompts, {args.vllm_replies} replies, greedy, vLLM offline, "
+                f"engine args {args.vllm_args}, map batch sizes {VLLM_BATCHES}, {cfg['reps']} "
+                f"rounds after a warm-up; then {cfg['so_items']:,} structured-output replies",
                 flush=True,
             )
             t0 = time.perf_counter()
@@ -834,12 +1061,13 @@ def main() -> None:
             else:
                 how = "neither once per batch nor once per window"
             print(f"max_live=1: {run['starts']} starts for {batches} batches: {how}.")
-    titles = {
-        "c": ("C: Ollama, one `@llm_node` map vs the official client", "C"),
-        "d": ("D: vLLM offline, one `@llm_node` map vs `LLM.generate`", "D"),
-    }
     for key, section in sections.items():
-        report_throughput(section["rows"], *titles[key])
+        if key == "d":
+            report_vllm(section)
+        else:
+            report_throughput(
+                section["rows"], "C: Ollama, one `@llm_node` map vs the official client", "C"
+            )
         print(f"\n({key}) took {walls[key]:.1f} s in all.")
     if sections:
         report_life([section["life"] for section in sections.values()])

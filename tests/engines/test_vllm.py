@@ -13,8 +13,11 @@ import json
 import os
 import pickle
 import shutil
+import sys
+import threading
+import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,7 +29,7 @@ psutil = pytest.importorskip("psutil")
 pydantic = pytest.importorskip("pydantic")
 jsonschema = pytest.importorskip("jsonschema")
 
-from hypernodes_chain import Graph, Runner  # noqa: E402
+from hypernodes_chain import AsyncRunner, Graph, Runner  # noqa: E402
 from hypernodes_chain.engines import (  # noqa: E402
     EngineBroker,
     TransformersEngine,
@@ -34,7 +37,8 @@ from hypernodes_chain.engines import (  # noqa: E402
     VLLMEngineError,
     build_tiny_model,
 )
-from hypernodes_chain.engines.base import Engine  # noqa: E402
+from hypernodes_chain.engines.base import Engine, Reply  # noqa: E402
+from hypernodes_chain.exceptions import EngineError, TruncatedReplyError  # noqa: E402
 from hypernodes_chain.llm import llm_node  # noqa: E402
 
 pytestmark = [
@@ -123,6 +127,24 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def wait_until(done: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
+    """Poll an observable state until it holds (fails the test after ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def held_by_vllm(engine: VLLMEngine) -> int:
+    """Requests vLLM's engine holds now (added and not finished)."""
+    llm = engine.llm
+    return 0 if llm is None else int(llm.llm_engine.get_num_unfinished_requests())
+
+
+LONG: dict[str, Any] = {"max_tokens": 400, "ignore_eos": True}  # hundreds of engine steps
+
+
 # --------------------------------------------------------------------------- configuration
 
 
@@ -131,8 +153,12 @@ def test_is_an_engine_pickles_its_configuration_and_identity_loads_nothing(
 ) -> None:
     engine = VLLMEngine(model_dir, **ARGS)
     assert isinstance(engine, Engine)
-    assert engine.max_concurrency == 1
+    # offline, callers are not held back: vLLM queues what its max_num_seqs slots cannot run
+    assert engine.max_concurrency == sys.maxsize
+    assert VLLMEngine(model_dir, max_concurrency=3).max_concurrency == 3
+    assert VLLMEngine(model_dir, mode="server").max_concurrency == 16
     assert VLLMEngine(model_dir, mode="server", max_concurrency=5).max_concurrency == 5
+    assert engine.usage == {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
     identity = engine.identity()
     assert identity["engine"] == "vllm" and identity["mode"] == "offline"
     assert identity["model"] == str(model_dir.resolve()) and identity["dtype"] == "float32"
@@ -179,6 +205,96 @@ def test_a_prompt_vllm_rejects_fails_only_its_entry(offline: VLLMEngine) -> None
     assert replies[3] == offline.generate([PROMPTS[1]], max_tokens=8)[0]
     assert isinstance(replies[1], Exception) and "context length" in str(replies[1])
     assert isinstance(replies[2], TypeError)
+
+
+def test_replies_carry_their_tokens_and_usage_totals_them(offline: VLLMEngine) -> None:
+    before = offline.usage
+    replies = offline.generate([*PROMPTS, CHAT], max_tokens=8)
+    tokenizer = offline.llm.get_tokenizer()
+    for prompt, reply in zip(PROMPTS, replies):
+        assert isinstance(reply, Reply), reply
+        assert reply.prompt_tokens == len(tokenizer(prompt)["input_ids"])
+        assert reply.completion_tokens is not None and 1 <= reply.completion_tokens <= 8
+    after = offline.usage
+    assert after["requests"] - before["requests"] == 5
+    assert after["prompt_tokens"] - before["prompt_tokens"] == sum(
+        r.prompt_tokens for r in replies if isinstance(r, Reply) and r.prompt_tokens
+    )
+    assert after["completion_tokens"] - before["completion_tokens"] == sum(
+        r.completion_tokens for r in replies if isinstance(r, Reply) and r.completion_tokens
+    )
+
+
+def test_a_later_call_joins_the_batch_that_runs(offline: VLLMEngine) -> None:
+    """Requests go into vLLM as they arrive: a short call made while a long one runs gets
+    its replies first (one LLM.generate per call behind a lock would wait for the long one)."""
+    want_short = offline.generate(PROMPTS, max_tokens=4)
+    long_prompts = [f"{p} {i}" for i, p in enumerate(PROMPTS * 4)]
+    long_done = threading.Event()
+    got: list[Any] = []
+
+    def long_call() -> None:
+        got.extend(offline.generate(long_prompts, **LONG))
+        long_done.set()
+
+    worker = threading.Thread(target=long_call)
+    worker.start()
+    wait_until(lambda: held_by_vllm(offline) >= len(long_prompts), "the long call in vLLM")
+    assert offline.generate(PROMPTS, max_tokens=4) == want_short
+    assert not long_done.is_set()  # the short call did not wait for the long one
+    worker.join()
+    assert [getattr(r, "completion_tokens", None) for r in got] == [400] * len(long_prompts)
+
+
+def test_calls_from_threads_and_event_loops_at_once_equal_one_call(
+    offline: VLLMEngine,
+) -> None:
+    prompts = [f"review {i}: {PROMPTS[i % 4]}" for i in range(32)]
+    want = offline.generate(prompts, schema=SCHEMA, max_tokens=48)
+    parts: dict[int, list[Any]] = {}
+
+    def ask(k: int) -> None:
+        parts[k] = offline.generate(prompts[k::4], schema=SCHEMA, max_tokens=48)
+
+    threads = [threading.Thread(target=ask, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+
+    async def gather() -> list[list[str | Exception]]:
+        calls = (offline.agenerate(prompts[k::4], schema=SCHEMA, max_tokens=48) for k in range(4))
+        return list(await asyncio.gather(*calls))
+
+    from_loop = asyncio.run(gather())
+    for thread in threads:
+        thread.join()
+    for k in range(4):
+        assert parts[k] == want[k::4]
+        assert from_loop[k] == want[k::4]
+
+
+def test_a_cancelled_agenerate_takes_its_requests_out_of_vllm(offline: VLLMEngine) -> None:
+    whole = offline.generate([PROMPTS[0]], max_tokens=8)
+
+    async def cancel_midway() -> None:
+        task = asyncio.create_task(offline.agenerate(PROMPTS * 2, **LONG))
+        while held_by_vllm(offline) < 8:  # observable: vLLM holds the 8 requests
+            assert not task.done()
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    before = offline.usage
+    asyncio.run(asyncio.wait_for(cancel_midway(), timeout=120))
+    wait_until(lambda: held_by_vllm(offline) == 0, "the aborted requests to leave vLLM")
+    assert offline.usage == before  # aborted: none of the 8 ran to its 400 tokens
+    assert offline.generate([PROMPTS[0]], max_tokens=8) == whole
+
+
+def test_a_reply_cut_by_max_tokens_under_a_schema_keeps_its_text(offline: VLLMEngine) -> None:
+    reply = offline.generate([PROMPTS[0]], schema=SCHEMA, max_tokens=3)[0]
+    assert isinstance(reply, TruncatedReplyError) and isinstance(reply, ValueError)
+    assert reply.max_tokens == 3 and reply.raw.startswith("{")
 
 
 def test_structured_output_is_schema_valid_for_every_item(offline: VLLMEngine) -> None:
@@ -276,19 +392,34 @@ def test_server_chat_replies_equal_offline_chat_replies(
 # (both stop the engine: they come after the tests that share it)
 
 
-def test_llm_node_map_through_runner_with_an_output_model(offline: VLLMEngine) -> None:
+def test_llm_node_maps_through_both_runners_with_an_output_model(offline: VLLMEngine) -> None:
     @llm_node(engine="m", output_name="label", output_model=Label, max_tokens=48, cache=False)
     def label(text: str) -> str:
         return f"Label this review as JSON: {text}"
 
+    @llm_node(engine="m", output_name="verdict", output_model=Label, max_tokens=48, cache=False)
+    def second_opinion(text: str) -> str:
+        return f"Another label for: {text}"
+
     texts = [f"{PROMPTS[i % 4]} {i}" for i in range(40)]
-    rows = Runner(engines={"m": offline}).map(
+    broker = EngineBroker({"m": offline})  # closed at the end: it stops the engine (the
+    # broker test next starts it again)
+    rows = Runner(engines=broker).map(
         Graph(nodes=[label]), {"text": texts}, map_over="text", batch_size=16
-    )  # on_error="raise": a failed item would raise here; the runner's broker, once
-    # garbage, stops the engine (the broker test next starts it again)
+    )  # on_error="raise": a failed item would raise here
     assert len(rows) == len(texts)
     assert all(isinstance(row["label"], Label) for row in rows)
     assert len({row["label"].model_dump_json() for row in rows}) > 1
+    # two nodes on the one engine, batches in flight under both runners: the same values
+    graph = Graph(nodes=[label, second_opinion])
+    both = Runner(engines=broker).map(graph, {"text": texts}, map_over="text", batch_size=8)
+    assert [row["label"] for row in both] == [row["label"] for row in rows]
+    from_async = asyncio.run(
+        AsyncRunner(engines=broker).map(graph, {"text": texts}, map_over="text", batch_size=8)
+    )
+    assert from_async == both
+    assert broker.status()["m"]["starts"] == 1
+    broker.close()
 
 
 def test_broker_stops_the_engine_which_restarts_and_still_answers(offline: VLLMEngine) -> None:
@@ -308,6 +439,34 @@ def test_broker_stops_the_engine_which_restarts_and_still_answers(offline: VLLME
     assert broker.status()["m"]["starts"] == 2
     broker.close()  # close() stops it too
     assert not offline.started and not (vllm_children() - children)
+
+
+def test_stop_fails_the_pending_requests_and_frees_the_engine(offline: VLLMEngine) -> None:
+    offline.start()
+    children = vllm_children()
+    outcomes: dict[str, Any] = {}
+
+    def sync_call() -> None:
+        outcomes["generate"] = offline.generate(PROMPTS, **LONG)
+
+    def async_call() -> None:
+        outcomes["agenerate"] = asyncio.run(offline.agenerate(PROMPTS, **LONG))
+
+    callers = [threading.Thread(target=sync_call), threading.Thread(target=async_call)]
+    for caller in callers:
+        caller.start()
+    wait_until(lambda: held_by_vllm(offline) == 8, "both calls in vLLM")
+    offline.stop()
+    for caller in callers:
+        caller.join(timeout=60)
+        assert not caller.is_alive()  # none hangs
+    for replies in outcomes.values():
+        assert len(replies) == len(PROMPTS)
+        for reply in replies:
+            assert isinstance(reply, VLLMEngineError) and isinstance(reply, EngineError)
+            assert "was stopped before the reply came" in str(reply), reply
+    assert not offline.started and offline.llm is None
+    assert not (children & vllm_children())
 
 
 # --------------------------------------------------------------------------- server, last
