@@ -91,11 +91,11 @@ def test_map_makes_one_generate_per_batch_of_cache_misses(engine: Counting) -> N
     assert sorted(engine.calls) == [2, 4, 4]
     assert all(isinstance(row["summary"], Summary) for row in out)
     again = runner.map(graph, {"review": REVIEWS}, map_over="review", batch_size=4)
-    assert engine.calls == [4, 4, 2]  # every item came from the cache: no model call
+    assert len(engine.calls) == 3  # every item came from the cache: no model call
     assert again == out
     hotter = Graph([clean, summarize_node(temperature=0.7, seed=1)])
     runner.map(hotter, {"review": REVIEWS[:3]}, map_over="review")
-    assert engine.calls == [4, 4, 2, 3]  # other sampling: other keys
+    assert engine.calls[3:] == [3]  # other sampling: other keys
 
 
 def test_another_model_is_another_key(tiny_llama: Path, build_llama: Any, tmp_path: Path) -> None:
