@@ -159,6 +159,8 @@ def test_is_an_engine_pickles_its_configuration_and_identity_loads_nothing(
     assert VLLMEngine(model_dir, mode="server").max_concurrency == 16
     assert VLLMEngine(model_dir, mode="server", max_concurrency=5).max_concurrency == 5
     assert engine.usage == {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    with pytest.raises(ValueError, match="max_tokens must be a whole number >= 1, got 0"):
+        engine.generate(PROMPTS, max_tokens=0)  # checked before anything starts
     identity = engine.identity()
     assert identity["engine"] == "vllm" and identity["mode"] == "offline"
     assert identity["model"] == str(model_dir.resolve()) and identity["dtype"] == "float32"
@@ -170,6 +172,43 @@ def test_is_an_engine_pickles_its_configuration_and_identity_loads_nothing(
     assert VLLMEngine(model_dir, mode="server").identity()["mode"] == "server"
     with pytest.raises(ValueError, match="mode"):
         VLLMEngine(model_dir, mode="cloud")  # type: ignore[arg-type]
+
+
+def test_max_concurrency_holds_the_excess_back_until_vllm_answers() -> None:
+    """The scheduler hands vLLM at most max_concurrency requests; the rest wait their turn
+    (a stand-in for vLLM's LLMEngine, which finishes one request per step)."""
+    import queue
+    from types import SimpleNamespace
+
+    from hypernodes_chain.engines._vllm_offline import Usage, _Request, _Scheduler
+
+    class Core:
+        def __init__(self) -> None:
+            self.held: dict[str, str] = {}
+            self.most = 0
+
+        def add_request(self, request_id: str, prompt: str, params: Any) -> None:
+            self.held[request_id] = prompt
+            self.most = max(self.most, len(self.held))
+
+        def step(self) -> list[Any]:
+            request_id = next(iter(self.held))
+            done = SimpleNamespace(text=self.held.pop(request_id).upper(), token_ids=[7])
+            return [
+                SimpleNamespace(
+                    request_id=request_id, finished=True, prompt_token_ids=[1, 2], outputs=[done]
+                )
+            ]
+
+    core, usage = Core(), Usage()
+    scheduler = _Scheduler(SimpleNamespace(llm_engine=core), "fake", usage, max_live=2)
+    finished: queue.Queue[Any] = queue.Queue()
+    scheduler.submit([_Request(f"r{i}", f"p{i}", None, finished.put) for i in range(5)])
+    texts = sorted(finished.get(timeout=60).outputs[0].text for _ in range(5))
+    scheduler.close(RuntimeError("closed"))
+    assert texts == ["P0", "P1", "P2", "P3", "P4"]
+    assert core.most == 2
+    assert usage.snapshot() == {"requests": 5, "prompt_tokens": 10, "completion_tokens": 5}
 
 
 # --------------------------------------------------------------------------- offline

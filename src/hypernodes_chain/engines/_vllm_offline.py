@@ -39,7 +39,7 @@ from typing import Any
 
 from ..exceptions import TruncatedReplyError
 from ._vllm_common import VLLMEngineError, vllm_lib
-from .base import DEFAULT_MAX_TOKENS, Prompt, Reply, chat_messages
+from .base import Prompt, Reply, Sampling, chat_messages
 
 __all__ = ["OfflineBackend", "Usage"]
 
@@ -65,26 +65,20 @@ class Usage:
 
 
 def sampling_params(
-    *,
-    schema: Mapping[str, Any] | None = None,
-    delta: bool = False,
-    max_tokens: int = DEFAULT_MAX_TOKENS,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    seed: int | None = None,
-    stop: str | Sequence[str] | None = None,
-    **extra: Any,
+    sampling: Mapping[str, Any], *, schema: Mapping[str, Any] | None = None, delta: bool = False
 ) -> Any:
-    """The ``vllm.SamplingParams`` of a call: only the final output of each request, or
-    (``delta``) each step's new text."""
+    """The ``vllm.SamplingParams`` of a call's keywords (checked as a `Sampling`; vLLM's own
+    keywords such as ``top_k`` or ``ignore_eos`` pass through): only the final output of each
+    request, or (``delta``) each step's new text."""
+    checked = Sampling.of(sampling)
     module = vllm_lib("vllm.sampling_params")
     kind = module.RequestOutputKind
     kwargs: dict[str, Any] = {
-        "max_tokens": max_tokens,
-        "temperature": temperature,
-        "top_p": top_p,
-        "seed": seed,
-        "stop": _stops(stop),
+        "max_tokens": checked.max_tokens,
+        "temperature": checked.temperature,
+        "top_p": checked.top_p,
+        "seed": checked.seed,
+        "stop": list(checked.stop) or None,
         "output_kind": kind.DELTA if delta else kind.FINAL_ONLY,
     }
     if schema is not None:
@@ -95,14 +89,8 @@ def sampling_params(
                 "(structured outputs)"
             )
         kwargs["structured_outputs"] = structured(json=dict(schema))
-    kwargs.update(extra)
+    kwargs.update(checked.extra)
     return module.SamplingParams(**kwargs)
-
-
-def _stops(stop: str | Sequence[str] | None) -> list[str] | None:
-    if stop is None:
-        return None
-    return [stop] if isinstance(stop, str) else list(stop)
 
 
 def _item(prompt: Prompt) -> str | list[dict[str, Any]]:
@@ -421,7 +409,7 @@ class OfflineBackend:
     def _call(
         self, prompts: list[Prompt], schema: Mapping[str, Any] | None, sampling: dict[str, Any]
     ) -> tuple[_Call, list[_Request]]:
-        params = sampling_params(schema=schema, **sampling)
+        params = sampling_params(sampling, schema=schema)
         call = _Call(self.where, schema, params.max_tokens, [None] * len(prompts), len(prompts))
         requests = []
         for i, prompt in enumerate(prompts):
@@ -468,7 +456,7 @@ class OfflineBackend:
     ) -> tuple[_Request, Callable[[Any], None]]:
         """A delta request whose chunks and end go to ``put``, and the check of its end."""
         schema = sampling.pop("schema", None)
-        params = sampling_params(schema=schema, delta=True, **sampling)
+        params = sampling_params(sampling, schema=schema, delta=True)
         request = _Request(
             f"hypernodes-{next(_IDS)}",
             _item(prompt),
