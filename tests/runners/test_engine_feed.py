@@ -9,6 +9,7 @@ and the results still come back in input order. A map of plain nodes is unchange
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -36,6 +37,7 @@ class GatedEngine(ScriptedEngine):
         self.cond = threading.Condition()
         self.now = self.most = 0
         self.threads: set[str] = set()
+        self.reached: asyncio.Event | None = None  # set once `want` calls were at once
 
     def __getstate__(self) -> dict[str, Any]:
         raise TypeError("a GatedEngine stays in its process")
@@ -67,10 +69,12 @@ class GatedEngine(ScriptedEngine):
     ) -> list[str | Exception]:
         self._arrive()
         try:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + _PATIENCE
-            while self.most < self.want and loop.time() < deadline:
-                await asyncio.sleep(0.001)  # other batches' tasks run meanwhile
+            if self.reached is None:  # the map's loop: every call waits on it
+                self.reached = asyncio.Event()
+            if self.most >= self.want:
+                self.reached.set()
+            with contextlib.suppress(TimeoutError):  # a call that waits alone goes on
+                await asyncio.wait_for(self.reached.wait(), _PATIENCE)
             return ScriptedEngine.generate(self, prompts, schema=schema, **sampling)
         finally:
             self._leave()
