@@ -19,6 +19,7 @@ mistake, so ``except ValueError`` keeps working around graph construction::
     ├── EngineError                      (also RuntimeError) an engine could not answer
     │   ├── OllamaError                  a request to Ollama that failed after its retries
     │   ├── OpenAIEngineError            the same for an OpenAI-compatible server (HTTP status)
+    │   ├── VLLMEngineError              a vLLM engine that did not start or a request it failed
     │   ├── EngineReplyError             (also TypeError) a reply that is not text (engine, prompt)
     │   └── TruncatedReplyError          (also ValueError) a reply cut at max_tokens; keeps its text
     ├── UnknownEngineError               (also KeyError) an engine name the broker does not know
@@ -75,6 +76,7 @@ __all__ = [
     "TruncatedReplyError",
     "UnknownEngineError",
     "UnknownInputError",
+    "VLLMEngineError",
     "WriterLockedError",
 ]
 
@@ -227,6 +229,23 @@ class OpenAIEngineError(EngineError):
         self.transient = transient
         self.attempts = attempts
         self.retry_after: float | None = None  # the server's Retry-After, in seconds
+
+
+class VLLMEngineError(EngineError):
+    """A vLLM engine that did not start, a request that failed, or one still pending when
+    the engine stopped; the message names the engine, the model and (server mode) the log
+    file, kept in ``log_file``."""
+
+    def __init__(self, message: str, *, log_file: str | None = None) -> None:
+        super().__init__(message)
+        self.log_file = log_file
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_vllm_error, (str(self), self.log_file))
+
+
+def _vllm_error(message: str, log_file: str | None) -> VLLMEngineError:
+    return VLLMEngineError(message, log_file=log_file)
 
 
 class EngineReplyError(EngineError, TypeError):

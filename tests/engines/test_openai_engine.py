@@ -261,20 +261,23 @@ def test_replies_carry_the_servers_token_counts(engine: OpenAIEngine) -> None:
         assert reply.completion_tokens is not None and 0 < reply.completion_tokens <= 6
 
 
-def test_stop_closes_the_async_client_of_a_running_loop(base_url: str) -> None:
-    eng = OpenAIEngine(base_url, NAME, max_concurrency=2, backoff=FAST)
+def test_an_astream_closed_early_frees_its_slot_and_stop_from_a_loop_reopens(
+    base_url: str,
+) -> None:
+    eng = OpenAIEngine(base_url, NAME, max_concurrency=1, backoff=FAST)
 
-    async def main() -> Any:
-        assert "".join([c async for c in eng.astream("the water", max_tokens=4)])
-        client = await eng._http.async_client()  # the loop's own, kept between calls
-        assert not client.is_closed
+    async def main() -> str:
+        chunks = eng.astream("the water", max_tokens=12)
+        assert await anext(chunks)
+        await chunks.aclose()  # early: the body stops at its next chunk, the slot is free
+        assert eng._http.slots.held == 0
+        # one slot: this request goes through only because the stream gave it back
+        assert await asyncio.wait_for(eng.agenerate(["x"], max_tokens=2), 60)
         await asyncio.to_thread(eng.stop)  # from another thread, while this loop runs
-        assert client.is_closed
-        assert "".join([c async for c in eng.astream("the water", max_tokens=4)])  # reopened
-        return await eng._http.async_client()
+        return "".join([c async for c in eng.astream("the water", max_tokens=4)])
 
-    reopened = asyncio.run(main())
-    assert reopened.is_closed  # closed with its loop
+    assert asyncio.run(main())  # reopened after stop
+    assert eng._http.slots.held == 0
     eng.stop()
 
 

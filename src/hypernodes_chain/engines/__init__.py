@@ -6,6 +6,7 @@ imports its library when it starts.
 
 from __future__ import annotations
 
+from ..exceptions import VLLMEngineError
 from .base import Engine, Message, Prompt
 from .broker import EngineBroker, EngineStatus, UnknownEngineError
 from .ollama import OllamaEngine, OllamaError
@@ -13,7 +14,7 @@ from .openai_engine import OpenAIEngine, OpenAIEngineError
 from .specs import SPEC_FORMS, engine_from_spec
 from .tiny import build_tiny_model
 from .transformers_engine import TransformersEngine
-from .vllm_engine import VLLMEngine, VLLMEngineError
+from .vllm_engine import VLLMEngine
 
 __all__ = [
     "SPEC_FORMS",

@@ -1,5 +1,5 @@
-"""A blocking token stream as an async iterator: for local engines whose generation runs
-in a thread (transformers, vLLM offline)."""
+"""A blocking token stream as an async iterator: for engines whose one streaming body is
+blocking (transformers' generation thread, the HTTP engines' clients)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator
+from concurrent.futures import Executor
 from typing import Any
 
 __all__ = ["stream_in_thread"]
@@ -14,9 +15,11 @@ __all__ = ["stream_in_thread"]
 
 async def stream_in_thread(
     chunks_of: Callable[[threading.Event], Iterator[str]],
+    executor: Executor | None = None,
 ) -> AsyncGenerator[str, None]:
-    """Yield the chunks of ``chunks_of(cancel)``, run in a worker thread; closing the
-    iterator early sets ``cancel`` (the generation stops) and waits for the thread."""
+    """Yield the chunks of ``chunks_of(cancel)``, run in a thread of ``executor`` (the
+    loop's default one when None); closing the iterator early sets ``cancel`` (the body
+    stops at its next chunk) and waits for the thread."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
     cancel = threading.Event()
@@ -39,7 +42,7 @@ async def stream_in_thread(
             if close is not None:
                 close()
 
-    worker = loop.run_in_executor(None, pump)
+    worker = loop.run_in_executor(executor, pump)
     try:
         while True:
             kind, value = await queue.get()

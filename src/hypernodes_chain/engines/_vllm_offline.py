@@ -37,8 +37,8 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..exceptions import TruncatedReplyError
-from ._vllm_common import VLLMEngineError, vllm_lib
+from ..exceptions import TruncatedReplyError, VLLMEngineError
+from ._vllm_common import vllm_lib
 from .base import Prompt, Reply, Sampling, chat_messages
 
 __all__ = ["OfflineBackend", "Usage"]

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from .._optional import optional
-from ._vllm_common import VLLMEngineError, vllm_lib
+from ..exceptions import VLLMEngineError
+from ._vllm_common import vllm_lib
 from .base import Prompt
 from .openai_engine import OpenAIEngine
 

@@ -141,10 +141,6 @@ class OllamaEngine:
             max_concurrency=self.max_concurrency,
             name="OllamaEngine",
             open_client=lambda: _lib("ollama").Client(host=self.host, **self._client_kwargs()),
-            open_async_client=lambda: _lib("ollama").AsyncClient(
-                host=self.host, **self._client_kwargs()
-            ),
-            close_async_client=lambda client: client.close(),
         )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -349,6 +345,15 @@ class OllamaEngine:
         """The text chunks of one reply as the server streams them (``schema=`` too); the
         stream holds a slot until it ends. Opening the stream is retried like a request; a
         failure later is an `OllamaError`."""
+        return self._chunks(prompt, sampling, threading.Event())
+
+    def astream(self, prompt: Prompt, **sampling: Any) -> AsyncIterator[str]:
+        """The async twin of `stream`: the same body, on the engine's pool."""
+        return self._http.astream(lambda cancel: self._chunks(prompt, sampling, cancel))
+
+    def _chunks(
+        self, prompt: Prompt, sampling: dict[str, Any], cancel: threading.Event
+    ) -> Iterator[str]:
         schema = sampling.pop("schema", None)
         method, kwargs = self._request(prompt, schema, sampling, stream=True)
         client = self._http.client()
@@ -357,76 +362,28 @@ class OllamaEngine:
         def open_stream() -> tuple[Any, Any]:
             slots.acquire()
             try:
-                parts = getattr(client, method)(**kwargs)
+                parts = getattr(client, method)(**kwargs)  # sends at the first part
                 return parts, next(parts, None)
             except BaseException:
                 slots.release()
                 raise
 
         try:
-            parts, first = self._retry.call(open_stream)
+            parts, part = self._retry.call(open_stream)
         except Exception as exc:
             raise self._error(exc, "streaming") from exc
         self._loaded = True
         try:
-            if first is None:
-                return
-            text = self._text(first)
-            if text:
-                yield text
-            while True:
-                try:
-                    part = next(parts)
-                except StopIteration:
-                    return
-                except Exception as exc:
-                    raise self._error(exc, "streaming") from exc
+            while part is not None and not cancel.is_set():
                 text = self._text(part)
                 if text:
                     yield text
+                try:
+                    part = next(parts, None)
+                except Exception as exc:
+                    raise self._error(exc, "streaming") from exc
         finally:
             parts.close()
-            slots.release()
-
-    async def astream(self, prompt: Prompt, **sampling: Any) -> AsyncIterator[str]:
-        """The async twin of `stream`."""
-        schema = sampling.pop("schema", None)
-        method, kwargs = self._request(prompt, schema, sampling, stream=True)
-        client = await self._http.async_client()
-        slots = self._http.slots
-
-        async def open_stream() -> tuple[Any, Any]:
-            await slots.aacquire()
-            try:
-                parts = await getattr(client, method)(**kwargs)
-                return parts, await anext(parts, None)
-            except BaseException:
-                slots.release()
-                raise
-
-        try:
-            parts, first = await self._retry.acall(open_stream)
-        except Exception as exc:
-            raise self._error(exc, "streaming") from exc
-        self._loaded = True
-        try:
-            if first is None:
-                return
-            text = self._text(first)
-            if text:
-                yield text
-            while True:
-                try:
-                    part = await parts.__anext__()
-                except StopAsyncIteration:
-                    return
-                except Exception as exc:
-                    raise self._error(exc, "streaming") from exc
-                text = self._text(part)
-                if text:
-                    yield text
-        finally:
-            await parts.aclose()
             slots.release()
 
 

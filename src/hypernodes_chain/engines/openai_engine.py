@@ -21,6 +21,7 @@ with the ``llm`` extra).
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -151,8 +152,6 @@ class OpenAIEngine:
             max_concurrency=self.max_concurrency,
             name="OpenAIEngine",
             open_client=lambda: _lib("httpx").Client(**self._client_kwargs()),
-            open_async_client=lambda: _lib("httpx").AsyncClient(**self._client_kwargs()),
-            close_async_client=lambda client: client.aclose(),
         )
         self._entry: dict[str, Any] | None = None  # the model's entry in /models
         self._looked_up = False
@@ -407,6 +406,15 @@ class OpenAIEngine:
         `generate`'s keywords, ``schema`` included. The stream holds a slot until it ends.
         Opening the stream is retried like a request; a failure after the first chunk is
         raised."""
+        return self._chunks(prompt, sampling, threading.Event())
+
+    def astream(self, prompt: Prompt, **sampling: Any) -> AsyncIterator[str]:
+        """The async twin of `stream`: the same body, on the engine's pool."""
+        return self._http.astream(lambda cancel: self._chunks(prompt, sampling, cancel))
+
+    def _chunks(
+        self, prompt: Prompt, sampling: dict[str, Any], cancel: threading.Event
+    ) -> Iterator[str]:
         body = self._body(prompt, stream=True, **sampling)
         client = self._http.client()
         slots = self._http.slots
@@ -439,6 +447,8 @@ class OpenAIEngine:
             raise self._final(exc, attempts) from exc
         try:
             for line in response.iter_lines():
+                if cancel.is_set():
+                    return
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
@@ -449,50 +459,4 @@ class OpenAIEngine:
                     yield text
         finally:
             response.close()
-            slots.release()
-
-    async def astream(self, prompt: Prompt, **sampling: Any) -> AsyncIterator[str]:
-        """The async twin of `stream` (the loop's ``httpx.AsyncClient``; the same slots)."""
-        body = self._body(prompt, stream=True, **sampling)
-        client = await self._http.async_client()
-        slots = self._http.slots
-        attempts = 0
-
-        async def open_stream() -> Any:
-            nonlocal attempts
-            attempts += 1
-            await slots.aacquire()
-            try:
-                request = client.build_request(
-                    "POST", self._url("chat/completions"), json=body, headers=_SSE
-                )
-                response = await client.send(request, stream=True)
-                try:
-                    if response.status_code >= 400:
-                        await response.aread()
-                    self._check(response, attempts)
-                except BaseException:
-                    await response.aclose()
-                    raise
-            except BaseException:
-                slots.release()
-                raise
-            return response
-
-        try:
-            response = await self._retry.acall(open_stream)
-        except Exception as exc:
-            raise self._final(exc, attempts) from exc
-        try:
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    return
-                text = _delta(data)
-                if text:
-                    yield text
-        finally:
-            await response.aclose()
             slots.release()

@@ -38,8 +38,8 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from ..exceptions import VLLMEngineError
 from ._revision import FolderRevision, folder_revision
-from ._vllm_common import VLLMEngineError
 from ._vllm_offline import OfflineBackend
 from ._vllm_server import ServerBackend, ServerConfig, flags
 from .base import Prompt, Reply
