@@ -358,6 +358,38 @@ def test_an_error_in_a_udf_process_is_the_nodes_error_with_its_cause() -> None:
     assert isinstance(info.value.__cause__, ZeroDivisionError)
 
 
+def test_a_value_that_cannot_be_pickled_fails_its_item_alone_in_a_udf_process(
+    tmp_path: Path,
+) -> None:
+    calls, out = tmp_path / "calls.jsonl", tmp_path / "out"
+
+    @node
+    def make(x: int) -> Any:
+        record(calls, x)
+        return threading.Lock() if x == 3 else x
+
+    graph = Graph([make], name="g")
+    result = DaftRunner(concurrency=1).map(
+        graph, {"x": range(6)}, map_over="x", batch_size=2, on_error="collect",
+        writer=StreamWriter(out, format="jsonl"),
+    )  # fmt: skip
+    assert (result.n_ok, result.n_failed) == (5, 1)
+    [failure] = result.failures
+    assert (failure.index, failure.node, failure.error_type) == (3, "make", "TypeError")
+    assert "output 'make' of node 'make' for item 3 cannot be pickled" in failure.message
+    assert "cannot pickle '_thread.lock' object" in failure.message
+    rows = [row for shard in sorted(out.glob("*.jsonl")) for row in lines(shard)]
+    assert [(r["_index"], r["make"]) for r in rows] == [(i, i) for i in (0, 1, 2, 4, 5)]
+    [error] = lines(out / "_errors" / "000.jsonl")
+    assert (error["_index"], error["node"]) == (3, "make")
+    assert Counter(lines(calls)) == dict.fromkeys(range(6), 1)
+
+    with pytest.raises(NodeError, match=r"node 'make' for item 3 failed") as info:
+        DaftRunner(concurrency=1).map(graph, {"x": range(6)}, map_over="x", batch_size=2)
+    assert (info.value.node, info.value.index) == ("make", 3)
+    assert "cannot pickle '_thread.lock' object" in str(info.value.__cause__)
+
+
 def test_what_cannot_travel_to_a_udf_process_is_named() -> None:
     lock = threading.Lock()
 

@@ -92,11 +92,7 @@ class Lane:
         if self.here:
             self.store.tasks.pop(seq, None)
             return task, self.store.events.pop(seq, [])
-        reply = cast(bytes, out)  # `udf.OK` or `udf.FAILED`, then the packed reply
-        if reply[:1] == udf.OK:
-            return task, _remote.unpack_outcome(task, memoryview(reply)[1:])
-        task.error = _remote.unpack_error(memoryview(reply)[1:])
-        return task, []
+        return task, _remote.unpack_reply(task, cast(bytes, out))
 
     def close(self) -> None:
         if self.here:

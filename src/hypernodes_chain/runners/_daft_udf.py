@@ -5,11 +5,11 @@ module, not the caller's). Two kinds of rows:
 
 - a map's batches, one row per `BatchTask`. `run_here` runs in Daft's threads of the
   driver's process: the row holds the task's sequence number, the task itself is looked up
-  in `Here` (nothing is pickled, a `MemoryCache` works). `reply` runs anywhere (a UDF
-  process, a Ray worker): the task travels as ``_remote`` bytes and its outcome and events
-  come back as bytes. Errors never leave these as exceptions (Daft turns what a UDF process
-  raises into a bare RuntimeError, the chain lost); they travel as data and the driver
-  raises them.
+  in `Here` (nothing is pickled, a `MemoryCache` works). `reply_rows` and `BatchUDF` run
+  anywhere (a UDF process, a Ray worker): the task travels as ``_remote`` bytes and its
+  outcome and events come back as bytes (``_remote.reply_batch``). Errors never leave these
+  as exceptions (Daft turns what a UDF process raises into a bare RuntimeError, the chain
+  lost); they travel as data and the driver raises them.
 - a DataFrame's rows (``map_dataframe``): `frame_rows` runs the core's batch flow over one
   Daft batch and returns the outputs as one struct column. Its errors are raised into
   Daft: they reach whoever collects the DataFrame.
@@ -26,15 +26,14 @@ from ..events import Event
 from ..plan import Plan
 from ._drive import SyncDriver
 from ._flows import batch_flow
-from ._remote import Recorder, pack_error, run_batch, unpack_shared
+from ._remote import Recorder, reply_batch, unpack_shared
 from ._work import BatchTask, Local, Settings
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["OK", "BatchUDF", "Frame", "FrameRef", "FrameUDF", "Here", "reply", "run_here"]
+__all__ = ["BatchUDF", "Frame", "FrameRef", "FrameUDF", "Here", "run_here"]
 
-OK, FAILED = b"\x00", b"\x01"  # the first byte of a reply: an outcome follows, or an error
 _DRIVER = SyncDriver()  # holds no state: safe in every thread
 
 
@@ -77,22 +76,13 @@ def run_here(seqs: Series, token: str) -> list[int]:
     return list(done)
 
 
-def reply(blob: bytes, token: str, shared: bytes, listen: bool) -> bytes:
-    """One packed batch task run (``_remote.run_batch``): `OK` + outcome, or `FAILED` +
-    the packed error."""
-    try:
-        return OK + run_batch(token, shared, blob, listen)
-    except Exception as exc:
-        return FAILED + pack_error(exc)
-
-
 def _replies(
     blobs: Series, tokens: Series, shareds: Series, shared: bytes, listen: bool
 ) -> list[bytes]:
     # a row names its map part by token; it carries the part itself only when that is not
     # the UDF's own (``shared``): the plans of an engine-aware map's later segments
     rows = zip(blobs.to_pylist(), tokens.to_pylist(), shareds.to_pylist())
-    return [reply(blob, token, own or shared, listen) for blob, token, own in rows]
+    return [reply_batch(token, own or shared, blob, listen) for blob, token, own in rows]
 
 
 def reply_rows(

@@ -11,15 +11,22 @@ value that cannot be pickled is a clear error naming the node, the input or the 
   driver's `SharedParts`; a worker unpacks it once per map (`unpack_shared`, kept in
   `_SHARED`) and seeds the fingerprints, so cache keys equal the driver's even where
   cloudpickle rebuilt a function without its source.
-- `pack_batch` / `run_batch` / `unpack_outcome`: one `BatchTask` there and back, with the
+- `pack_batch` / `reply_batch` / `unpack_reply`: one `BatchTask` there and back, with the
   events it raised (a `Recorder` keeps them there; `publish` puts them on the driver's bus
   on arrival).
-- `pack_call` / `run_call` / `unpack_call`: one `ItemCall` of ``run`` there and back.
-- `pack_error` / `unpack_error`: an exception as data, its cause kept (``DaftRunner``: Daft
-  turns what a UDF process raises into a bare RuntimeError).
+- `pack_call` / `run_call` / `unpack_call`: one `ItemCall` of ``run`` (or `ColumnCall` of
+  a nested graph's rows) there and back.
+- `pack_error` / `unpack_error`: an exception as data, its cause kept (``_unsent``).
 - Engines: a broker travels as a `_BrokerHandle`; each worker process keeps one broker per
   handle token (`_BROKERS`), so engines start once per process, not once per batch, and
   `close_brokers` stops them when the worker closes (``_dask_plugin``).
+
+Whatever fails where the work runs goes back as data, never raised out of the task: an
+error raised there would come back without its cause (Daft turns what a UDF process
+raises into a bare RuntimeError), and Dask would run the task again (its ``retries`` are
+for workers that died, not for errors that recur). So a reply starts with `OK` or
+`FAILED`; a value that does not pickle back fails its item alone (``_unsent``), or the
+batch under ``on_error="raise"``, as a node that raised would.
 """
 
 from __future__ import annotations
@@ -32,16 +39,30 @@ import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, cast
+from typing import Generic, TypeAlias, TypeVar
 
-from .._optional import optional
 from ..events import Event, EventBus
 from ..exceptions import RemoteError
 from ..graph import Graph
 from ..plan import Plan, build_plan
-from ._drive import SyncDriver
+from ._drive import SyncDriver, _broke
 from ._flows import batch_flow
 from ._keys import node_fingerprint, seed_fingerprint
+from ._unsent import (
+    DRIVER,
+    WORKERS,
+    Reply,
+    cannot,
+    cloudpickle,
+    fail_unsent,
+    fail_unsent_call,
+    pack_error,
+    portable_error,
+    portable_event,
+    portable_reply,
+    unpack_error,
+    why,
+)
 from ._work import (
     BatchOutcome,
     BatchTask,
@@ -54,37 +75,31 @@ from ._work import (
     Work,
 )
 
-if TYPE_CHECKING:
-    from ..results import ItemFailure
-
 __all__ = [
+    "FAILED",
+    "OK",
     "Recorder",
     "RemoteError",
     "SharedParts",
     "close_brokers",
+    "fail",
     "pack_batch",
     "pack_call",
     "pack_error",
     "pack_shared",
     "publish",
+    "reply_batch",
     "run_batch",
     "run_call",
     "unpack_call",
     "unpack_error",
     "unpack_outcome",
+    "unpack_reply",
     "unpack_shared",
 ]
 
 Shared: TypeAlias = tuple[Plan, dict[str, object], "Keys | None", Settings]
 """A map's shared part, unpacked: plan, constants, their cache keys, settings."""
-_Reply: TypeAlias = tuple[
-    dict[str, list[object]],  # output columns
-    dict[str, object],  # constants the batch made
-    dict[str, list["str | None"]],  # cache keys of the columns
-    dict[int, "ItemFailure"],  # failures by position
-    list[Event],
-    float,  # cache seconds
-]
 P = TypeVar("P")
 
 _DRIVER = SyncDriver()
@@ -93,11 +108,7 @@ _SHARED_KEPT = 4  # maps whose shared part a worker keeps unpacked
 _BROKERS: dict[str, Broker] = {}  # handle token -> this process's broker
 _LOCK = threading.Lock()
 _TOKENS: weakref.WeakKeyDictionary[Broker, str] = weakref.WeakKeyDictionary()
-_WORKERS = "the Dask workers"
-
-
-def _cloudpickle() -> Any:
-    return optional("cloudpickle", "DaskRunner", "dask")
+OK, FAILED = b"\x00", b"\x01"  # the first byte of a reply: an outcome follows, or an error
 
 
 # -- nodes and fingerprints ----------------------------------------------------------------
@@ -128,7 +139,7 @@ class _BrokerHandle:
         self.broker = broker
 
     def __reduce__(self) -> tuple[Callable[[str, bytes], Broker], tuple[str, bytes]]:
-        return (_worker_broker, (self.token, _cloudpickle().dumps(self.broker)))
+        return (_worker_broker, (self.token, cloudpickle().dumps(self.broker)))
 
 
 def _worker_broker(token: str, blob: bytes) -> Broker:
@@ -159,27 +170,13 @@ def _travelling(settings: Settings) -> Settings:
 # -- packing with clear errors -----------------------------------------------------------
 
 
-def _why(obj: object) -> BaseException | None:
-    try:
-        _cloudpickle().dumps(obj)
-    except Exception as exc:
-        return exc
-    return None
-
-
-def _cannot(what: str, exc: BaseException, to: str = _WORKERS) -> TypeError:
-    error = TypeError(f"{what} cannot be pickled to send it to {to}: {type(exc).__name__}: {exc}")
-    error.__cause__ = exc
-    return error
-
-
 def pack_shared(
     plan: Plan,
     constants: Mapping[str, object],
     constant_keys: Keys | None,
     settings: Settings,
     *,
-    to: str = _WORKERS,
+    to: str = WORKERS,
 ) -> bytes:
     """The part of a map every batch shares; a clear error names what does not pickle
     (and where it was to go: ``to``)."""
@@ -194,17 +191,17 @@ def pack_shared(
         _fingerprints(graph) if settings.cache is not None else [],  # keys need them
     )
     try:
-        return bytes(_cloudpickle().dumps(state))
+        return bytes(cloudpickle().dumps(state))
     except Exception as exc:
         for node in graph.walk():
-            cause = _why(node)
+            cause = why(node)
             if cause is not None:
-                raise _cannot(f"node {node.name!r}", cause, to) from exc
+                raise cannot(f"node {node.name!r}", cause, to) from exc
         for name, value in constants.items():
-            cause = _why(value)
+            cause = why(value)
             if cause is not None:
-                raise _cannot(f"input {name!r}", cause, to) from exc
-        raise _cannot("the map's settings (cache, engines)", exc, to) from exc
+                raise cannot(f"input {name!r}", cause, to) from exc
+        raise cannot("the map's settings (cache, engines)", exc, to) from exc
 
 
 class SharedParts(Generic[P]):
@@ -213,7 +210,7 @@ class SharedParts(Generic[P]):
     lives. ``place`` makes the part that travels from the bytes (Dask scatters a large one
     to every worker once); ``to`` says where it goes, in errors."""
 
-    def __init__(self, place: Callable[[bytes], P], *, to: str = _WORKERS) -> None:
+    def __init__(self, place: Callable[[bytes], P], *, to: str = WORKERS) -> None:
         self._place = place
         self._to = to
         self._parts: dict[tuple[int, int, int], tuple[str, P, tuple[object, ...]]] = {}
@@ -261,19 +258,19 @@ def unpack_shared(token: str, blob: bytes) -> Shared:
     return _shared(token, blob)
 
 
-def pack_batch(task: BatchTask, *, to: str = _WORKERS) -> bytes:
+def pack_batch(task: BatchTask, *, to: str = WORKERS) -> bytes:
     """A batch's own part: its columns (as lists), indices, sequence number, key columns."""
     state = (task.columns, task.indices, task.seq, task.key_columns)
     try:
-        return bytes(_cloudpickle().dumps(state))
+        return bytes(cloudpickle().dumps(state))
     except Exception as exc:
         for name, column in task.columns.items():
             for pos, value in enumerate(column):
-                cause = _why(value)
+                cause = why(value)
                 if cause is not None:
                     what = f"map input {name!r} of item {task.indices[pos]}"
-                    raise _cannot(what, cause, to) from exc
-        raise _cannot("a batch", exc, to) from exc
+                    raise cannot(what, cause, to) from exc
+        raise cannot("a batch", exc, to) from exc
 
 
 # -- running on the worker ---------------------------------------------------------------
@@ -299,8 +296,18 @@ class Recorder:
             task.local = local
 
 
+def reply_batch(token: str, shared: bytes, blob: bytes, listen: bool) -> bytes:
+    """Run one packed batch task (a Dask task, a row of Daft's UDF): `OK` + the packed
+    outcome, or `FAILED` + the packed error. It never raises (see the module docstring)."""
+    try:
+        return OK + run_batch(token, shared, blob, listen)
+    except Exception as exc:
+        return FAILED + pack_error(exc)
+
+
 def run_batch(token: str, shared: bytes, blob: bytes, listen: bool) -> bytes:
-    """Run one batch with the core's batch flow (a Dask task); returns the packed outcome."""
+    """Run one batch with the core's batch flow; returns the packed outcome (raises what
+    the batch raised under ``on_error="raise"``)."""
     plan, constants, constant_keys, settings = _shared(token, shared)
     columns, indices, seq, key_columns = pickle.loads(blob)
     recorder = Recorder(listen)
@@ -318,77 +325,23 @@ def run_batch(token: str, shared: bytes, blob: bytes, listen: bool) -> bytes:
     if settings.engines is not None:  # engine starts and stops travel back with the batch
         settings.engines.bus = recorder.live
     outcome = recorder.run(task)
-    made = {k: v for k, v in outcome.constants.items() if k not in constants}
-    state: _Reply = (
+    # the constants the batch made go back only where they are outputs
+    made = {k: v for k, v in outcome.constants.items() if k not in constants and k in plan.outputs}
+    state: Reply = (
         outcome.columns, made, outcome.keys, outcome.failures, recorder.events,
         outcome.cache_seconds,
     )  # fmt: skip
-    return _pack_back(state, plan, lambda: _portable_state(state))
-
-
-def _pack_back(
-    state: tuple[object, ...], plan: Plan, portable: Callable[[], tuple[object, ...]]
-) -> bytes:
-    """Pickle what goes back; errors that do not pickle go as `RemoteError`; an output
-    value that does not pickle is a clear error naming its node."""
-    cloudpickle = _cloudpickle()
+    pickler = cloudpickle()
     try:
-        return bytes(cloudpickle.dumps(state))
+        return bytes(pickler.dumps(state))
     except Exception:
         pass
-    state = portable()
+    raise_errors = settings.on_error == "raise"
+    state = fail_unsent(portable_reply(state), plan, indices, raise_errors, listen)
     try:
-        return bytes(cloudpickle.dumps(state))
+        return bytes(pickler.dumps(state))
     except Exception as exc:
-        columns = state[0] if isinstance(state, tuple) and isinstance(state[0], dict) else {}
-        for name, column in columns.items():
-            cause = _why(column)
-            if cause is not None:
-                node = next((s.node.name for s in plan.steps if name in s.node.outputs), name)
-                what = f"output {name!r} of node {node!r}"
-                raise _cannot(what, cause, "the driver").with_traceback(None) from None
-        raise _cannot("a batch's results", exc, "the driver") from None
-
-
-def _portable_error(error: BaseException) -> BaseException:
-    if _why(error) is None:
-        return error
-    import traceback
-
-    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    return RemoteError(f"{type(error).__qualname__}: {error}\n{text}")
-
-
-def _portable_state(state: _Reply) -> _Reply:
-    columns, made, keys, failures, events, cache_seconds = state
-    failures = {
-        pos: dataclasses.replace(f, error=_portable_error(f.error)) for pos, f in failures.items()
-    }
-    events = [_portable_event(e) for e in events]
-    return columns, made, keys, failures, events, cache_seconds
-
-
-def _portable_event(event: Event) -> Event:
-    error = getattr(event, "error", None)
-    if error is None:
-        return event
-    return dataclasses.replace(event, error=_portable_error(error))  # type: ignore[call-arg]
-
-
-def pack_error(error: BaseException) -> bytes:
-    """An exception and its ``__cause__`` as bytes (pickling keeps neither the cause nor
-    the traceback); one that does not pickle travels as `RemoteError`."""
-    cause = error.__cause__
-    state = (_portable_error(error), None if cause is None else _portable_error(cause))
-    return bytes(_cloudpickle().dumps(state))
-
-
-def unpack_error(blob: bytes | memoryview) -> BaseException:
-    """The exception `pack_error` packed, its cause chained again."""
-    error, cause = pickle.loads(blob)
-    if cause is not None:
-        error.__cause__ = cause
-    return cast(BaseException, error)
+        raise cannot("a batch's results", exc, DRIVER) from None
 
 
 W = TypeVar("W", bound=Work)
@@ -402,8 +355,28 @@ def publish(piece: W, bus: EventBus | None, events: list[Event]) -> W:
             for event in events:
                 bus.publish(event)
         except Exception as exc:
-            piece.error = exc  # type: ignore[union-attr]  # a ColumnCall has no error slot
+            fail(piece, exc)
     return piece
+
+
+def fail(piece: Work, error: BaseException) -> None:
+    """Record ``error`` on a piece whose work came back without its outcome: a task or a
+    call fails with it, a column's rows each fail with it."""
+    match piece:
+        case BatchTask():
+            piece.error = error
+        case ItemCall() | ColumnCall():
+            _broke(piece, error)
+
+
+def unpack_reply(task: BatchTask, blob: bytes | memoryview) -> list[Event]:
+    """Fill ``task.outcome`` (or ``task.error``) from a `reply_batch`; returns the events
+    it raised."""
+    view = memoryview(blob)
+    if view[:1] == OK:
+        return unpack_outcome(task, view[1:])
+    task.error = unpack_error(view[1:])
+    return []
 
 
 def unpack_outcome(task: BatchTask, blob: bytes | memoryview) -> list[Event]:
@@ -438,22 +411,30 @@ def pack_call(call: ItemCall | ColumnCall) -> bytes:
         node_fingerprint(call.step.node) if call.settings and call.settings.cache else None,
     )
     try:
-        return bytes(_cloudpickle().dumps(state))
+        return bytes(cloudpickle().dumps(state))
     except Exception as exc:
         name = call.step.node.name
-        cause = _why(call.step)
+        cause = why(call.step)
         if cause is not None:
-            raise _cannot(f"node {name!r}", cause) from exc
+            raise cannot(f"node {name!r}", cause) from exc
         for param, value in zip(call.step.params, call.args):
-            cause = _why(value)
+            cause = why(value)
             if cause is not None:
-                raise _cannot(f"argument {param!r} of node {name!r}", cause) from exc
-        raise _cannot(f"the call of node {name!r}", exc) from exc
+                raise cannot(f"argument {param!r} of node {name!r}", cause) from exc
+        raise cannot(f"the call of node {name!r}", exc) from exc
 
 
 def run_call(blob: bytes) -> bytes:
-    """Run one node call (a Dask task); returns its outcome and events, packed: ``(ok,
-    value or error)`` for an item, ``(results, failed)`` for a column."""
+    """Run one node call (a Dask task): `OK` + its outcome and events, packed (``(ok,
+    value or error)`` for an item, ``(results, failed)`` for a column), or `FAILED` + the
+    packed error of a call that could not run. It never raises (see the module docstring)."""
+    try:
+        return OK + _run_call(blob)
+    except Exception as exc:
+        return FAILED + pack_error(exc)
+
+
+def _run_call(blob: bytes) -> bytes:
     from ._invoke import invoker_for
 
     column, step, args, shape, path, pos, settings, listen, fp = pickle.loads(blob)
@@ -471,15 +452,17 @@ def run_call(blob: bytes) -> bytes:
     else:
         call = ItemCall(step, invoker, args, shape, path, live, None, pos, settings)
     _DRIVER.run(call)
+    pickler = cloudpickle()
     try:
-        return bytes(_cloudpickle().dumps(_call_state(call, recorder.events)))
+        return bytes(pickler.dumps(_call_state(call, recorder.events)))
     except Exception:
         pass
+    fail_unsent_call(call)
     try:
-        return bytes(_cloudpickle().dumps(_call_state(call, recorder.events, portable=True)))
+        return bytes(pickler.dumps(_call_state(call, recorder.events, portable=True)))
     except Exception as exc:
         what = f"the result of node {step.node.name!r}"
-        raise _cannot(what, exc, "the driver").with_traceback(None) from None
+        raise cannot(what, exc, DRIVER) from None
 
 
 def _call_state(
@@ -489,23 +472,28 @@ def _call_state(
     ``(ok, value or error, events, tokens)`` for an item; ``portable``: errors that pickle
     (as `RemoteError` where they do not)."""
     if portable:
-        events = [_portable_event(e) for e in events]
+        events = [portable_event(e) for e in events]
     match call:
         case ColumnCall():
             failed = call.failed
             if portable:
-                failed = {pos: _portable_error(e) for pos, e in failed.items()}
+                failed = {pos: portable_error(e) for pos, e in failed.items()}
             return call.results, failed, events, call.tokens
         case ItemCall() if call.error is not None:
-            error = _portable_error(call.error) if portable else call.error
+            error = portable_error(call.error) if portable else call.error
             return False, error, events, call.tokens
         case ItemCall():
             return True, call.result, events, call.tokens
 
 
 def unpack_call(call: ItemCall | ColumnCall, blob: bytes) -> list[Event]:
-    """Fill the call's outcome from a worker's reply; returns the events it raised."""
-    first, second, events, call.tokens = pickle.loads(blob)
+    """Fill the call's outcome from a worker's reply (`run_call`); returns the events it
+    raised."""
+    view = memoryview(blob)
+    if view[:1] == FAILED:
+        fail(call, unpack_error(view[1:]))
+        return []
+    first, second, events, call.tokens = pickle.loads(view[1:])
     match call:
         case ColumnCall():
             call.results, call.failed = first, second

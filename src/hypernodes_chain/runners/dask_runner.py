@@ -75,7 +75,7 @@ class DaskDriver(SyncDriver):
                 listen = piece.local.bus.active
                 blob = _remote.pack_batch(piece)
                 return client.submit(
-                    _remote.run_batch, token, shared, blob, listen, pure=False, retries=retries
+                    _remote.reply_batch, token, shared, blob, listen, pure=False, retries=retries
                 )
             case ItemCall() | ColumnCall():
                 return client.submit(
@@ -86,12 +86,12 @@ class DaskDriver(SyncDriver):
         """The piece, filled from its finished task; the events it raised are published."""
         try:
             blob = future.result()
-        except Exception as exc:
-            piece.error = exc  # type: ignore[union-attr]  # a ColumnCall has no error slot
+        except Exception as exc:  # its worker died more often than ``retries``, ...
+            _remote.fail(piece, exc)
             return piece
         match piece:
             case BatchTask():
-                events = _remote.unpack_outcome(piece, blob)
+                events = _remote.unpack_reply(piece, blob)
                 return _remote.publish(piece, piece.local.bus, events)
             case ItemCall() | ColumnCall():
                 return _remote.publish(piece, piece.bus, _remote.unpack_call(piece, blob))
@@ -149,7 +149,8 @@ class DaskRunner(Runner):
         at most this many batches, whatever the length of the inputs.
     retries
         How often Dask runs a task again whose worker died (nothing is written twice: the
-        writer is on the driver).
+        writer is on the driver). An error in a node, or a value that cannot be pickled
+        back, is the item's failure and never retried: it would recur.
     cluster_options
         Keywords of the ``LocalCluster`` started when ``client`` is None
         (``n_workers``, ``threads_per_worker``, ``memory_limit``, ...).
