@@ -11,6 +11,7 @@ mistake, so ``except ValueError`` keeps working around graph construction::
     ├── PlanError                        (also ValueError) a request the graph cannot answer
     │   ├── MissingInputError            a required input was not given
     │   ├── UnknownInputError            an input (or output) name the graph does not know
+    │   ├── InputConflictError           an input overrides a node and leaves another input unused
     │   └── MapInputError                map inputs of unequal length, or not iterable
     ├── NodeError                        (also RuntimeError) a node raised; chained to its error
     ├── InterruptError                   (also RuntimeError) an interrupt nobody can answer
@@ -28,6 +29,7 @@ mistake, so ``except ValueError`` keeps working around graph construction::
 
     DotNotFoundError                     (RuntimeError) no Graphviz `dot` to render a diagram
     RemoteError                          (RuntimeError) a worker's error that did not pickle
+    RecordedError                        (RuntimeError) an item's error read back from _errors/
     CliError                             (Exception) a command-line usage error: exit code 2
     InputRecordError                     (ValueError) a CLI input record that cannot feed the graph
 
@@ -61,6 +63,7 @@ __all__ = [
     "GraphError",
     "GraphTypeError",
     "HypernodesError",
+    "InputConflictError",
     "InputRecordError",
     "InterruptError",
     "LLMOutputError",
@@ -70,6 +73,7 @@ __all__ = [
     "OllamaError",
     "OpenAIEngineError",
     "PlanError",
+    "RecordedError",
     "RemoteError",
     "ResumeError",
     "ResumeWarning",
@@ -111,6 +115,10 @@ class MissingInputError(PlanError):
 
 class UnknownInputError(PlanError):
     """An input or output name the graph does not know."""
+
+
+class InputConflictError(PlanError):
+    """An input named like a computed value replaces it, leaving another given input unused."""
 
 
 class MapInputError(PlanError):
@@ -175,6 +183,19 @@ class DotNotFoundError(RuntimeError):
 class RemoteError(RuntimeError):
     """An exception raised on a worker that could not be pickled back: its type, message
     and traceback as text."""
+
+
+class RecordedError(RuntimeError):
+    """An item's error read back from its failure record (a writer's ``_errors/``): the
+    original's type name and message, the exception object itself being gone."""
+
+    def __init__(self, message: str, error_type: str = "Exception", raw: str | None = None) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.raw = raw  # the reply of an LLM node that did not validate, when recorded
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (*self.args, self.error_type, self.raw))
 
 
 class CliError(Exception):

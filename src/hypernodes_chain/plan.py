@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .exceptions import MissingInputError, UnknownInputError
+from .exceptions import InputConflictError, MissingInputError, UnknownInputError
 from .graph import Graph
 from .node import Node
 
-__all__ = ["Plan", "Step", "build_plan", "normalize_outputs"]
+__all__ = ["Plan", "Step", "build_plan", "check_overrides", "normalize_outputs"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +30,7 @@ class Step:
     sources: tuple[str, ...]  # the value name each of those parameters reads
     positional: bool  # params are exactly the leading positional parameters
     output: str | None  # the single output's name (None for tuple outputs)
+    used: tuple[str, ...]  # the node's outputs that the plan reads or returns, not given
     plain: bool  # a plain sync function called positionally: the runners' fast path
     fetch: Callable[[Mapping[str, Any]], tuple[Any, ...]]  # values -> this step's arguments
 
@@ -46,6 +47,7 @@ class Plan:
     dependents: tuple[tuple[int, ...], ...]  # per step: the steps that wait for it
     simple: bool  # every step is a plain function with one output (inline-able)
     readers: Mapping[str, int]  # value name -> how many steps read it (its last use)
+    shadowed: Mapping[str, tuple[str, ...]]  # override -> the given inputs it leaves unused
     memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """Scratch space of the execution layer (its choices per step), kept with the plan."""
 
@@ -64,10 +66,15 @@ def normalize_outputs(output_name: str | Iterable[str] | None) -> tuple[str, ...
 def build_plan(graph: Graph, output_name: str | Iterable[str] | None, given: Iterable[str]) -> Plan:
     """The plan for ``output_name`` (every output when None) from inputs named ``given``.
 
+    A given input named like a computed value overrides it (`check_overrides` refuses
+    one that leaves another given input unused); a given input that no node reads is
+    returned as given when it is requested.
+
     Raises
     ------
     UnknownInputError
-        An input or requested output that the graph does not have.
+        An input that nothing reads nor requests, or a requested output that the graph
+        does not have.
     MissingInputError
         A required input that is not given, naming the nodes that need it.
     """
@@ -87,16 +94,42 @@ def _suggest(name: str, choices: Iterable[str]) -> str:
 
 
 def _build(graph: Graph, outputs: tuple[str, ...] | None, given: frozenset[str]) -> Plan:
+    wanted = graph.outputs if outputs is None else outputs
+    _check_names(graph, wanted, given)
+    selected, seen = _select(graph, wanted, given)
+    available = given | {o for n in graph.nodes if id(n) in selected for o in n.outputs}
+    chosen = [n for n in graph.nodes if id(n) in selected]
+    read = {n.input_map[p] for n in chosen for p in n.parameters} & available
+    used = (read | set(wanted)) - given
+    steps = tuple(_step(n, available, used) for n in chosen)
+    made_by = {o: i for i, st in enumerate(steps) for o in st.node.outputs}
+    waits = [{made_by[s] for s in st.sources if s in made_by and s not in given} for st in steps]
+    dependents = tuple(tuple(j for j, w in enumerate(waits) if i in w) for i in range(len(steps)))
+    return Plan(
+        graph=graph,
+        steps=steps,
+        outputs=tuple(wanted),
+        given=given,
+        n_deps=tuple(len(w) for w in waits),
+        dependents=dependents,
+        simple=all(st.plain and st.output is not None for st in steps),
+        readers=dict(Counter(s for st in steps for s in st.sources)),
+        shadowed=_shadowed(graph, given, seen),
+    )
+
+
+def _check_names(graph: Graph, wanted: tuple[str, ...], given: frozenset[str]) -> None:
+    """Every given input is read by some node or requested as an output; every requested
+    output is produced or given."""
     known_inputs = graph.inputs + graph.optional_inputs
     for name in sorted(given):
-        if name not in known_inputs and graph.producer_of(name) is None:
+        if name not in known_inputs and graph.producer_of(name) is None and name not in wanted:
             msg = (
                 f"unknown input {name!r} for graph {graph.name!r}"
                 f"{_suggest(name, known_inputs + graph.outputs)}; "
                 f"its inputs are {list(known_inputs)}"
             )
             raise UnknownInputError(msg)
-    wanted = graph.outputs if outputs is None else outputs
     for name in wanted:
         if graph.producer_of(name) is None and name not in given:
             msg = (
@@ -105,6 +138,12 @@ def _build(graph: Graph, outputs: tuple[str, ...] | None, given: frozenset[str])
             )
             raise UnknownInputError(msg)
 
+
+def _select(
+    graph: Graph, wanted: tuple[str, ...], given: frozenset[str]
+) -> tuple[set[int], set[str]]:
+    """The ids of the nodes that ``wanted`` needs, and every value name reached (a given
+    name stops the walk: it overrides its producer)."""
     selected: set[int] = set()
     missing: dict[str, list[str]] = {}
     stack = list(wanted)
@@ -135,24 +174,63 @@ def _build(graph: Graph, outputs: tuple[str, ...] | None, given: frozenset[str])
             ", ".join(parts)
         )
         raise MissingInputError(msg)
-    available = given | {o for n in graph.nodes if id(n) in selected for o in n.outputs}
-    steps = tuple(_step(n, available) for n in graph.nodes if id(n) in selected)
-    made_by = {o: i for i, st in enumerate(steps) for o in st.node.outputs}
-    waits = [{made_by[s] for s in st.sources if s in made_by and s not in given} for st in steps]
-    dependents = tuple(tuple(j for j, w in enumerate(waits) if i in w) for i in range(len(steps)))
-    return Plan(
-        graph=graph,
-        steps=steps,
-        outputs=tuple(wanted),
-        given=given,
-        n_deps=tuple(len(w) for w in waits),
-        dependents=dependents,
-        simple=all(st.plain and st.output is not None for st in steps),
-        readers=dict(Counter(s for st in steps for s in st.sources)),
-    )
+    return selected, seen
 
 
-def _step(node: Node[..., Any], available: frozenset[str] | set[str]) -> Step:
+def _shadowed(graph: Graph, given: frozenset[str], seen: set[str]) -> dict[str, tuple[str, ...]]:
+    """Per override (a given input named like a computed value that the plan reads or
+    returns): the other given inputs that its producer would have read, directly or
+    through other nodes, and that nothing else in the plan reads."""
+    overrides = sorted(n for n in given & seen if graph.producer_of(n) is not None)
+    out: dict[str, tuple[str, ...]] = {}
+    for name in overrides:
+        upstream: set[str] = set()
+        stack = list(graph.producer_of(name).inputs)  # type: ignore[union-attr]
+        while stack:
+            inp = stack.pop()
+            if inp in upstream:
+                continue
+            upstream.add(inp)
+            producer = graph.producer_of(inp)
+            if producer is not None:
+                stack.extend(producer.inputs)
+        lost = sorted((upstream & given) - seen)
+        if lost:
+            out[name] = tuple(lost)
+    return out
+
+
+def check_overrides(plan: Plan) -> None:
+    """Refuse a request whose override leaves another given input unused.
+
+    An input named like a computed value replaces that value; when the node it replaces
+    was the only reader of another given input, the request says two things at once.
+
+    Raises
+    ------
+    InputConflictError
+        Naming the override, the node it replaces and the inputs left unused.
+    """
+    if not plan.shadowed:
+        return
+    parts = []
+    for name, lost in plan.shadowed.items():
+        producer = plan.graph.producer_of(name)
+        assert producer is not None  # an override replaces a produced value
+        what = f"node {name!r}"
+        if producer.name != name:
+            what = f"the output {name!r} of node {producer.name!r}"
+        unused = (
+            f"input {lost[0]!r} is"
+            if len(lost) == 1
+            else f"inputs {', '.join(repr(n) for n in lost)} are"
+        )
+        parts.append(f"input {name!r} replaces {what}, so {unused} not used")
+    msg = f"graph {plan.graph.name!r}: " + "; ".join(parts) + ": pass one of them"
+    raise InputConflictError(msg)
+
+
+def _step(node: Node[..., Any], available: frozenset[str] | set[str], used: set[str]) -> Step:
     params: list[str] = []
     sources: list[str] = []
     for param in node.parameters:
@@ -171,6 +249,7 @@ def _step(node: Node[..., Any], available: frozenset[str] | set[str]) -> Step:
         sources=tuple(sources),
         positional=positional,
         output=node.outputs[0] if len(node.outputs) == 1 and node.kind != "graph" else None,
+        used=tuple(o for o in node.outputs if o in used),
         plain=positional and node.kind == "sync" and not node.batch and node.direct,
         fetch=_fetcher(tuple(sources)),
     )

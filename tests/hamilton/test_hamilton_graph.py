@@ -98,13 +98,14 @@ def test_inputs_optional_inputs_and_private_helpers() -> None:
     assert out == {"report": "eu:2 total=30.00"}
 
 
-def test_config_values_are_constant_nodes_only_where_read() -> None:
+def test_every_config_value_is_a_constant_node() -> None:
     eu = from_modules(hamilton_basic, config={"region": "eu"})
     region = eu.producer_of("region")
     assert isinstance(region, ConfigNode) and region.value == "eu" and region.inputs == ()
     assert "region" not in eu.inputs
     us = from_modules(hamilton_basic, config={"region": "us", "unused": 1})
-    assert us.producer_of("region") is None and "unused" not in us.outputs  # nothing reads them
+    # read by @config.when only, or by nothing: still nodes, as in Hamilton
+    assert us.producer_of("region").value == "us" and us.producer_of("unused").value == 1
     assert us.producer_of("label").spec.originating == (hamilton_basic.label__other,)
 
 

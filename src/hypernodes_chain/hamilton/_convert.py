@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import types
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from .._modules import import_file
 from .._optional import optional
 from ..graph import Graph
 from ..node import Node
-from ._nodes import ConfigNode, HamiltonNode, NodeSpec
+from ._nodes import ConfigNode, HamiltonNode, NodeSpec, _identifier
 
 __all__ = ["from_modules"]
 
@@ -40,7 +43,9 @@ def _telemetry_off() -> Iterator[None]:
 
 
 def from_modules(
-    *modules: types.ModuleType, config: Mapping[str, Any] | None = None, name: str | None = None
+    *modules: types.ModuleType | str | os.PathLike[str],
+    config: Mapping[str, Any] | None = None,
+    name: str | None = None,
 ) -> Graph:
     """A `Graph` of the Hamilton dataflow defined by ``modules``.
 
@@ -48,10 +53,11 @@ def from_modules(
     ----------
     modules
         Modules of Hamilton functions (function name = output, parameters = dependencies;
-        ``_private`` functions are skipped), resolved by Hamilton itself.
+        ``_private`` functions are skipped), resolved by Hamilton itself, or paths of
+        ``.py`` files to import as such modules.
     config
-        Hamilton's config: it chooses ``@config.when`` functions and feeds nodes that read a
-        config key (as constants of the graph).
+        Hamilton's config: it chooses ``@config.when`` functions, and every key becomes a
+        constant node of the graph (read by nodes, or requested as an output).
     name
         The graph's name (default: the modules' names).
 
@@ -62,6 +68,10 @@ def from_modules(
 
     Raises
     ------
+    TypeError
+        No module, or something that is neither a module nor a ``.py`` path.
+    FileNotFoundError, ImportError
+        A ``.py`` path that is no file, or whose import fails.
     ValueError
         Hamilton rejects the modules (its own message), or a ``Parallelizable`` block is
         never collected, or a node mixes values of two different blocks.
@@ -69,13 +79,39 @@ def from_modules(
     if not modules:
         msg = "from_modules needs at least one module of Hamilton functions"
         raise TypeError(msg)
+    loaded = [_as_module(m) for m in modules]
     config = dict(config or {})
     with _telemetry_off():
         hgraph = _hamilton("hamilton.graph")
         _hamilton("hamilton.htypes")
-        resolved: dict[str, Any] = hgraph.create_function_graph(*modules, config=config)
-    label = name or "+".join(m.__name__.rpartition(".")[2] for m in modules)
+        resolved: dict[str, Any] = hgraph.create_function_graph(*loaded, config=config)
+    label = name or "+".join(m.__name__.rpartition(".")[2] for m in loaded)
     return _Converter(resolved, config).graph(label)
+
+
+def _as_module(source: object) -> types.ModuleType:
+    if isinstance(source, types.ModuleType):
+        return source
+    if isinstance(source, (str, os.PathLike)) and os.fspath(source).endswith(".py"):
+        return import_dataflow_file(os.fspath(source))
+    hint = ""
+    if isinstance(source, str):
+        hint = f"; for a module name, pass importlib.import_module({source!r})"
+    msg = (
+        f"from_modules takes modules or paths of .py files, got {type(source).__name__} "
+        f"{source!r}{hint}"
+    )
+    raise TypeError(msg)
+
+
+def import_dataflow_file(path: str) -> types.ModuleType:
+    """The ``.py`` file at ``path`` imported under its stem (a private name when another
+    module already has that name), its folder first on ``sys.path``."""
+    file = Path(path)
+    name = _identifier(file.stem, "dataflow")
+    if name in sys.modules and getattr(sys.modules[name], "__file__", None) != str(file.resolve()):
+        name = f"_hypernodes_dataflow_{name}"
+    return import_file(path, name)
 
 
 class _Converter:
@@ -89,9 +125,11 @@ class _Converter:
 
     def __init__(self, resolved: Mapping[str, Any], config: Mapping[str, Any]) -> None:
         self.computed = [n for n in resolved.values() if not n.user_defined]
-        used = {dep for n in self.computed for dep in n.input_types}
+        # every config key is a node, as in Hamilton (one that names a function replaces it)
         self.config_nodes = [
-            ConfigNode(k, v) for k, v in config.items() if k in used and resolved[k].user_defined
+            ConfigNode(k, v)
+            for k, v in config.items()
+            if k not in resolved or resolved[k].user_defined
         ]
         self.level_of: dict[str, tuple[str, ...]] = {}  # value name -> its level
         self.node_level: dict[str, tuple[str, ...]] = {}

@@ -7,17 +7,13 @@ import difflib
 import importlib
 import json
 import os
-import sys
 import types
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-from .._modules import import_file
 from .._optional import optional
 from ..graph import Graph
-from ._convert import _telemetry_off, from_modules
-from ._nodes import _identifier
+from ._convert import _telemetry_off, from_modules, import_dataflow_file
 
 __all__ = ["is_dataflow", "load_dataflow", "parse_config"]
 
@@ -87,11 +83,7 @@ def _import(source: str | os.PathLike[str]) -> types.ModuleType:
     text = os.fspath(source)
     if not text.endswith(".py"):
         return importlib.import_module(text)
-    path = Path(text)
-    name = _identifier(path.stem, "dataflow")
-    if name in sys.modules and getattr(sys.modules[name], "__file__", None) != str(path.resolve()):
-        name = f"_hypernodes_dataflow_{name}"
-    return import_file(text, name)
+    return import_dataflow_file(text)
 
 
 def _pruned(graph: Graph, outputs: str | Sequence[str]) -> Graph:

@@ -15,7 +15,7 @@ from ..events import EventBus, Subscriber
 from ..exceptions import MapInputError, UnknownInputError
 from ..graph import Graph
 from ..interrupts import Session
-from ..plan import Plan, build_plan
+from ..plan import Plan, build_plan, check_overrides
 from ..results import MapResult, Writer
 from . import _nested  # noqa: F401  (registers the invoker of nested graphs)
 from ._flows import item_flow
@@ -104,6 +104,7 @@ class BaseRunner:
     ) -> tuple[Flow[tuple[dict[str, Any], Keys]], tuple[str, ...]]:
         _check_graph(graph)
         plan = build_plan(graph, output_name, inputs)
+        check_overrides(plan)
         ctx = self._context(handlers, **context)
         return item_flow(plan, dict(inputs), ctx), plan.outputs
 
@@ -133,6 +134,7 @@ class BaseRunner:
         inputs = as_inputs(inputs, over)  # a table's columns, if a table was given
         _check_map_args(inputs, over, map_mode, batch_size, on_error)
         plan = build_plan(graph, output_name, inputs)
+        check_overrides(plan)  # once per map, not per item
         ctx = self._context(handlers, on_error, **context)
         return map_flow(
             plan,

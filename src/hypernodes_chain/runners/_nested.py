@@ -4,9 +4,10 @@ A call of a nested graph drives a flow of its own with the same driver: the inne
 for one item (`item_flow`), or, when the node maps over some inputs, the inner plan over
 their elements as one batch (`batch_columns`). The invoker builds that flow through the
 ``flow`` / ``flows`` hooks of the invoker protocol, so the core only asks whether a call
-carries a flow. The inner plan holds only what the outputs used outside need; the inner
-nodes cache themselves (the graph node's own result is never cached). It registers itself
-for `GraphNode`, as ``llm.py`` does for LLM nodes.
+carries a flow. The inner plan holds only what the outputs used outside need (`Step.used`;
+an output nobody outside reads is not computed, None holds its place); the inner nodes
+cache themselves (the graph node's own result is never cached). It registers itself for
+`GraphNode`, as ``llm.py`` does for LLM nodes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable
 
 from .. import hashing
 from ..graph import GraphNode
-from ..plan import Step, build_plan
+from ..plan import Plan, Step, build_plan
 from ._effects import Body, Nested
 from ._flows import batch_columns, item_flow
 from ._invoke import NodeInvoker, register_invoker
@@ -55,31 +56,41 @@ def graph_flow(call: ItemCall, node: GraphNode, ctx: Context, keys: Keys | None)
     if keys is not None:
         inner_keys = {p: keys.get(s) for p, s in zip(step.params, step.sources)}
     path = (*call.path, node.name)
-    inner_outputs = tuple(node.output_map)
+    inner_outputs = _used_inner_outputs(node, step)
     over = [p for p, s in zip(step.params, step.sources) if s in node.map_over]
 
     def flow() -> Flow[object]:
+        plan = build_plan(node.graph, inner_outputs, inner_values)
         if not over:
-            plan = build_plan(node.graph, inner_outputs, inner_values)
             values, _ = yield from item_flow(
                 plan, inner_values, ctx, index=call.index, path=path, keys=inner_keys
             )
-            result = tuple(values[o] for o in inner_outputs)
+            made = {o: values[o] for o in inner_outputs}
         else:
-            result = yield from _mapped_graph(node, ctx, inner_values, inner_keys, over, path)
+            made = yield from _mapped_graph(node, plan, ctx, inner_values, inner_keys, over, path)
+        # an output nobody outside reads was not computed: None holds its place
+        result = tuple(made.get(inner) for inner in node.output_map)
         return result if len(result) != 1 else result[0]
 
     return flow
 
 
+def _used_inner_outputs(node: GraphNode, step: Step) -> tuple[str, ...]:
+    """The inner outputs behind the node's outputs that the outer plan reads or returns
+    (`Step.used`), so the inner plan holds only the inner nodes those need."""
+    used = set(step.used)
+    return tuple(inner for inner, outer in zip(node.output_map, node.outputs) if outer in used)
+
+
 def _mapped_graph(
     node: GraphNode,
+    plan: Plan,
     ctx: Context,
     values: dict[str, object],
     keys: Keys | None,
     over: list[str],
     path: tuple[str, ...],
-) -> Flow[tuple[list[object], ...]]:
+) -> Flow[dict[str, list[object]]]:
     lists = {p: list(values[p]) for p in over}  # type: ignore[call-overload]
     lengths = {p: len(v) for p, v in lists.items()}
     if len(set(lengths.values())) > 1:
@@ -92,8 +103,6 @@ def _mapped_graph(
     if keys is not None:
         key_cols = {p: [_elem_key(keys.get(p), i) for i in range(n)] for p in over}
         const_keys = {p: keys.get(p) for p in constants}
-    inner_outputs = tuple(node.output_map)
-    plan = build_plan(node.graph, inner_outputs, values)
     out = yield from batch_columns(
         plan,
         lists,
@@ -105,7 +114,7 @@ def _mapped_graph(
         constant_keys=const_keys,
         raise_errors=True,
     )
-    return tuple(list(out.column(o, n)) for o in inner_outputs)
+    return {o: list(out.column(o, n)) for o in plan.outputs}
 
 
 def _elem_key(list_key: str | None, i: int) -> str | None:
