@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,3 +113,18 @@ def _final_frame_is_complete(nb: object) -> None:
 
 def test_there_are_notebooks() -> None:
     assert NOTEBOOKS, "notebooks/ holds no .ipynb file"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_is_stored_with_its_outputs(path: Path) -> None:
+    """Read on GitHub or opened without a kernel, the notebook shows what it does: every
+    code cell that prints or ends in a value has its output, and no empty ``<pre></pre>``
+    display is left among them."""
+    nb = json.loads(path.read_text())
+    cells = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    silent = [c for c in cells if not c["outputs"]]
+    assert len(silent) <= 2, "the notebook is stored without its outputs"  # set-up, clean-up
+    for cell in cells:
+        for out in cell["outputs"]:
+            html = "".join(out.get("data", {}).get("text/html", ["x"]))
+            assert not re.fullmatch(r"<pre[^>]*></pre>\s*", html), "an empty display is stored"
