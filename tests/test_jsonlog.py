@@ -72,6 +72,7 @@ def test_one_line_per_event_in_order():
         "n_failed": 0,
         "prompt_tokens": 0,  # a node that calls no engine
         "completion_tokens": 0,
+        "batch": 0,  # the first item of the batch the event covers
     }
     assert list(lines[-1])[:3] == ["event", "time", "path"]
     assert lines[-1]["n_ok"] == 3

@@ -8,12 +8,17 @@ A subscriber that raises (an ``Exception``) stops the run with a `CallbackError`
 and the event, its exception chained; ``KeyboardInterrupt`` and ``SystemExit`` pass as
 they are. It is never an item failure, not even when it was raised inside a node's code
 (a `StreamingChunkEvent`, an `InterruptEvent`) and the node's error handling caught it.
+
+Every event is stamped with the wall-clock time it was made (``time_ns``) where it was
+made: on a Dask worker or in a Daft process for the work done there, so an observer on the
+driver (`tracing.OpenTelemetryCallback`) sees when the work happened, not when it came back.
 """
 
 from __future__ import annotations
 
 import reprlib
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,9 +45,11 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """Base of every event: ``path`` holds the names of the enclosing graphs."""
+    """Base of every event: ``path`` holds the names of the enclosing graphs; ``time_ns``
+    when the event was made (ns since the epoch, by the clock of the process that made it)."""
 
     path: tuple[str, ...]
+    time_ns: int = field(default_factory=time.time_ns, kw_only=True, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +74,7 @@ class NodeStarted(Event):
     node: str
     index: int | None = None  # the item (None for a whole batch)
     n_items: int = 1
+    batch: int | None = None  # a batch's event: the index of the batch's first item
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +92,7 @@ class NodeFinished(Event):
     n_failed: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    batch: int | None = None  # a batch's event: the index of the batch's first item
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +104,7 @@ class NodeFailed(Event):
     error: BaseException
     index: int | None = None
     n_items: int = 1
+    batch: int | None = None  # a batch's event: the index of the batch's first item
 
 
 @dataclass(frozen=True, slots=True)

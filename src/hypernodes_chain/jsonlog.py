@@ -23,7 +23,9 @@ from .events import BatchFinished, Event, GraphFinished, MapFinished
 __all__ = ["JsonLogCallback", "event_record"]
 
 _FIELDS: dict[type[Event], tuple[str, ...]] = {}
-_SKIP = frozenset({"graph_obj"})  # live objects some events may carry for in-process viewers
+# live objects some events may carry for in-process viewers; the event's own stamp (``time``
+# is the line's)
+_SKIP = frozenset({"graph_obj", "time_ns"})
 
 
 def _encode(value: Any) -> Any:

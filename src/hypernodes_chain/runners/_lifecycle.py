@@ -49,8 +49,15 @@ KeyColumns = dict[str, list[str | None]]
 # -- the events ---------------------------------------------------------------------------
 
 
-def _started(bus: EventBus, path: tuple[str, ...], step: Step, index: int | None, n: int) -> None:
-    bus.publish(NodeStarted(path=path, node=step.node.name, index=index, n_items=n))
+def _started(
+    bus: EventBus,
+    path: tuple[str, ...],
+    step: Step,
+    index: int | None,
+    n: int,
+    batch: int | None = None,
+) -> None:
+    bus.publish(NodeStarted(path=path, node=step.node.name, index=index, n_items=n, batch=batch))
 
 
 def _finished(
@@ -64,9 +71,11 @@ def _finished(
     n_cached: int = 0,
     n_failed: int = 0,
     tokens: tuple[int, int] | None = None,
+    batch: int | None = None,
 ) -> None:
     """``t0`` None: every item came from the cache (no time spent in the node).
-    ``tokens``: the (prompt, completion) tokens of the engine calls the node made."""
+    ``tokens``: the (prompt, completion) tokens of the engine calls the node made.
+    ``batch``: the first item of the batch the event covers (None for one item's call)."""
     prompt_tokens, completion_tokens = tokens or (0, 0)
     bus.publish(
         NodeFinished(
@@ -80,6 +89,7 @@ def _finished(
             n_failed=n_failed,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
+            batch=batch,
         )
     )
 
@@ -91,9 +101,13 @@ def _failed(
     error: BaseException,
     index: int | None,
     n: int,
+    batch: int | None = None,
 ) -> None:
     """One event for the ``n`` items that failed in ``step`` (``index``: the first)."""
-    bus.publish(NodeFailed(path=path, node=step.node.name, error=error, index=index, n_items=n))
+    event = NodeFailed(
+        path=path, node=step.node.name, error=error, index=index, n_items=n, batch=batch
+    )
+    bus.publish(event)
 
 
 def _cacheable(ctx: Context, invoker: Invoker, key: str | None) -> bool:
@@ -236,7 +250,7 @@ class Batch:
         index = self.indices[pos]
         if self.raise_errors:
             if self.bus is not None:
-                _failed(self.bus, self.path, step, error, index, 1)
+                _failed(self.bus, self.path, step, error, index, 1, self.indices[0])
             raise node_error(step, error, index, self.path) from error
         if pos not in self.failures:  # the first node that failed the item tells its story
             self.failures[pos] = ItemFailure.from_exception(index, step.node.name, error, self.path)
@@ -256,10 +270,10 @@ def begin_column(pos: int, step: Step, invoker: Invoker, b: Batch) -> ColumnCall
     positions = [p for p in b.alive if p not in hit_set] if hits else list(b.alive)
     n_items = len(positions) + len(hits)
     if b.bus is not None:
-        _started(b.bus, b.path, step, None, n_items)
+        _started(b.bus, b.path, step, None, n_items, b.indices[0])
     if not positions:
         if b.bus is not None:
-            _finished(b.bus, b.path, step, None, n=n_items, n_cached=len(hits))
+            _finished(b.bus, b.path, step, None, n=n_items, n_cached=len(hits), batch=b.indices[0])
         return None
     call = _column_call(pos, step, invoker, b, positions)
     call.positions, call.keys, call.hits = positions, keys, len(hits)
@@ -331,7 +345,7 @@ def end_column(call: ColumnCall, b: Batch) -> None:
     if b.bus is not None:
         n, hits = len(positions) + call.hits, call.hits
         _finished(b.bus, b.path, step, call.t0, n=n, n_cached=hits, n_failed=n_failed,
-                  tokens=call.tokens)  # fmt: skip
+                  tokens=call.tokens, batch=b.indices[0])  # fmt: skip
 
 
 def _store_rows(call: ColumnCall, b: Batch) -> int:
@@ -361,7 +375,7 @@ def _store_rows(call: ColumnCall, b: Batch) -> int:
     if gone:
         if b.bus is not None:
             first, error = gone[0]
-            _failed(b.bus, b.path, step, error, b.indices[first], len(gone))
+            _failed(b.bus, b.path, step, error, b.indices[first], len(gone), b.indices[0])
         dead = {pos for pos, _ in gone}
         b.alive = [p for p in b.alive if p not in dead]
     return len(gone)
@@ -383,7 +397,7 @@ def begin_constant(pos: int, step: Step, invoker: Invoker, b: Batch) -> ItemCall
             fp = invoker.fingerprint(step.node, ctx.settings)
             call.key = chain_key(fp, list(keys.values()))
     if b.bus is not None:
-        _started(b.bus, b.path, step, None, len(b.alive))
+        _started(b.bus, b.path, step, None, len(b.alive), b.indices[0])
     call.t0 = _perf()
     if _cacheable(ctx, invoker, call.key):
         hit = ctx.cache.get(call.key)  # type: ignore[union-attr,arg-type]
@@ -416,7 +430,7 @@ def _store_constant(call: ItemCall, b: Batch, *, cached: bool) -> None:
         n = len(b.alive)
         t0 = None if cached else call.t0
         _finished(b.bus, b.path, call.step, t0, n=n, n_cached=n if cached else 0,
-                  tokens=call.tokens)  # fmt: skip
+                  tokens=call.tokens, batch=b.indices[0])  # fmt: skip
 
 
 def _fail_all(call: ItemCall, b: Batch, error: BaseException) -> None:
@@ -426,6 +440,6 @@ def _fail_all(call: ItemCall, b: Batch, error: BaseException) -> None:
         b.fail(call.step, pos, error)
     if b.bus is not None:
         if n:
-            _failed(b.bus, b.path, call.step, error, b.indices[b.alive[0]], n)
-        _finished(b.bus, b.path, call.step, call.t0, n=n, n_failed=n)
+            _failed(b.bus, b.path, call.step, error, b.indices[b.alive[0]], n, b.indices[0])
+        _finished(b.bus, b.path, call.step, call.t0, n=n, n_failed=n, batch=b.indices[0])
     b.alive = []
