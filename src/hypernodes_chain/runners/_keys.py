@@ -145,6 +145,8 @@ def store(
     key: str | None,
 ) -> None:
     for name, value in zip(step.node.outputs, unpack(step, result)):
+        if name not in step.used:  # given (an override) or read by nobody
+            continue
         values[name] = value
         if keys is not None:
             keys[name] = output_key(step, key, name, value)

@@ -234,6 +234,8 @@ class Batch:
     def put(self, step: Step, pos: int, result: object, key: str | None) -> None:
         """The outputs of ``step`` for the item at ``pos`` (raises TypeError on a misfit)."""
         for name, value in zip(step.node.outputs, unpack(step, result)):
+            if name not in step.used:  # given (an override) or read by nobody
+                continue
             col = self.columns.get(name)
             if col is None:
                 col = self.columns[name] = [None] * self.n
