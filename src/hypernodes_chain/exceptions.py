@@ -11,7 +11,7 @@ mistake, so ``except ValueError`` keeps working around graph construction::
     ├── PlanError                        (also ValueError) a request the graph cannot answer
     │   ├── MissingInputError            a required input was not given
     │   ├── UnknownInputError            an input (or output) name the graph does not know
-    │   ├── InputConflictError           an input overrides a node and leaves another input unused
+    │   ├── InputConflictError           an override leaves an input unused; a bound input given
     │   └── MapInputError                map inputs of unequal length, or not iterable
     ├── NodeError                        (also RuntimeError) a node raised; chained to its error
     ├── InterruptError                   (also RuntimeError) an interrupt nobody can answer
@@ -118,7 +118,8 @@ class UnknownInputError(PlanError):
 
 
 class InputConflictError(PlanError):
-    """An input named like a computed value replaces it, leaving another given input unused."""
+    """An input named like a computed value replaces it, leaving another given input unused;
+    or an input that the graph binds (`Graph.bind`) is given again."""
 
 
 class MapInputError(PlanError):

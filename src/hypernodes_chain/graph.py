@@ -6,12 +6,14 @@ into another graph with `as_node`, but it never executes anything.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, cast
 
 from . import _types
-from .exceptions import CycleError, DuplicateOutputError, GraphTypeError
+from .exceptions import CycleError, DuplicateOutputError, GraphTypeError, UnknownInputError
 from .node import Node, node
 
 __all__ = ["Graph", "GraphNode"]
@@ -39,6 +41,7 @@ class Graph:
 
     __slots__ = (
         "__weakref__",
+        "_bound",
         "_producer",
         "inputs",
         "name",
@@ -53,6 +56,7 @@ class Graph:
     optional_inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     _producer: dict[str, Node[..., Any]]
+    _bound: Mapping[str, Any]
 
     def __init__(
         self, nodes: Iterable[Node[..., Any] | Callable[..., Any]], name: str | None = None
@@ -83,6 +87,7 @@ class Graph:
         s(self, "outputs", tuple(o for n in ordered for o in n.outputs))
         s(self, "inputs", tuple(k for k, req in needed.items() if req))
         s(self, "optional_inputs", tuple(k for k, req in needed.items() if not req))
+        s(self, "_bound", _NOTHING_BOUND)
 
     def __setattr__(self, key: str, value: object) -> None:
         msg = f"Graph is immutable; cannot set {key!r} (build a new Graph instead)"
@@ -91,7 +96,54 @@ class Graph:
     def __reduce__(self) -> tuple[Any, ...]:
         # rebuilt (and validated again) from its nodes, which are in topological order:
         # the stable sort gives that same order back
+        if self._bound:
+            return (_restore_bound, (type(self), self.nodes, self.name, dict(self._bound)))
         return (type(self), (self.nodes, self.name))
+
+    @property
+    def bound(self) -> Mapping[str, Any]:
+        """The inputs fixed by `bind`, name -> value (read-only)."""
+        return self._bound
+
+    def bind(self, **values: Any) -> Graph:
+        """A copy of this graph whose named inputs are fixed to ``values``.
+
+        The names leave `inputs` / `optional_inputs` and are listed in `bound`. Runners
+        pass a bound value to every run and every map item as a constant input (never
+        mapped over), so it enters cache keys exactly as the same value given as an
+        input would; a graph node built with `as_node` does the same inside. Binding a
+        bound name again replaces its value. Passing a bound name to a runner is an
+        `InputConflictError`: bind it again to change it.
+
+        Raises
+        ------
+        UnknownInputError
+            A name that is not an input of the graph (an output of a node included).
+        """
+        for name in values:
+            self._check_bindable(name)
+        new = object.__new__(type(self))
+        s = object.__setattr__
+        for slot in ("name", "nodes", "_producer", "outputs"):
+            s(new, slot, getattr(self, slot))
+        s(new, "inputs", tuple(i for i in self.inputs if i not in values))
+        s(new, "optional_inputs", tuple(i for i in self.optional_inputs if i not in values))
+        s(new, "_bound", MappingProxyType({**self._bound, **values}))
+        return new
+
+    def _check_bindable(self, name: str) -> None:
+        known = self.inputs + self.optional_inputs + tuple(self._bound)
+        if name in known:
+            return
+        producer = self._producer.get(name)
+        if producer is not None:
+            what = f"it is an output of node {producer.name!r} in graph {self.name!r}, not an input"
+        else:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            what = f"graph {self.name!r} has no input of that name{hint}"
+        msg = f"cannot bind {name!r}: {what}; its inputs are {list(known)}"
+        raise UnknownInputError(msg)
 
     @staticmethod
     def from_modules(*modules: Any, config: Mapping[str, Any] | None = None) -> Graph:
@@ -163,10 +215,20 @@ class Graph:
         return viz.rich_tree(self)
 
     def __repr__(self) -> str:
+        bound = f", bound={list(self._bound)}" if self._bound else ""
         return (
-            f"<Graph {self.name!r}: {len(self.nodes)} nodes, inputs={list(self.inputs)}, "
+            f"<Graph {self.name!r}: {len(self.nodes)} nodes, inputs={list(self.inputs)}{bound}, "
             f"outputs={list(self.outputs)}>"
         )
+
+
+_NOTHING_BOUND: Mapping[str, Any] = MappingProxyType({})
+
+
+def _restore_bound(
+    cls: type[Graph], nodes: tuple[Node[..., Any], ...], name: str, bound: dict[str, Any]
+) -> Graph:
+    return cls(nodes, name).bind(**bound)
 
 
 class GraphNode(Node[..., Any]):
@@ -227,9 +289,12 @@ class GraphNode(Node[..., Any]):
         return {}
 
     def fingerprint_parts(self) -> list[tuple[str, Any]]:
-        """A nested graph changes when its wiring or any inner node changes."""
+        """A nested graph changes when its wiring, any inner node or a bound value changes."""
         wiring = ("graph", self.outputs, self.map_over, sorted(self.input_map.items()))
-        return [("value", wiring), *(("node", inner) for inner in self.graph.nodes)]
+        parts = [("value", wiring), *(("node", inner) for inner in self.graph.nodes)]
+        if self.graph.bound:  # an unbound graph keeps the fingerprint it always had
+            parts.append(("value", ("bound", dict(self.graph.bound))))
+        return parts
 
     def output_type(self, output: str) -> Any:
         if self.map_over:

@@ -18,7 +18,7 @@ from .exceptions import InputConflictError, MissingInputError, UnknownInputError
 from .graph import Graph
 from .node import Node
 
-__all__ = ["Plan", "Step", "build_plan", "check_overrides", "normalize_outputs"]
+__all__ = ["Plan", "Step", "build_plan", "check_overrides", "normalize_outputs", "with_bound"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +88,39 @@ def build_plan(graph: Graph, output_name: str | Iterable[str] | None, given: Ite
     return plan
 
 
+def with_bound(
+    graph: Graph, inputs: Mapping[str, object], map_over: Iterable[str] = ()
+) -> Mapping[str, object]:
+    """``inputs`` with the values that ``graph`` binds (`Graph.bind`) added.
+
+    A runner plans and runs with the result, so a bound value is given like any
+    constant input (the same cache keys); in a map it is never mapped over.
+
+    Raises
+    ------
+    InputConflictError
+        ``inputs`` or ``map_over`` name a bound input.
+    """
+    bound = graph.bound
+    if not bound:
+        return inputs
+    for name in inputs:
+        if name in bound:
+            msg = (
+                f"graph {graph.name!r} binds {name!r} (graph.bind), so inputs cannot give it "
+                f"too; to change its value, bind it again: graph.bind({name}=...)"
+            )
+            raise InputConflictError(msg)
+    for name in map_over:
+        if name in bound:
+            msg = (
+                f"graph {graph.name!r} binds {name!r} (graph.bind), so map_over cannot name it: "
+                "a bound value is the same for every item; map over the graph before binding"
+            )
+            raise InputConflictError(msg)
+    return {**bound, **inputs}
+
+
 def _suggest(name: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
@@ -121,7 +154,7 @@ def _build(graph: Graph, outputs: tuple[str, ...] | None, given: frozenset[str])
 def _check_names(graph: Graph, wanted: tuple[str, ...], given: frozenset[str]) -> None:
     """Every given input is read by some node or requested as an output; every requested
     output is produced or given."""
-    known_inputs = graph.inputs + graph.optional_inputs
+    known_inputs = graph.inputs + graph.optional_inputs + tuple(graph.bound)
     for name in sorted(given):
         if name not in known_inputs and graph.producer_of(name) is None and name not in wanted:
             msg = (

@@ -4,7 +4,8 @@ Nothing here executes a graph. The diagram is built with the ``graphviz`` packag
 ``viz`` extra), imported only when a diagram is asked for; turning it into SVG, PNG or PDF
 runs Graphviz's ``dot`` program, which is a system package, not a Python one.
 
-In the diagram graph inputs are blue ellipses (dashed when optional), nodes are boxes with
+In the diagram graph inputs are blue ellipses (dashed when optional), inputs fixed by
+`Graph.bind` grey ones labelled with their value, nodes are boxes with
 their name over their outputs, final outputs (produced and read by no node) are green
 double ellipses, and a nested graph is a cluster around its own nodes, orange and labelled
 "map over ..." when it is mapped. Edges into a nested graph go straight to the inner nodes
@@ -14,6 +15,7 @@ that read the value.
 from __future__ import annotations
 
 import html
+import reprlib
 import urllib.parse
 from pathlib import Path
 from types import GenericAlias
@@ -66,7 +68,8 @@ def _node_label(node: Node[..., Any]) -> Text:
     flags = _flags(node)
     if isinstance(node, GraphNode):
         over = f", map over {', '.join(node.map_over)}" if node.map_over else ""
-        flags.insert(0, "graph" + over)
+        bound = f", bound {', '.join(node.graph.bound)}" if node.graph.bound else ""
+        flags.insert(0, "graph" + over + bound)
     if flags:
         text.append("  [" + "; ".join(flags) + "]", style="yellow")
     return text
@@ -87,9 +90,17 @@ def rich_tree(graph: Graph) -> Tree:
     if graph.optional_inputs:
         inputs.append("  optional: ", style="dim")
         inputs.append(", ".join(graph.optional_inputs), style="magenta")
+    if graph.bound:
+        inputs.append("  bound: ", style="dim")
+        inputs.append(", ".join(_bound_labels(graph)), style="magenta")
     tree.add(inputs)
     _add_nodes(tree, graph)
     return tree
+
+
+def _bound_labels(graph: Graph) -> list[str]:
+    """``name=value`` per bound input, the value's repr shortened (`reprlib`)."""
+    return [f"{name}={reprlib.repr(value)}" for name, value in graph.bound.items()]
 
 
 def print_tree(graph: Graph, *, console: Console | None = None) -> None:
@@ -101,7 +112,10 @@ def print_tree(graph: Graph, *, console: Console | None = None) -> None:
 
 
 def _graphviz() -> Any:
-    hint = f"pip install 'hypernodes-chain[viz]' (and Graphviz's `dot` to render: {INSTALL_DOT})"
+    hint = (
+        "pip install 'hypernodes-chain[viz]', or pip install -e \".[viz]\" in a clone of the "
+        f"repository (and Graphviz's `dot` to render: {INSTALL_DOT})"
+    )
     return optional("graphviz", "drawing a graph", install=hint)
 
 
@@ -143,6 +157,15 @@ class _Drawing:
         """Draw ``graph``'s nodes; ``sources`` maps its inputs to (dot id, type); returns
         the same map with its outputs added."""
         available = dict(sources)
+        for name, label in zip(graph.bound, _bound_labels(graph)):
+            available[name] = (_id("bound", *path, name), Any)
+            dot.node(
+                available[name][0],
+                label=_graphviz().nohtml(label),
+                shape="ellipse",
+                style="filled",
+                fillcolor="#e5e7eb",
+            )
         for node in graph.nodes:
             if isinstance(node, GraphNode):
                 available.update(self.cluster(dot, node, path, available))

@@ -695,6 +695,41 @@ def case_cache_keys_equal_across_runners(rig: Rig) -> None:
             assert calls == [], f"{other.id}: run missed the key that map stored"
 
 
+@case
+def case_bound_inputs(rig: Rig) -> None:
+    """`Graph.bind`: the bound value is a constant of every run and map item (pickled with
+    the graph to workers), keyed like the same constant input, inside a graph node too."""
+    calls = rig.calls()
+
+    @node
+    def scaled(x: int, k: int) -> int:
+        calls.append([x, k])
+        return x * k
+
+    graph = Graph([scaled], name="scaled")
+    bound = graph.bind(k=10)
+    with DiskCache(rig.tmp_path / "cache") as cache:
+        runner = rig.make(cache=cache)
+        assert runner.run(bound, {"x": 2}) == {"scaled": 20}
+        assert runner.map(bound, {"x": [1, 2, 3]}, map_over="x", batch_size=2) == [
+            {"scaled": 10},
+            {"scaled": 20},
+            {"scaled": 30},
+        ]
+        assert sorted(calls) == [[1, 10], [2, 10], [3, 10]]
+        calls.clear()
+        assert runner.map(graph, {"x": [3, 1], "k": 10}, map_over="x") == [
+            {"scaled": 30},
+            {"scaled": 10},
+        ]
+        outer = Graph([bound.as_node(name="inner")], name="outer")
+        assert outer.inputs == ("x",)
+        assert runner.map(outer, {"x": [2, 1]}, map_over="x") == [{"scaled": 20}, {"scaled": 10}]
+        assert calls == [], f"{rig.entry.id}: a bound value missed its constant's keys: {calls}"
+        assert runner.run(graph.bind(k=5), {"x": 2}) == {"scaled": 10}
+        assert calls == [[2, 5]]
+
+
 def _writer_case(rig: Rig, fmt: str) -> None:
     folder = rig.tmp_path / f"out_{fmt}"
     result = rig.make().map(

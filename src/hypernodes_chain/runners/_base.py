@@ -15,7 +15,7 @@ from ..events import EventBus, Subscriber
 from ..exceptions import MapInputError, UnknownInputError
 from ..graph import Graph
 from ..interrupts import Session
-from ..plan import Plan, build_plan, check_overrides
+from ..plan import Plan, build_plan, check_overrides, with_bound
 from ..results import MapResult, Writer
 from . import _nested  # noqa: F401  (registers the invoker of nested graphs)
 from ._flows import item_flow
@@ -103,6 +103,7 @@ class BaseRunner:
         **context: Any,
     ) -> tuple[Flow[tuple[dict[str, Any], Keys]], tuple[str, ...]]:
         _check_graph(graph)
+        inputs = with_bound(graph, inputs)
         plan = build_plan(graph, output_name, inputs)
         check_overrides(plan)
         ctx = self._context(handlers, **context)
@@ -132,6 +133,7 @@ class BaseRunner:
             raise ValueError(msg)
         over = normalize_map_over(map_over)
         inputs = as_inputs(inputs, over)  # a table's columns, if a table was given
+        inputs = with_bound(graph, inputs, over)  # bound values: constants, never mapped
         _check_map_args(inputs, over, map_mode, batch_size, on_error)
         plan = build_plan(graph, output_name, inputs)
         check_overrides(plan)  # once per map, not per item

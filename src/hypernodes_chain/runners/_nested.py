@@ -6,7 +6,8 @@ their elements as one batch (`batch_columns`). The invoker builds that flow thro
 ``flow`` / ``flows`` hooks of the invoker protocol, so the core only asks whether a call
 carries a flow. The inner plan holds only what the outputs used outside need (`Step.used`;
 an output nobody outside reads is not computed, None holds its place); the inner nodes
-cache themselves (the graph node's own result is never cached). It registers itself for
+cache themselves (the graph node's own result is never cached). The values the inner
+graph binds (`Graph.bind`) join its inputs as constants. It registers itself for
 `GraphNode`, as ``llm.py`` does for LLM nodes.
 """
 
@@ -51,7 +52,7 @@ class GraphInvoker(NodeInvoker):
 def graph_flow(call: ItemCall, node: GraphNode, ctx: Context, keys: Keys | None) -> FlowFactory:
     """The flow factory that runs a nested graph for one outer call."""
     step = call.step
-    inner_values = dict(zip(step.params, call.args))
+    inner_values = {**node.graph.bound, **dict(zip(step.params, call.args))}
     inner_keys = None
     if keys is not None:
         inner_keys = {p: keys.get(s) for p, s in zip(step.params, step.sources)}
@@ -102,7 +103,10 @@ def _mapped_graph(
     const_keys: Keys | None = None
     if keys is not None:
         key_cols = {p: [_elem_key(keys.get(p), i) for i in range(n)] for p in over}
-        const_keys = {p: keys.get(p) for p in constants}
+        # a constant without a key (a value the inner graph binds) is keyed by its content
+        const_keys = {
+            p: keys[p] if p in keys else hashing.fingerprint(v) for p, v in constants.items()
+        }
     out = yield from batch_columns(
         plan,
         lists,
