@@ -600,6 +600,27 @@ def test_a_map_dataframe_with_a_shared_disk_cache_hits_runners_keys(tmp_path: Pa
     assert out["loud"] == ["A B", "C D", "E"] and lines(calls) == []
 
 
+def test_map_dataframe_of_a_bound_graph_takes_its_bound_values(tmp_path: Path) -> None:
+    calls = tmp_path / "calls.jsonl"
+
+    @node
+    def scaled(x: int, k: int) -> int:
+        record(calls, x)
+        return x * k
+
+    graph = Graph([scaled], name="scale").bind(k=10)
+    df = daft.from_pydict({"x": [1, 2, 3]})
+    with DiskCache(tmp_path / "cache") as cache:
+        Runner(cache=cache).map(graph, {"x": [1, 2, 3]}, map_over="x")
+        calls.unlink()
+        for runner in (DaftRunner(cache=cache), DaftRunner(cache=cache, concurrency=1)):
+            out = runner.map_dataframe(graph, df).to_pydict()
+            assert out == {"x": [1, 2, 3], "scaled": [10, 20, 30]}
+        assert not calls.exists(), "the bound value's keys are Runner's: every row a hit"
+        out = DaftRunner(cache=cache).map_dataframe(graph.bind(k=2), df).to_pydict()
+    assert out["scaled"] == [2, 4, 6] and sorted(lines(calls)) == [1, 2, 3]
+
+
 # -- the package and Ray ------------------------------------------------------------------
 
 

@@ -22,6 +22,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .. import hashing
 from ..events import Event
 from ..plan import Plan
 from ._drive import SyncDriver
@@ -120,7 +121,11 @@ class Frame:
     ) -> None:
         self.plan = plan
         self.settings = settings
-        self.names = tuple(sorted(plan.given))  # the input columns, in the UDF's order
+        self.constants = dict(plan.graph.bound)  # `Graph.bind`'s values: no column
+        self.names = tuple(sorted(set(plan.given) - set(self.constants)))  # the UDF's order
+        self.constant_keys = None
+        if settings.cache is not None:
+            self.constant_keys = {k: hashing.fingerprint(v) for k, v in self.constants.items()}
         self.dtype = dtype  # the struct of the outputs
         self.arrow = arrow  # its Arrow type, or None when a field holds Python objects
 
@@ -169,10 +174,11 @@ def frame_rows(frame: Frame, columns: Sequence[Series]) -> Any:
     task = BatchTask(
         frame.plan,
         dict(zip(frame.names, values)),
-        {},
+        frame.constants,
         list(range(n)),
         frame.settings,
         Local(inline=True),
+        constant_keys=frame.constant_keys,
     )
     outcome = _DRIVER.drive(batch_flow(task))
     outputs = frame.plan.outputs

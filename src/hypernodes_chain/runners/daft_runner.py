@@ -31,7 +31,7 @@ from ..cache import Cache, MemoryCache
 from ..events import Event, Subscriber
 from ..exceptions import UnknownInputError
 from ..graph import Graph, GraphNode
-from ..plan import Plan, build_plan
+from ..plan import Plan, build_plan, with_bound
 from ..results import MapResult
 from . import _remote
 from ._base import _check_graph
@@ -178,7 +178,8 @@ class DaftRunner(Runner):
         d = daft()
         columns = list(df.column_names)
         wanted = (*graph.inputs, *graph.optional_inputs)
-        plan = build_plan(graph, output_name, [n for n in wanted if n in columns])
+        given = [n for n in wanted if n in columns]
+        plan = build_plan(graph, output_name, with_bound(graph, dict.fromkeys(given)))
         settings = self._context().settings
         engines = _engines_of(_plan_nodes(plan), settings)
         here = self.concurrency is None and not engines and not _on_ray()
