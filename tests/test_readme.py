@@ -40,6 +40,7 @@ BLOCKS = {
     "tour": "graph = Graph(nodes=[clean, count])",
     "nested": "per_text = Graph(nodes=[count_words]",
     "overrides": 'inputs={"cleaned": "given words"}',
+    "bind": "Graph(nodes=[clean, keep_long]",
     "map": "runner.imap(graph",
     "streaming": 'read_jsonl("docs/")',
     "async": "AsyncRunner(max_concurrency=64)",
@@ -47,6 +48,8 @@ BLOCKS = {
     "dask": "with DaskRunner() as runner:",
     "hamilton": "from_modules(my_dataflow",
     "daft": "DaftRunner().map(",
+    "otel-console": "ConsoleSpanExporter()",
+    "otel-otlp": "OTLPSpanExporter(endpoint=",
 }
 
 
@@ -233,6 +236,47 @@ def test_tour_nested_graph_and_overrides(ns: dict[str, Any]) -> None:
         ns["Runner"]().run(ns["graph"], inputs={"cleaned": "x", "text": " y "})
     for name in ("input 'cleaned'", "node 'clean'", "input 'text'"):
         assert name in str(caught.value)
+
+
+def test_bind_block(ns: dict[str, Any]) -> None:
+    assert_stated(run_block(block("bind"), ns), at_least=3)
+    from hypernodes_chain.exceptions import InputConflictError
+
+    with pytest.raises(InputConflictError, match="binds 'min_words'"):
+        ns["Runner"]().run(ns["filtering"], inputs={"text": "a", "min_words": 1})
+
+
+def test_tracing_console_block(ns: dict[str, Any]) -> None:
+    """The console exporter binds the process's stdout when opentelemetry is imported; the
+    test hands it a buffer instead, to read the spans it prints."""
+    pytest.importorskip("opentelemetry.sdk")
+    ns["__console__"] = console = io.StringIO()
+    code = block("otel-console").replace(
+        "ConsoleSpanExporter()", "ConsoleSpanExporter(out=__console__)"
+    )
+    run_block(code, ns)
+    found = re.findall(r"^\{.*?^\}", console.getvalue(), flags=re.S | re.M)
+    spans = [json.loads(s) for s in found]
+    names = [span["name"] for span in spans]
+    # the run: its root and its 2 nodes; the map of 200 texts in batches of 100: the map,
+    # 2 batches, 2 x 2 nodes
+    assert len(names) == 10, names
+    assert names.count("node clean") == names.count("node count") == 3
+    assert names.count("batch") == 2
+
+
+def test_tracing_otlp_block(ns: dict[str, Any]) -> None:
+    """The block's collector on localhost:4318 is, here, a loopback OTLP/HTTP receiver that
+    decodes the protobuf the exporter sends."""
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
+    from support.otlp_receiver import OTLPReceiver
+
+    with OTLPReceiver() as receiver:
+        code = block("otel-otlp").replace("http://localhost:4318/v1/traces", receiver.endpoint)
+        run_block(code, ns)
+        spans = receiver.wait_for(5)
+    names = sorted(span.name for span in spans)
+    assert names == sorted(["nightly reviews", "map graph", "batch", "node clean", "node count"])
 
 
 def test_map_block(ns: dict[str, Any], here: Path) -> None:
