@@ -13,7 +13,8 @@ The graph (``graph`` below) reads two inputs per item, ``text`` and ``stars``:
 
 Rows are generated lazily and deterministically (row ``i`` is the same on every run), so
 memory stays at one batch plus one shard whatever ``--rows`` is, and ``--resume`` continues an
-interrupted run. The same graph runs through the command line over a file of records::
+interrupted run: on Ctrl-C the demo says how many rows its folder holds and the command that
+resumes it (exit status 130). The same graph runs through the command line over a file of records::
 
     hypernodes-chain run runners/huge_batch_demo.py:graph runners/sample_data/reviews.jsonl out/cli
 """
@@ -21,10 +22,14 @@ interrupted run. The same graph runs through the command line over a file of rec
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import shutil
 import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from hypernodes_chain import Graph, Runner, node
 from hypernodes_chain.io import StreamWriter
@@ -107,6 +112,54 @@ class Generated:
         return map(self.make, range(self.rows))  # type: ignore[arg-type]
 
 
+# --------------------------------------------------------------------------- what it says
+def say(text: str, *, file: Any = None) -> None:
+    """Print ``text`` wrapped at the terminal's width (80 columns when piped)."""
+    width = shutil.get_terminal_size().columns
+    lines = textwrap.wrap(text, width - 1, subsequent_indent="  ", break_long_words=False,
+                          break_on_hyphens=False)  # fmt: skip
+    print("\n".join(lines), file=file or sys.stdout, flush=True)
+
+
+def resume_command(argv: list[str]) -> list[str]:
+    """The command line that continues this run: its arguments plus ``--resume``."""
+    python = sys.executable
+    if shutil.which("python") == python:
+        python = "python"
+    script = os.path.relpath(__file__)
+    if script.startswith(".."):
+        script = os.path.abspath(__file__)
+    return [python, script, *[a for a in argv if a != "--resume"], "--resume"]
+
+
+def shell_lines(command: list[str], width: int) -> list[str]:
+    """``command`` quoted for a shell, cut into lines of at most ``width`` characters that
+    end in a line continuation (``\\``), so that it pastes as one command."""
+    lines = [""]
+    for word in map(shlex.quote, command):
+        if lines[-1].strip() and len(lines[-1]) + len(word) + 3 > width:
+            lines[-1] += " \\"
+            lines.append("  ")
+        lines[-1] += ("" if not lines[-1].strip() else " ") + word
+    return lines
+
+
+def interrupted(out: Path, rows: int, writer: Any, argv: list[str]) -> int:
+    """Say what the folder holds and how to resume; the exit status of a Ctrl-C."""
+    held = writer.close(finished=False) if writer is not None else None
+    stored = held.total_ok if held is not None else 0
+    said = f"interrupted: {stored:,} of {rows:,} rows are stored in {out}/; resume: "
+    command = resume_command(argv)
+    width = shutil.get_terminal_size().columns - 1
+    one = said + shlex.join(command)
+    if len(one) <= width:
+        print(one, file=sys.stderr, flush=True)
+    else:  # the command on lines of its own, continued with backslashes
+        say(said.rstrip(), file=sys.stderr)
+        print("\n".join(shell_lines(command, width)), file=sys.stderr, flush=True)
+    return 130
+
+
 # --------------------------------------------------------------------------- main job
 def _progress() -> list[object]:
     try:
@@ -117,6 +170,7 @@ def _progress() -> list[object]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description="Map a chain of cheap nodes over generated rows.")
     parser.add_argument("--rows", type=int, default=20_000, help="rows to generate (20,000)")
     parser.add_argument("--out", default="out/huge_batch_demo", help="output folder")
@@ -135,37 +189,43 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rows < 0:
         parser.error("--rows must be >= 0")
-
     out = Path(args.out)
-    if out.exists() and not args.resume:
-        if not any((out / n).is_file() for n in ("_manifest.json", "manifest.json")):
-            if any(out.iterdir()):
-                print(f"error: {out} exists and is not a demo output folder", file=sys.stderr)
-                return 2
-        else:  # the demo's own earlier output: generated data, so start it afresh
-            print(f"replacing the earlier run in {out} (--resume continues it instead)")
-            shutil.rmtree(out)
-    shard = args.max_lines_per_file or min(100_000, max(1_000, args.rows // 10))
-    writer = StreamWriter(out, format=args.format, max_lines_per_file=shard, resume=args.resume)
+    writer = None
+    try:
+        if out.exists() and not args.resume:
+            if not any((out / n).is_file() for n in ("_manifest.json", "manifest.json")):
+                if any(out.iterdir()):
+                    say(f"error: {out} exists and is not a demo output folder", file=sys.stderr)
+                    return 2
+            else:  # the demo's own earlier output: generated data, so start it afresh
+                say(f"replacing the earlier run in {out}/ (--resume continues it instead)")
+                shutil.rmtree(out)
+        shard = args.max_lines_per_file or min(100_000, max(1_000, args.rows // 10))
+        writer = StreamWriter(out, format=args.format, max_lines_per_file=shard,
+                              resume=args.resume)  # fmt: skip
+        return _run(args, writer)
+    except KeyboardInterrupt:  # the committed shards are kept: --resume continues from them
+        return interrupted(out, args.rows, writer, argv)
+
+
+def _run(args: argparse.Namespace, writer: StreamWriter) -> int:
     runner = Runner(callbacks=[] if args.quiet else _progress())
     rows = {"text": Generated(args.rows, review_text), "stars": Generated(args.rows, review_stars)}
-    try:
-        result = runner.map(
-            graph,
-            inputs=rows,
-            map_over=["text", "stars"],
-            batch_size=args.batch_size,
-            writer=writer,
-            on_error="collect",
-        )
-    except KeyboardInterrupt:  # the finished shards are kept: --resume continues from them
-        print(f"interrupted: rerun with --resume to continue {out}/", file=sys.stderr)
-        return 130
-    skipped = f"; {result.n_skipped:,} already done" if result.n_skipped else ""
-    print(
-        f"done: {result.n_items:,} rows ({result.n_ok:,} ok, {result.n_failed:,} failed{skipped}) "
-        f"in {result.duration_s:.2f} s -> {len(result.files)} {args.format} shards in {out}/"
+    result = runner.map(
+        graph,
+        inputs=rows,
+        map_over=["text", "stars"],
+        batch_size=args.batch_size,
+        writer=writer,
+        on_error="collect",
     )
+    # the run's counts; its rates and times are the progress summary's (or, --quiet, here)
+    shards = f"{len(result.files)} {args.format} shard{'' if len(result.files) == 1 else 's'}"
+    skipped = f"; {result.n_skipped:,} already done" if result.n_skipped else ""
+    took = f" in {result.duration_s:.2f} s" if args.quiet else ""
+    errors = f", failures in {args.out}/_errors/" if result.n_failed else ""
+    say(f"done: {result.n_items:,} rows ({result.n_ok:,} ok, {result.n_failed:,} failed"
+        f"{skipped}){took} -> {shards} in {args.out}/{errors}")  # fmt: skip
     return 0
 
 

@@ -18,6 +18,10 @@ writer flattens the summary into ``summary.title``, ``summary.sentiment``, ``sum
 Without ``--model`` the job builds a tiny random Llama on the spot (no download, no server):
 its titles are placeholder text, but the pipeline, batching, validation and files are real.
 
+On Ctrl-C the job says how many reviews its folder holds and the command that resumes it
+(exit status 130). Hugging Face progress bars are off: the job's own display says what
+happens.
+
 ``--engine SPEC`` answers with another engine instead (`engine_from_spec`):
 ``ollama:llama3.2`` (or ``ollama:NAME@http://host:11434``), ``vllm:/models/qwen`` (offline, in
 this process; ``vllm+server:`` for a ``vllm serve`` subprocess), ``transformers:/models/tiny``
@@ -28,12 +32,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import sys
-import time
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -104,6 +109,60 @@ class Reviews:
                 yield 1 + ((i * 2246822519) & 0xFFFFFFFF) % 5
 
 
+# --------------------------------------------------------------------------- what it says
+def say(text: str, *, file: Any = None) -> None:
+    """Print ``text`` wrapped at the terminal's width (80 columns when piped)."""
+    width = shutil.get_terminal_size().columns
+    lines = textwrap.wrap(text, width - 1, subsequent_indent="  ", break_long_words=False,
+                          break_on_hyphens=False)  # fmt: skip
+    print("\n".join(lines), file=file or sys.stdout, flush=True)
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\x0e``), so printing it cannot garble
+    a terminal; the data itself stays as the model wrote it."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def resume_command(argv: list[str]) -> list[str]:
+    """The command line that continues this run: its arguments plus ``--resume``."""
+    python = sys.executable
+    if shutil.which("python") == python:
+        python = "python"
+    script = os.path.relpath(__file__)
+    if script.startswith(".."):
+        script = os.path.abspath(__file__)
+    return [python, script, *[a for a in argv if a != "--resume"], "--resume"]
+
+
+def shell_lines(command: list[str], width: int) -> list[str]:
+    """``command`` quoted for a shell, cut into lines of at most ``width`` characters that
+    end in a line continuation (``\\``), so that it pastes as one command."""
+    lines = [""]
+    for word in map(shlex.quote, command):
+        if lines[-1].strip() and len(lines[-1]) + len(word) + 3 > width:
+            lines[-1] += " \\"
+            lines.append("  ")
+        lines[-1] += ("" if not lines[-1].strip() else " ") + word
+    return lines
+
+
+def interrupted(out: Path, rows: int, writer: Any, argv: list[str]) -> int:
+    """Say what the folder holds and how to resume; the exit status of a Ctrl-C."""
+    held = writer.close(finished=False) if writer is not None else None
+    stored = held.total_ok if held is not None else 0
+    said = f"interrupted: {stored:,} of {rows:,} reviews are stored in {out}/; resume: "
+    command = resume_command(argv)
+    width = shutil.get_terminal_size().columns - 1
+    one = said + shlex.join(command)
+    if len(one) <= width:
+        print(one, file=sys.stderr, flush=True)
+    else:  # the command on lines of its own, continued with backslashes
+        say(said.rstrip(), file=sys.stderr)
+        print("\n".join(shell_lines(command, width)), file=sys.stderr, flush=True)
+    return 130
+
+
 # --------------------------------------------------------------------------- main job
 def _is_local(args: argparse.Namespace) -> bool:
     """Whether torch runs in this process (the tiny model, --model or a transformers: spec)."""
@@ -120,20 +179,52 @@ def _spec_engine(args: argparse.Namespace) -> object:
 
 
 def _engine(args: argparse.Namespace) -> object:
-    from hypernodes_chain.engines import TransformersEngine, build_tiny_model
+    from hypernodes_chain.engines import TransformersEngine
 
     model = args.model
     if model is None:
         model = Path(args.out).parent / ".llm_reviews_tiny_model"
-        if not (model / "config.json").is_file():
-            build_tiny_model(model)
-        print(
-            "no --model given: using a tiny Llama built just now with random weights, so the "
-            "titles are placeholder text (constrained decoding still makes every reply valid "
-            "JSON). Pass --model PATH for a real Hugging Face model folder.",
-            flush=True,
-        )
+        built = "built just now" if _tiny_model(model) else "built by an earlier run"
+        say(f"no --model: a tiny random Llama ({built}, {model}/); its titles are "
+            "placeholder text. --model PATH takes a Hugging Face model folder.")  # fmt: skip
     return TransformersEngine(model, device=args.device, max_batch_size=args.batch_size)
+
+
+def _tiny_model(folder: Path) -> bool:
+    """Build the tiny model into ``folder`` unless it is there; True when built now. It is
+    built beside and renamed into place, so a Ctrl-C never leaves half a model."""
+    from hypernodes_chain.engines import build_tiny_model
+
+    if (folder / "config.json").is_file():
+        return False
+    part = folder.with_name(f"{folder.name}.part-{os.getpid()}")
+    try:
+        build_tiny_model(part)
+        os.replace(part, folder)
+    finally:
+        shutil.rmtree(part, ignore_errors=True)
+    return True
+
+
+def _quiet_hugging_face() -> None:
+    """No Hugging Face progress bars (model loading, saving): they would break into the
+    progress display and leave carriage returns in a piped log."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    if hf_logging is not None:  # imported before us (a test, a notebook)
+        hf_logging.disable_progress_bar()
+
+
+def _sample(files: list[Path], n: int = 3) -> list[str]:
+    """A few stored rows, for a look at what the model wrote (titles escaped)."""
+    import pyarrow.parquet as pq
+
+    if not files:
+        return []
+    table = pq.read_table(files[0]).slice(0, n).to_pylist()
+    keys = ("_index", "summary.sentiment", "summary.stars", "summary.title")
+    return [f"  #{r[keys[0]]}: {r[keys[1]]}, {r[keys[2]]} stars, title {printable(r[keys[3]])}"
+            for r in table if all(k in r for k in keys)]  # fmt: skip
 
 
 def _progress(quiet: bool) -> list[object]:
@@ -145,6 +236,7 @@ def _progress(quiet: bool) -> list[object]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description="Summarize reviews with a local LLM.")
     parser.add_argument("--rows", type=int, default=2_000, help="reviews to generate (2,000)")
     parser.add_argument("--model", type=Path, default=None, help="a Hugging Face model folder")
@@ -161,32 +253,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue --out")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     args = parser.parse_args(argv)
-    engine = None
-    if args.engine is not None:
-        if args.model is not None:
-            parser.error("give --model or --engine, not both")
-        try:
-            engine = _spec_engine(args)
-        except ValueError as exc:
-            parser.error(f"--engine: {exc}")
-        print(f"engine: {engine!r}", flush=True)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # 2-core machines: no OpenMP busy-waiting
     out = Path(args.out)
-    if out.exists() and not args.resume:
-        if not (out / "_manifest.json").is_file() and any(out.iterdir()):
-            print(f"error: {out} exists and is not an output folder of this job", file=sys.stderr)
-            return 2
-        shutil.rmtree(out)
-    if engine is None:
-        engine = _engine(args)
-    if _is_local(args) and args.device == "cpu":  # torch in this process: one thread
-        import torch
+    writer = None
+    try:
+        _quiet_hugging_face()
+        engine = None
+        if args.engine is not None:
+            if args.model is not None:
+                parser.error("give --model or --engine, not both")
+            try:
+                engine = _spec_engine(args)
+            except ValueError as exc:
+                parser.error(f"--engine: {exc}")
+            say(f"engine: {engine!r}")
+        os.environ.setdefault("OMP_NUM_THREADS", "1")  # 2-core machines: no OpenMP busy-waiting
+        if out.exists() and not args.resume:
+            if not (out / "_manifest.json").is_file() and any(out.iterdir()):
+                say(f"error: {out} exists and is not an output folder of this job", file=sys.stderr)
+                return 2
+            shutil.rmtree(out)
+        if engine is None:
+            engine = _engine(args)
+        if _is_local(args) and args.device == "cpu":  # torch in this process: one thread
+            import torch
 
-        torch.set_num_threads(1)
-    writer = StreamWriter(out, format="parquet", max_lines_per_file=args.max_lines_per_file,
-                          resume=args.resume)  # fmt: skip
+            torch.set_num_threads(1)
+        writer = StreamWriter(out, format="parquet", max_lines_per_file=args.max_lines_per_file,
+                              resume=args.resume)  # fmt: skip
+        return _run(args, engine, writer)
+    except KeyboardInterrupt:
+        return interrupted(out, args.rows, writer, argv)
+
+
+def _run(args: argparse.Namespace, engine: object, writer: StreamWriter) -> int:
     inputs = {"text": Reviews(args.rows, "text"), "stars": Reviews(args.rows, "stars")}
-    t0 = time.perf_counter()
     callbacks = _progress(args.quiet)
     try:
         result = Runner(engines={"local": engine}, callbacks=callbacks).map(
@@ -198,14 +298,15 @@ def main(argv: list[str] | None = None) -> int:
             close = getattr(callback, "close", None)
             if close is not None:
                 close()
-    seconds = time.perf_counter() - t0
-    print(
-        f"done: {result.n_items:,} reviews ({result.n_ok:,} ok, {result.n_failed:,} failed; "
-        f"{result.n_skipped:,} already done) in {seconds:.1f} s, "
-        f"{result.n_items / max(seconds, 1e-9):.1f} reviews/s -> {len(result.files)} parquet "
-        f"shards in {out}/",
-        flush=True,
-    )
+    # the run's counts; its rates and times are the progress summary's (or, --quiet, here)
+    shards = f"{len(result.files)} parquet shard{'' if len(result.files) == 1 else 's'}"
+    skipped = f"; {result.n_skipped:,} already done" if result.n_skipped else ""
+    took = f" in {result.duration_s:.1f} s" if args.quiet else ""
+    errors = f", failures in {args.out}/_errors/" if result.n_failed else ""
+    say(f"done: {result.n_items:,} reviews ({result.n_ok:,} ok, {result.n_failed:,} failed"
+        f"{skipped}){took} -> {shards} in {args.out}/{errors}")  # fmt: skip
+    if result.n_ok:
+        print("\n".join(_sample(result.files)), flush=True)
     return 0
 
 
