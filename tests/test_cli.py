@@ -221,6 +221,29 @@ def test_map_over_and_set_constants(cli, work: Path) -> None:
     assert rows[3] == {"_index": 3, "x": 3, "y": 8, "z": 80}  # w is a constant, not a column
 
 
+@pytest.mark.parametrize("in_format", ["jsonl", "parquet"])
+def test_map_over_brings_the_other_columns_the_graph_reads(cli, work: Path, in_format: str) -> None:
+    """``--map-over x``: the columns ``w`` (needed) and ``k`` (optional) come along, zipped
+    row by row with ``x``; ``note``, which no node reads, is left out; ``--set`` pins one."""
+    records = [{"note": f"n{i}", "x": i, "w": i / 2, "k": 10 * i} for i in range(5)]
+    if in_format == "parquet":
+        pq.write_table(pa.Table.from_pylist(records), work / "rows.parquet")
+    else:
+        lines = "".join(json.dumps(r) + "\n" for r in records)
+        (work / "rows.jsonl").write_text(lines)
+    source = f"rows.{in_format}"
+    proc = cli("run", "pipe.py:graph", source, "out", "--map-over", "x", "-q", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    assert list(read_jsonl(work / "out")) == [
+        {"_index": i, "x": i, "w": i / 2, "k": 10 * i, "y": 11 * i, "z": 11 * i * i / 2}
+        for i in range(5)
+    ]
+    args = ("run", "pipe.py:graph", source, "pinned", "--map-over", "x", "--set", "k=1", "-q")
+    proc = cli(*args, cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    assert [r["y"] for r in read_jsonl(work / "pinned")] == [1, 2, 3, 4, 5]
+
+
 def test_quiet_prints_nothing(work: Path) -> None:
     """A real process: nothing at all reaches its stdout and stderr file descriptors."""
     proc = subprocess_cli("run", "pipe.py:graph", "numbers.jsonl", "out", "--quiet", cwd=work)
@@ -393,7 +416,10 @@ def test_json_logs_error_is_json(cli, work: Path) -> None:
             ("run", "pipe.py:graph", "extra.jsonl", "out"),
             "'extra.jsonl' has columns the graph does not read: 'extra', 'colour'",
         ),
-        (("run", "pipe.py:graph", "numbers.jsonl", "out", "--map-over", "x"), "needs inputs 'w'"),
+        (
+            ("run", "pipe.py:graph", "xs.jsonl", "out", "--map-over", "x"),
+            "needs inputs 'w', which are neither columns of 'xs.jsonl' nor given with --set",
+        ),
         (
             ("run", "pipe.py:graph", "numbers.jsonl", "out", "--map-over", "x,q"),
             "--map-over names 'q' that the graph does not read",
@@ -408,6 +434,7 @@ def test_json_logs_error_is_json(cli, work: Path) -> None:
 def test_usage_errors_are_one_line_exit_2(cli, work: Path, args: tuple[str, ...], expected: str):
     (work / "extra.jsonl").write_text('{"x": 1, "w": 2, "extra": 3, "colour": "red"}\n')
     (work / "holes.jsonl").write_text('{"x": 1, "w": 2}\n{"x": 2, "w": 2}\n{"x": 3}\n')
+    (work / "xs.jsonl").write_text('{"x": 1}\n')
     proc = cli(*args, cwd=work)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     line = error_line(proc)

@@ -245,7 +245,8 @@ def _columns_to_map(
     constants: dict[str, Any],
     source: str,
 ) -> list[str]:
-    """``--map-over``, else the input's columns, else (no record to tell) the graph's inputs."""
+    """``--map-over`` and the other columns the graph reads, else the input's columns, else
+    (no record to tell) the graph's inputs."""
     known = set(graph.inputs) | set(graph.optional_inputs)
     if map_over is not None:
         not_inputs = [n for n in map_over if n not in known]
@@ -254,14 +255,18 @@ def _columns_to_map(
                 f"--map-over names {_names(not_inputs)} that the graph does not read; "
                 f"graph inputs: {_names([*graph.inputs, *graph.optional_inputs])}"
             )
-        if columns is not None:
-            absent = [n for n in map_over if n not in columns]
-            if absent:
-                raise CliError(
-                    f"--map-over names {_names(absent)}, not columns of {source}; "
-                    f"its columns: {_names(columns)}"
-                )
-        return list(map_over)
+        if columns is None:
+            return list(map_over)
+        absent = [n for n in map_over if n not in columns]
+        if absent:
+            raise CliError(
+                f"--map-over names {_names(absent)}, not columns of {source}; "
+                f"its columns: {_names(columns)}"
+            )
+        # The other columns the graph reads come along, zipped row by row with the named
+        # ones: a column is never silently replaced by a default. ``--set`` pins one instead.
+        along = [c for c in columns if c in known and c not in map_over and c not in constants]
+        return [*map_over, *along]
     if columns is None:  # no record to look at: map over what the graph needs
         return [n for n in graph.inputs if n not in constants]
     # ``_index`` is the item index a StreamWriter adds to its rows (never a graph input):

@@ -70,7 +70,9 @@ def _add_input_flags(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--map-over",
         metavar="A,B",
-        help="columns to map over (default: every column; each must be a graph input)",
+        help="columns to map over, zipped row by row (default: every column; each must be a "
+        "graph input); with it, the other columns the graph reads come along and the columns "
+        "it does not read are left out",
     )
     run.add_argument(
         "--set",

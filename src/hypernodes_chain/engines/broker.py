@@ -93,10 +93,11 @@ class EngineBroker:
     and garbage collection stop every live engine.
 
     A broker pickles as its registrations, unstarted, so each worker process rebuilds its own:
-    factories travel as they are; an engine object travels only if it pickles (its own
-    ``__getstate__`` should keep only its configuration), else pickling is a `TypeError`
-    naming it. A thread that holds one engine and acquires another with every place taken
-    waits for itself: release before switching.
+    factories travel as they are; an engine object travels only if it pickles, and should
+    pickle as its constructor arguments (the engines of this package do, started or not:
+    each process then builds and starts its own), else pickling is a `TypeError` naming it.
+    A thread that holds one engine and acquires another with every place taken waits for
+    itself: release before switching.
     """
 
     def __init__(
@@ -449,7 +450,8 @@ def _check_picklable(name: str, engine: object) -> None:
     msg = (
         f"engine {name!r} ({type(engine).__qualname__}) cannot be pickled: {error}; "
         "register a factory (a zero-argument callable that builds the engine) so each "
-        "process builds its own"
+        "process builds its own, or give the engine a __reduce__ that rebuilds it from its "
+        "constructor arguments"
     )
     raise TypeError(msg) from error
 

@@ -9,7 +9,9 @@ a JSON schema, constrained decoding still makes them valid JSON.
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 from pathlib import Path
 
 from .._optional import optional
@@ -52,13 +54,31 @@ def build_tiny_model(
     hidden size); the defaults give the 32-wide model. vLLM's CPU attention needs a head
     size of 64 or more: ``hidden_size=128, num_heads=2``. Needs the ``local`` extra (torch,
     transformers). Returns the folder, which any engine that reads Hugging Face folders can
-    load.
+    load. The model is written beside ``folder`` and renamed into place, so an interrupted
+    build never leaves a half-written model there (a model already there is replaced).
     """
     if hidden_size < 1 or num_heads < 1 or hidden_size % num_heads:
         raise ValueError(
             f"hidden_size must be a positive multiple of num_heads, got {hidden_size}, {num_heads}"
         )
     folder = Path(folder)
+    part = folder.with_name(f".{folder.name}.part-{os.getpid()}")
+    shutil.rmtree(part, ignore_errors=True)
+    try:
+        _build(part, seed, hidden_size, num_heads)
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            folder.rename(old)
+            part.rename(folder)
+            shutil.rmtree(old)
+        else:
+            part.rename(folder)
+    finally:
+        shutil.rmtree(part, ignore_errors=True)
+    return folder
+
+
+def _build(folder: Path, seed: int, hidden_size: int, num_heads: int) -> None:
     torch = optional("torch", "the tiny model", "local")
     transformers = optional("transformers", "the tiny model", "local")
     toks = optional("tokenizers", "the tiny model", "local")
@@ -106,4 +126,3 @@ def build_tiny_model(
     )
     torch.manual_seed(seed)
     transformers.LlamaForCausalLM(config).save_pretrained(folder)
-    return folder

@@ -237,6 +237,13 @@ class TransformersEngine:
         self.max_concurrency = max_batch_size
         self.batch_wait = batch_wait
         self.trust_remote_code = trust_remote_code
+        self._options: dict[str, Any] = {
+            "device": device,
+            "dtype": dtype,
+            "max_batch_size": max_batch_size,
+            "batch_wait": batch_wait,
+            "trust_remote_code": trust_remote_code,
+        }
         # _life guards loading, the scheduler and the queue's entrance (start, stop, submit);
         # _lock is the device: one generation at a time (a scheduled batch or a stream);
         # _text guards the tokenizer, used by callers (encode) and the scheduler (decode).
@@ -258,6 +265,12 @@ class TransformersEngine:
     def __repr__(self) -> str:
         dtype = self._dtype_name()
         return f"TransformersEngine({self.model!r}, device={self.device!r}, dtype={dtype!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its constructor arguments: the process that unpickles it (a Dask
+        worker, a Daft UDF process) builds its own engine and starts it on first use; a
+        loaded model, the scheduler thread and the locks never travel."""
+        return (_rebuild, (type(self), self.model, self._options))
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -749,3 +762,9 @@ class TransformersEngine:
         async with contextlib.aclosing(chunks):  # closed early: the generation stops now
             async for chunk in chunks:
                 yield chunk
+
+
+def _rebuild(
+    cls: type[TransformersEngine], model: str, options: dict[str, Any]
+) -> TransformersEngine:
+    return cls(model, **options)
