@@ -24,9 +24,7 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any
 
 from . import hashing
-from .engines._string_budget import fit_strings
 from .engines.base import DEFAULT_MAX_TOKENS
-from .engines.transformers_engine import TransformersEngine
 from .events import StreamingChunkEvent
 from .exceptions import EngineReplyError, LLMOutputError
 from .node import Node
@@ -204,27 +202,15 @@ def _broker(settings: Settings | None, node: LLMNode) -> Any:
     return broker
 
 
-def schema_for(engine: object, node: LLMNode) -> dict[str, Any] | None:
-    """The schema ``engine`` gets for ``node``: under `TransformersEngine` (xgrammar in this
-    process) its strings without ``maxLength`` get one that lets a reply close within the
-    node's ``max_tokens`` (`fit_strings`); other engines get the model's schema as it is."""
-    schema = node.schema
-    if schema is None or not isinstance(engine, TransformersEngine):
-        return schema
-    return fit_strings(schema, node.sampling["max_tokens"])
-
-
 def _generate(broker: Any, node: LLMNode, prompts: list[Any]) -> list[Any]:
     with broker.acquire(node.engine) as engine:
-        schema = schema_for(engine, node)
-        return list(engine.generate(prompts, schema=schema, **sampling_of(node)))
+        return list(engine.generate(prompts, schema=node.schema, **sampling_of(node)))
 
 
 async def _agenerate(broker: Any, node: LLMNode, prompts: list[Any]) -> list[Any]:
     # no limit here: ``max_concurrency`` is the engine's own, over every caller at once
     async with broker.aacquire(node.engine) as engine:
-        schema = schema_for(engine, node)
-        return list(await engine.agenerate(prompts, schema=schema, **sampling_of(node)))
+        return list(await engine.agenerate(prompts, schema=node.schema, **sampling_of(node)))
 
 
 async def _astream(broker: Any, node: LLMNode, prompt: Any, call: ItemCall) -> str:

@@ -10,7 +10,8 @@ waits; `agenerate` awaits the same future without holding a thread. Each device 
 left padded; replies come back in input order.
 ``schema`` (a JSON schema dict) is enforced by xgrammar's grammar-constrained decoding: a
 token bitmask per row and step, so even a tiny random model returns schema-valid JSON, and a
-row whose grammar is complete can only emit EOS.
+row whose grammar is complete can only emit EOS. Strings the schema leaves unbounded get a
+``maxLength`` that lets the reply close within ``max_tokens`` (`_string_budget.fit_strings`).
 
 torch, transformers and xgrammar are imported when the engine starts, never at import time
 (install them with the ``local`` extra). The engine leaves ``torch.set_num_threads`` to the
@@ -39,6 +40,7 @@ from .._optional import optional
 from ..exceptions import EngineError, TruncatedReplyError
 from ._revision import FolderRevision, folder_revision
 from ._scheduler import BatchScheduler
+from ._string_budget import fit_strings
 from ._threaded import stream_in_thread
 from .base import Prompt, Reply, Sampling, chat_messages
 
@@ -562,6 +564,8 @@ class TransformersEngine:
         """Encode the prompts and queue them under their group key (starting the engine if
         needed). Not ``blocking``: None where that would wait (a load, a schema's first
         compilation, another caller's encoding, a stop), so an event loop never blocks."""
+        if schema is not None:  # its open strings get a share of max_tokens, to close in time
+            schema = fit_strings(schema, Sampling.of(sampling).max_tokens)
         if not self._life.acquire(blocking=blocking):
             return None
         try:
@@ -674,6 +678,8 @@ class TransformersEngine:
         )  # fmt: skip
         stops = list(params.stop)
         hold = max((len(s) for s in stops), default=1) - 1  # a stop may begin in the tail
+        if schema is not None:
+            schema = fit_strings(schema, max_tokens)
         self.start()
         with self._lock:  # the device: no scheduled batch runs meanwhile
             if self._model is None:
