@@ -120,11 +120,19 @@ def test_nested_graphs_are_clusters_and_mapped_ones_are_marked():
     assert '"node/per_text/inner/clean" -> "output/cleaned"' in dot
 
 
+def test_renamed_inputs_and_outputs_label_their_edges():
+    dot = to_dot(nested())
+    labelled = [line.strip() for line in dot.splitlines() if "->" in line and "label=" in line]
+    # per_text maps the outer input texts to the inner text, and nothing else is renamed
+    assert labelled == ['"input/texts" -> "node/per_text/inner/clean" [label="texts → text"]']
+    inner = Graph([count], name="inner")
+    renamed = Graph([clean, inner.as_node(name="counting", output_mapping={"n_words": "n"})])
+    assert '"node/counting/count" -> "output/n" [label="n_words → n"]' in to_dot(renamed)
+
+
 def test_show_types_labels_edges():
-    plain = to_dot(nested())
     typed = to_dot(nested(), show_types=True)
-    assert not re.search(r"-> .*label=", plain)
-    assert '"input/texts" -> "node/per_text/inner/clean" [label=str]' in typed
+    assert '"input/texts" -> "node/per_text/inner/clean" [label="texts → text: str"]' in typed
     assert '"node/per_text/inner/count" -> "node/total" [label="list[int]"]' in typed
     assert '"node/total" -> "output/total" [label=int]' in typed
 

@@ -19,7 +19,7 @@ import reprlib
 import urllib.parse
 from pathlib import Path
 from types import GenericAlias
-from typing import Any
+from typing import Any, NamedTuple
 
 from rich.console import Console
 from rich.text import Text
@@ -134,6 +134,15 @@ def _box_label(node: Node[..., Any]) -> str:
     return "<" + "<br/>".join(lines) + ">"
 
 
+class _Source(NamedTuple):
+    """Where a value comes from in the diagram: the dot id of its producer (or input), its
+    type, and ``renamed`` ("outer → inner") where a nested graph's mapping renames it."""
+
+    id: str
+    type: Any
+    renamed: str | None = None
+
+
 class _Drawing:
     """Walks a graph and its nested graphs, adding graphviz statements as it goes."""
 
@@ -141,26 +150,25 @@ class _Drawing:
         self.root = root
         self.show_types = show_types
 
-    def edge(self, source: tuple[str, Any], head: str, wanted: Any = Any) -> None:
+    def edge(self, source: _Source, head: str, wanted: Any = Any) -> None:
         # every edge goes into the root graph: a node named in a cluster's edge statement
         # would join that cluster
-        tail, made = source
-        label = None
+        parts = [source.renamed] if source.renamed else []
         if self.show_types:
-            tp = made if made is not Any else wanted
-            label = None if tp is Any else _types.type_name(tp)
-        self.root.edge(tail, head, label=label)
+            tp = source.type if source.type is not Any else wanted
+            parts += [] if tp is Any else [_types.type_name(tp)]
+        self.root.edge(source.id, head, label=": ".join(parts) or None)
 
     def body(
-        self, dot: Any, graph: Graph, path: tuple[str, ...], sources: dict[str, tuple[str, Any]]
-    ) -> dict[str, tuple[str, Any]]:
+        self, dot: Any, graph: Graph, path: tuple[str, ...], sources: dict[str, _Source]
+    ) -> dict[str, _Source]:
         """Draw ``graph``'s nodes; ``sources`` maps its inputs to (dot id, type); returns
         the same map with its outputs added."""
         available = dict(sources)
         for name, label in zip(graph.bound, _bound_labels(graph)):
-            available[name] = (_id("bound", *path, name), Any)
+            available[name] = _Source(_id("bound", *path, name), Any)
             dot.node(
-                available[name][0],
+                available[name].id,
                 label=_graphviz().nohtml(label),
                 shape="ellipse",
                 style="filled",
@@ -178,7 +186,7 @@ class _Drawing:
             for inp in node.inputs:
                 self.edge(available[inp], head, per_item(node.input_type(inp)))
             for out in node.outputs:
-                available[out] = (head, per_item(node.output_type(out)))
+                available[out] = _Source(head, per_item(node.output_type(out)))
         return available
 
     def cluster(
@@ -186,8 +194,8 @@ class _Drawing:
         dot: Any,
         node: GraphNode,
         path: tuple[str, ...],
-        available: dict[str, tuple[str, Any]],
-    ) -> dict[str, tuple[str, Any]]:
+        available: dict[str, _Source],
+    ) -> dict[str, _Source]:
         inner_path = (*path, node.name)
         title = f"<b>{html.escape(node.name)}</b>"
         attrs = {"style": "rounded,filled", "color": "#9ca3af", "fillcolor": "#f5f5f5"}
@@ -196,15 +204,22 @@ class _Drawing:
             attrs = {"style": "rounded,filled,bold", "color": "#d97706", "fillcolor": "#fff7e6"}
         with dot.subgraph(name="cluster_" + _id(*inner_path)) as sub:
             sub.attr(label=f"<{title}>", **attrs)
-            inner = {i: available[o] for i, o in node.input_map.items()}
+            inner = {i: _renamed(available[o], o, i) for i, o in node.input_map.items()}
             made = self.body(sub, node.graph, inner_path, inner)
         outputs = {}
         for inner_name, outer_name in node.output_map.items():
-            head, tp = made[inner_name]
+            head, tp, _ = made[inner_name]
             if node.map_over and tp is not Any:
                 tp = GenericAlias(list, (tp,))  # a mapped graph gives one list per output
-            outputs[outer_name] = (head, tp)
+            outputs[outer_name] = _renamed(_Source(head, tp), inner_name, outer_name)
         return outputs
+
+
+def _renamed(source: _Source, before: str, after: str) -> _Source:
+    """``source`` labelled with a nested graph's renaming of it (none where the name stays)."""
+    if before == after:
+        return source
+    return source._replace(renamed=f"{before} → {after}")
 
 
 def _digraph(graph: Graph, *, show_types: bool = False) -> Any:
@@ -216,12 +231,12 @@ def _digraph(graph: Graph, *, show_types: bool = False) -> Any:
         node_attr={"shape": "box", "style": "rounded,filled", "fillcolor": "white", **font},
         edge_attr={"fontname": "Helvetica", "fontsize": "10", "color": "#4b5563"},
     )
-    sources: dict[str, tuple[str, Any]] = {}
+    sources: dict[str, _Source] = {}
     for name in graph.inputs + graph.optional_inputs:
         optional = name in graph.optional_inputs
-        sources[name] = (_id("input", name), Any)
+        sources[name] = _Source(_id("input", name), Any)
         dot.node(
-            sources[name][0],
+            sources[name].id,
             label=gv.nohtml(name),
             shape="ellipse",
             style="filled,dashed" if optional else "filled",
