@@ -198,6 +198,9 @@ class RecordedError(RuntimeError):
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (*self.args, self.error_type, self.raw))
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.error_type}: {str(self)!r})"
+
 
 class CliError(Exception):
     """A usage error of the command line: printed as one line, exit code 2."""

@@ -20,8 +20,10 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, fields, replace
+from itertools import chain
 from pathlib import Path
 from typing import IO, Any
 
@@ -98,30 +100,61 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object] | bytes) -> No
         pass
 
 
-def digest(data: bytes) -> str:
-    """The checksum the manifest records for a shard: blake2b, 16 bytes, hex."""
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+def digest(data: bytes | Sequence[bytes]) -> str:
+    """The checksum the manifest records for a shard: blake2b, 16 bytes, hex (of the parts
+    one after the other, when given in parts)."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in (data,) if isinstance(data, bytes) else data:
+        h.update(part)
+    return h.hexdigest()
 
 
 @dataclass
 class ShardEntry:
     """One committed file: its name relative to the folder, rows, the indices it holds,
-    and its size and digest (absent, -1 and "", in manifests of the first layout)."""
+    and its size and digest (absent, -1 and "", in manifests of the first layout).
+
+    ``ranges`` holds the indices as ``[start, stop)`` runs, flat (start, stop, start, ...)
+    in an array of 8-byte ints: a shard of scattered items (an errors shard, or a data
+    shard with every tenth item failed) has one run per item, and the writer keeps every
+    entry while it runs; as lists of lists they cost 8x the memory.
+    """
 
     file: str
     rows: int
     first_index: int
     last_index: int
-    ranges: list[list[int]]
+    ranges: array[int]
     size: int = -1
     blake2b: str = ""
 
     @classmethod
-    def of(cls, file: str, indices: list[int], data: bytes) -> ShardEntry:
+    def of(cls, file: str, indices: list[int], data: bytes | Sequence[bytes]) -> ShardEntry:
+        """The entry of a file holding ``data`` (whole, or the parts it was written in)."""
+        size = len(data) if isinstance(data, bytes) else sum(map(len, data))
         return cls(
-            file, len(indices), min(indices), max(indices), ranges_of(indices),
-            len(data), digest(data),
+            file, len(indices), min(indices), max(indices), _flat(ranges_of(indices)),
+            size, digest(data),
         )  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ShardEntry:
+        """The entry of one line of the manifest (``ranges`` as ``[[start, stop], ...]``)."""
+        return cls(**{**data, "ranges": _flat(data["ranges"])})
+
+    def runs(self) -> Iterator[tuple[int, int]]:
+        """The ``(start, stop)`` runs of its indices, in order."""
+        flat = self.ranges
+        return zip(flat[::2], flat[1::2], strict=True)
+
+    def to_json(self) -> str:
+        """The entry as one line of JSON, ``ranges`` as ``[[start, stop], ...]``."""
+        runs = ",".join(f"[{a},{b}]" for a, b in self.runs())
+        return (
+            f'{{"file":{json.dumps(self.file)},"rows":{self.rows},'
+            f'"first_index":{self.first_index},"last_index":{self.last_index},'
+            f'"ranges":[{runs}],"size":{self.size},"blake2b":{json.dumps(self.blake2b)}}}'
+        )
 
     @property
     def number(self) -> int:
@@ -193,11 +226,11 @@ class Manifest:
 
     def done(self) -> IndexSet:
         """Every index stored in a committed data shard (failed items are not done)."""
-        return IndexSet(r for s in self.shards for r in s.ranges)
+        return IndexSet(r for s in self.shards for r in s.runs())
 
     def failed(self) -> IndexSet:
         """Every index with a failure record in a committed errors shard."""
-        return IndexSet(r for s in self.errors for r in s.ranges)
+        return IndexSet(r for s in self.errors for r in s.runs())
 
     def next_name(self, errors: bool, suffix: str) -> str:
         """The name of the next data (or errors) shard: one past the highest listed."""
@@ -205,14 +238,24 @@ class Manifest:
         number = max((e.number for e in entries), default=-1) + 1
         return f"{ERRORS_DIR}/{number:03d}.jsonl" if errors else f"{number:03d}.{suffix}"
 
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+    def to_json(self) -> str:
+        """The manifest's text: indented JSON with one line per shard, readable and small
+        enough to rewrite at every commit."""
+        data: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
         head = {k: data.pop(k) for k in ("version", "format", "graph", "finished")}
         counts = {"n_rows": self.n_rows, "n_failed": self.n_failed}
-        return {**head, **counts, **data}
+        parts = []
+        for key, value in {**head, **counts, **data}.items():
+            if key in ("shards", "errors") and value:
+                lines = ",\n".join(f"  {entry.to_json()}" for entry in value)
+                text = f"[\n{lines}\n ]"
+            else:
+                text = json.dumps(value)
+            parts.append(f" {json.dumps(key)}: {text}")
+        return "{\n" + ",\n".join(parts) + "\n}\n"
 
     def save(self, folder: Path) -> None:
-        atomic_write(folder / MANIFEST, _encode(self.to_json()).encode())
+        atomic_write(folder / MANIFEST, self.to_json().encode())
 
     def copy(self) -> Manifest:
         """A copy whose shard lists can grow without touching this one."""
@@ -225,8 +268,8 @@ class Manifest:
             data = json.loads(path.read_text(encoding="utf-8"))
             data.pop("n_rows", None)
             data.pop("n_failed", None)
-            data["shards"] = [ShardEntry(**s) for s in data["shards"]]
-            data["errors"] = [ShardEntry(**s) for s in data["errors"]]
+            data["shards"] = [ShardEntry.from_json(s) for s in data["shards"]]
+            data["errors"] = [ShardEntry.from_json(s) for s in data["errors"]]
             return cls(**data)
         except (ValueError, KeyError, TypeError) as exc:
             msg = f"{path} is not a hypernodes_chain manifest ({exc}); use a new writer path"
@@ -274,17 +317,8 @@ def migrate_old_layout(folder: Path) -> bool:
     return True
 
 
-def _encode(data: dict[str, Any]) -> str:
-    """Indented JSON with one line per shard: readable, and small enough to rewrite often."""
-    parts = []
-    for key, value in data.items():
-        if isinstance(value, list) and value and isinstance(value[0], dict):
-            rows = ",\n".join(f"  {json.dumps(v, separators=(',', ':'))}" for v in value)
-            text = f"[\n{rows}\n ]"
-        else:
-            text = json.dumps(value)
-        parts.append(f" {json.dumps(key)}: {text}")
-    return "{\n" + ",\n".join(parts) + "\n}\n"
+def _flat(runs: Iterable[Iterable[int]]) -> array[int]:
+    return array("q", chain.from_iterable(runs))
 
 
 def _own_files(folder: Path) -> Iterator[Path]:

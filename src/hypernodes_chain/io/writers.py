@@ -30,6 +30,7 @@ from typing import Any, Literal
 from ..exceptions import ResumeError, ResumeWarning
 from ..results import ItemFailure, MapResult
 from ._buffers import JsonlBuffer, ParquetBuffer, Rejected, dumps_lenient
+from ._errors import FailureLog
 from ._flatten import flatten_columns, flatten_into
 from ._intervals import IndexSet
 from ._lock import FolderLock
@@ -58,9 +59,11 @@ class StreamWriter:
 
     A row holds ``_index`` (the 0-based item index), then the item's mapped inputs, then its
     outputs. Memory stays at one shard's worth of rows whatever the number of items. Failures
-    are committed with the next data shard (or on their own once ``max_lines_per_file`` of
-    them wait). One writer serves one map, called from one thread; while it is open it holds
-    an exclusive lock on the folder, so a second writer (of any process) fails at once.
+    are encoded as they come and committed with the next data shard (or on their own once
+    ``max_lines_per_file`` of them wait); the writer keeps their count and the first
+    `KEPT_FAILURES` records, and its result reads the others back from ``_errors/``. One
+    writer serves one map, called from one thread; while it is open it holds an exclusive
+    lock on the folder, so a second writer (of any process) fails at once.
 
     Parameters
     ----------
@@ -133,8 +136,9 @@ class StreamWriter:
         self._manifest: Manifest | None = None
         self._lock: FolderLock | None = None
         self._done = IndexSet()
-        self._pending_failures: list[ItemFailure] = []
-        self._failures: list[ItemFailure] = []
+        self._pending_errors: list[bytes] = []  # encoded records waiting for the next commit
+        self._pending_indices: list[int] = []
+        self._failures = FailureLog()
         self._n_rows = 0  # rows this run
         self._result: MapResult | None = None
 
@@ -245,7 +249,8 @@ class StreamWriter:
         Returns
         -------
         MapResult
-            This run's counts and failures, the items skipped, and the folder's totals and
+            This run's counts and failures (a `Failures`: the first ones in memory, the
+            rest read from ``_errors/``), the items skipped, and the folder's totals and
             data shards. ``duration_s`` is left to the runner.
         """
         if self._result is not None:
@@ -258,13 +263,13 @@ class StreamWriter:
             if self._lock is not None:
                 self._lock.release()
         manifest = self._manifest
-        n_failed = len(self._failures)
+        n_failed = self._failures.n
         self._result = MapResult(
             n_items=self._n_rows + n_failed,
             n_ok=self._n_rows,
             n_failed=n_failed,
             files=[self.path / s.file for s in manifest.shards],
-            failures=list(self._failures),
+            failures=self._failures.failures(self.path),
             path=self.path,
             n_skipped=len(self._done),
             total_ok=manifest.n_rows,
@@ -390,9 +395,12 @@ class StreamWriter:
 
     def _queue_failures(self, failures: Sequence[ItemFailure]) -> None:
         if failures:
-            self._failures.extend(failures)
-            self._pending_failures.extend(failures)  # committed with the next shard
-        if len(self._pending_failures) >= self.max_lines_per_file:
+            # encoded now, so that neither the records nor their errors wait for the commit
+            lines = [(dumps_lenient(f.to_record()) + "\n").encode() for f in failures]
+            self._pending_errors.extend(lines)
+            self._pending_indices.extend(f.index for f in failures)
+            self._failures.add(failures)
+        if len(self._pending_errors) >= self.max_lines_per_file:
             self._commit()
 
     def _add_columns(
@@ -502,17 +510,16 @@ class StreamWriter:
             new.finished = finished
             data = buffer.freeze() if len(buffer) else None  # may raise: nothing written yet
             written: list[Path] = []
+            errors = None
             try:
-                if self._pending_failures:
+                if self._pending_errors:
                     name = new.next_name(errors=True, suffix="jsonl")
-                    text = "".join(
-                        dumps_lenient(f.to_record()) + "\n" for f in self._pending_failures
-                    ).encode()
+                    lines = self._pending_errors  # written line by line: no joined copy
                     (folder / ERRORS_DIR).mkdir(exist_ok=True)
-                    atomic_write(folder / name, text)
+                    atomic_write(folder / name, lambda f: f.writelines(lines))
                     written.append(folder / name)
-                    indices = [f.index for f in self._pending_failures]
-                    new.errors.append(ShardEntry.of(name, indices, text))
+                    errors = ShardEntry.of(name, self._pending_indices, lines)
+                    new.errors.append(errors)
                 if data is not None:
                     name = new.next_name(errors=False, suffix=buffer.suffix)
                     atomic_write(folder / name, data)
@@ -527,7 +534,9 @@ class StreamWriter:
             self._manifest = new
             self._n_rows += len(buffer)
             buffer.clear()
-            self._pending_failures = []
+            if errors is not None:
+                self._failures.shards.append(errors)
+            self._pending_errors, self._pending_indices = [], []
 
 
 def _names(nodes: Sequence[str]) -> str:

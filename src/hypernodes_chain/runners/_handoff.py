@@ -3,7 +3,9 @@
 `map_flow` schedules the batches; a `Handoff` takes each one once it is done. A batch that
 finished early waits in the reorder buffer for the ones before it, then leaves as
 `BatchRows` (``map`` returning a list, ``imap``) or as columns to the writer, and is
-counted into the map's `MapResult`.
+counted into the map's `MapResult`. The failure records go on with their batch (in the rows,
+or to the writer, which stores them and lists them in its own result); the handoff keeps
+only their count, so a map's memory does not grow with its failures.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ class Handoff:
         if self.writer is not None:
             written = self.writer.close(finished=exc is None)
             result.files = list(written.files)
+            result.failures = written.failures
             result.path = written.path
             result.total_ok = getattr(written, "total_ok", result.n_ok)
             result.total_failed = getattr(written, "total_failed", result.n_failed)
@@ -217,7 +220,6 @@ def _count(result: MapResult, n: int, failures: list[ItemFailure]) -> None:
     result.n_items += n
     result.n_failed += len(failures)
     result.n_ok += n - len(failures)
-    result.failures.extend(failures)
 
 
 def _write(
