@@ -35,11 +35,13 @@ from .exceptions import (
     MissingInputError,
     NodeError,
     PlanError,
+    ResourceError,
     ResumeError,
     ResumeWarning,
     TruncatedReplyError,
     UnknownEngineError,
     UnknownInputError,
+    UnknownResourceError,
     WriterLockedError,
 )
 from .graph import Graph, GraphNode
@@ -47,6 +49,7 @@ from .interrupts import ainterrupt, interrupt
 from .jsonlog import JsonLogCallback
 from .node import Node, node
 from .progress import ProgressCallback
+from .resources import resource
 from .results import ItemFailure, MapResult
 from .runners import AsyncRunner, DaftRunner, DaskRunner, GraphRun, Runner
 
@@ -92,6 +95,7 @@ __all__ = [
     "NodeStarted",
     "PlanError",
     "ProgressCallback",
+    "ResourceError",
     "ResumeError",
     "ResumeWarning",
     "Runner",
@@ -99,9 +103,11 @@ __all__ = [
     "TruncatedReplyError",
     "UnknownEngineError",
     "UnknownInputError",
+    "UnknownResourceError",
     "WriterLockedError",
     "__version__",
     "ainterrupt",
     "interrupt",
     "node",
+    "resource",
 ]

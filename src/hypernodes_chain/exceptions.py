@@ -24,6 +24,8 @@ mistake, so ``except ValueError`` keeps working around graph construction::
     │   ├── EngineReplyError             (also TypeError) a reply that is not text (engine, prompt)
     │   └── TruncatedReplyError          (also ValueError) a reply cut at max_tokens; keeps its text
     ├── UnknownEngineError               (also KeyError) an engine name the broker does not know
+    ├── ResourceError                    (also RuntimeError) a resource's factory raised
+    ├── UnknownResourceError             (also KeyError) a resource name the runner does not know
     ├── ResumeError                      (also ValueError) a folder a writer must not resume
     └── WriterLockedError                (also RuntimeError) another writer holds the folder
 
@@ -75,11 +77,13 @@ __all__ = [
     "PlanError",
     "RecordedError",
     "RemoteError",
+    "ResourceError",
     "ResumeError",
     "ResumeWarning",
     "TruncatedReplyError",
     "UnknownEngineError",
     "UnknownInputError",
+    "UnknownResourceError",
     "VLLMEngineError",
     "WriterLockedError",
 ]
@@ -319,6 +323,27 @@ class UnknownEngineError(HypernodesError, KeyError):
 
     def __str__(self) -> str:  # KeyError's own str() would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class UnknownResourceError(HypernodesError, KeyError):
+    """A resource name the runner's broker does not know (a `KeyError`, as for a missing
+    key); the message lists the registered resources."""
+
+    def __str__(self) -> str:  # KeyError's own str() would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ResourceError(HypernodesError, RuntimeError):
+    """A resource could not be built for a node: its factory raised (chained as
+    ``__cause__``). Nothing is remembered: the next use calls the factory again."""
+
+    def __init__(self, msg: str, resource: str = "", node: str = "") -> None:
+        super().__init__(msg)
+        self.resource = resource
+        self.node = node
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (*self.args, self.resource, self.node))
 
 
 class ResumeWarning(UserWarning):

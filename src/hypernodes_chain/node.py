@@ -1,7 +1,7 @@
 """`@node` and `Node`: a plain function plus the names it reads and writes.
 
 This is the bottom layer: it imports nothing from the rest of the package but the
-exceptions, so a graph can be defined without pulling in runners, caches or engines.
+resource marker, so a graph can be defined without pulling in runners, caches or engines.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import sys
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
+
+from .resources import Resource
 
 __all__ = ["Node", "node"]
 
@@ -91,13 +93,23 @@ class Node(Generic[P, R]):
             msg = f"batch node {self.name!r} cannot be a generator (batch nodes return a list)"
             raise TypeError(msg)
         sig = inspect.signature(func)
+        # parameter name -> resource name: ``tok=resource("tok")``, passed by the runner
+        self.resources: dict[str, str] = {
+            p.name: p.default.name
+            for p in sig.parameters.values()
+            if isinstance(p.default, Resource)
+        }
+        if self.resources:
+            self.direct = False  # the runner adds the live resources to each call
         self.parameters: tuple[str, ...] = tuple(
             p.name
             for p in sig.parameters.values()
-            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in self.resources
         )
         self.defaults: dict[str, Any] = {
-            p.name: p.default for p in sig.parameters.values() if p.default is not _EMPTY
+            p.name: p.default
+            for p in sig.parameters.values()
+            if p.default is not _EMPTY and p.name not in self.resources
         }
         self.keyword_only = frozenset(
             p.name for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY
@@ -366,6 +378,9 @@ def node(
     timeout: float | None = None,
 ) -> Node[P, R] | Callable[[Callable[P, R]], Node[P, R]]:
     """Turn a function into a graph node.
+
+    Its parameters are its inputs, except those whose default is ``resource(name)``: the
+    runner passes them the live resource registered under ``name``.
 
     Parameters
     ----------

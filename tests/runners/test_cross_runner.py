@@ -45,6 +45,7 @@ from hypernodes_chain import (
     ainterrupt,
     interrupt,
     node,
+    resource,
 )
 from hypernodes_chain.engines import EngineBroker
 from hypernodes_chain.io import StreamWriter, read_jsonl, read_parquet
@@ -225,10 +226,13 @@ class Rig:
         callbacks: Any = None,
         entry: Entry | None = None,
         engines: Any = None,
+        resources: Any = None,
     ) -> SyncAdapter:
         options = {"cache": cache, "callbacks": callbacks}
         if engines is not None:
             options["engines"] = engines
+        if resources is not None:
+            options["resources"] = resources
         adapter = (entry or self.entry).build(**options)
         self._built.append(adapter)
         return adapter
@@ -936,6 +940,39 @@ def case_two_engines_both_live(rig: Rig) -> None:
     )
     with broker:
         _two_engines(rig, broker, asked)
+
+
+class Vocabulary:
+    """A heavy resource's stand-in: each one built is recorded with its process id."""
+
+    def __init__(self, log: str) -> None:
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        self.offset = 100
+
+    def ids(self, word: str) -> list[int]:
+        return [self.offset + len(word)]
+
+
+@node(output_name="ids")
+def word_ids(word: str, vocab: Any = resource("vocab")) -> list[int]:  # noqa: B008
+    return vocab.ids(word)
+
+
+@node(output_name="n_ids", batch=True)
+def count_ids(ids: list[list[int]], vocab: Any = resource("vocab")) -> list[int]:  # noqa: B008
+    return [len(i) + vocab.offset for i in ids]
+
+
+@case
+def case_resources_built_once_per_process(rig: Rig) -> None:
+    built = rig.calls()
+    runner = rig.make(resources={"vocab": functools.partial(Vocabulary, str(built.path))})
+    graph = Graph([word_ids, count_ids], name="vocab")
+    assert runner.run(graph, {"word": "abc"}) == {"ids": [103], "n_ids": 101}
+    rows = runner.map(graph, {"word": WORDS * 20}, map_over="word", batch_size=3)
+    assert rows == [{"ids": [100 + len(w)], "n_ids": 101} for w in WORDS * 20]
+    assert max(Counter(built).values()) == 1, f"built more than once in a process: {built}"
 
 
 # -- the table -----------------------------------------------------------------------

@@ -10,6 +10,11 @@ A registration is in one of four states. The states other than ``cold`` count ag
 ``max_live``, so an engine being stopped still holds its place until its memory is free::
 
     cold --claim--> starting --start()--> live --evict/flush/close--> stopping --stop()--> cold
+
+The broker also holds resources (``hypernodes_chain.resources``: a tokenizer, a connection
+pool) by the same rules, with three differences: building one is calling its factory (no
+``start()``), releasing one is closing what the factory built (an object registered as it
+is stays open), and resources neither count against ``max_live`` nor are evicted.
 """
 
 from __future__ import annotations
@@ -25,16 +30,18 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict, TypeGuard
 
+from .. import resources
 from ..events import EngineStarted, EngineStopped, Event, EventBus
-from ..exceptions import UnknownEngineError
+from ..exceptions import UnknownEngineError, UnknownResourceError
 from .base import Engine
 
-__all__ = ["EngineBroker", "EngineStatus", "UnknownEngineError"]
+__all__ = ["EngineBroker", "EngineStatus", "Lease", "UnknownEngineError"]
 
 EngineFactory = Callable[[], Engine]
 Clock = Callable[[], float]
 
 _COLD, _STARTING, _LIVE, _STOPPING = "cold", "starting", "live", "stopping"
+_ENGINE, _RESOURCE = "engine", "resource"
 
 
 class EngineStatus(TypedDict):
@@ -51,12 +58,19 @@ class _Slot:
     """One registration and its state; every field is read and written under the lock."""
 
     name: str
-    source: Any  # the engine or the factory, as registered (what pickling sends)
-    engine: Engine | None  # None until a factory has built it
+    source: Any  # the engine, resource or factory, as registered (what pickling sends)
+    engine: Any  # the engine or resource; None until a factory has built it
+    kind: str = _ENGINE
     state: str = _COLD
     refs: int = 0
     starts: int = 0
     last_used: float | None = None
+    identity: str | None = None  # a resource's, as computed where it was registered
+
+    @property
+    def owned(self) -> bool:
+        """A resource the broker builds (from a factory), so it also closes it."""
+        return self.kind == _RESOURCE and resources.is_factory(self.source)
 
 
 @dataclass(frozen=True)
@@ -80,6 +94,8 @@ class EngineBroker:
     ----------
     engines
         ``{name: engine or factory}``, registered as by `register`.
+    resources
+        ``{name: resource or factory}``, registered as by `register_resource`.
     max_live
         How many engines may be alive at once; acquiring another stops the least recently
         used idle one first, and waits (never fails) while every live engine is in use.
@@ -104,6 +120,7 @@ class EngineBroker:
         self,
         engines: Mapping[str, Engine | EngineFactory] | None = None,
         *,
+        resources: Mapping[str, object] | None = None,
         max_live: int = 1,
         idle_seconds: float = 180,
         clock: Clock = time.monotonic,
@@ -131,6 +148,8 @@ class EngineBroker:
         weakref.finalize(self, _stop_at_exit, self._slots, self._cond)
         for name, source in (engines or {}).items():
             self.register(name, source)
+        for name, kept in (resources or {}).items():
+            self.register_resource(name, kept)
 
     # -- registrations ---------------------------------------------------------------------
 
@@ -154,12 +173,34 @@ class EngineBroker:
                 f"zero-argument factory that builds one, got {engine_or_factory!r}"
             )
             raise TypeError(msg)
-        new = _Slot(name, engine_or_factory, engine)
+        self._register(_Slot(name, engine_or_factory, engine))
+
+    def register_resource(self, name: str, resource_or_factory: object) -> None:
+        """Register a resource, or a zero-argument factory called on first use.
+
+        A class, function, method or ``functools.partial`` is a factory; any other object
+        is the resource itself, used as it is in this process (and pickled to go to worker
+        processes). Nothing is built. An idle registration of the same name is replaced.
+
+        Raises
+        ------
+        TypeError
+            When ``name`` is not a non-empty str.
+        RuntimeError
+            When the name is in use (acquired, starting or stopping).
+        """
+        if not isinstance(name, str) or not name:
+            msg = f"a resource's name must be a non-empty str, got {name!r}"
+            raise TypeError(msg)
+        self._register(_Slot(name, resource_or_factory, None, kind=_RESOURCE))
+
+    def _register(self, new: _Slot) -> None:
+        name = new.name
         with self._cond:
             old = self._slots.get(name)
             if old is not None and (old.refs or old.state in (_STARTING, _STOPPING)):
                 msg = (
-                    f"engine {name!r} is in use ({old.refs} references, {old.state}); "
+                    f"{old.kind} {name!r} is in use ({old.refs} references, {old.state}); "
                     "register its replacement once it is released"
                 )
                 raise RuntimeError(msg)
@@ -175,7 +216,7 @@ class EngineBroker:
                 self._notify()
 
     def names(self) -> tuple[str, ...]:
-        """The registered names, in registration order."""
+        """The registered names (engines and resources), in registration order."""
         with self._cond:
             return tuple(self._slots)
 
@@ -193,9 +234,7 @@ class EngineBroker:
         UnknownEngineError
             When ``name`` is not registered; the message lists the registered names.
         """
-        with self._cond:
-            while (claim := self._claim(name)) is None:
-                self._cond.wait()
+        claim = self._wait_claim(name, _ENGINE)
         engine, events = self._bring_up(claim)
         try:
             self._publish(events)
@@ -206,20 +245,7 @@ class EngineBroker:
     @contextlib.asynccontextmanager
     async def aacquire(self, name: str) -> AsyncIterator[Engine]:
         """The async twin of `acquire`: waits and starts without blocking the event loop."""
-        loop = asyncio.get_running_loop()
-        while True:
-            with self._cond:
-                claim = self._claim(name)
-                if claim is None:
-                    waiter = loop.create_future()
-                    self._waiters.append((loop, waiter))
-            if claim is not None:
-                break
-            try:
-                await waiter
-            finally:
-                with self._cond, contextlib.suppress(ValueError):
-                    self._waiters.remove((loop, waiter))
+        claim = await self._await_claim(name, _ENGINE)
         engine, events = await self._abring_up(claim)
         try:
             self._publish(events)
@@ -227,13 +253,60 @@ class EngineBroker:
         finally:
             self._release(claim.slot)
 
-    def _claim(self, name: str) -> _Claim | None:
-        """Under the lock: take a reference, reserve a start, or return None to wait."""
+    def lease(self, name: str) -> Lease:
+        """The resource ``name``, built on first use, held until the lease is released
+        (``lease.release()``, or a ``with lease:`` block's exit).
+
+        Raises
+        ------
+        UnknownResourceError
+            When ``name`` is not a registered resource; the message lists the registered ones.
+        """
+        claim = self._wait_claim(name, _RESOURCE)
+        value, _ = self._bring_up(claim)
+        return Lease(self, claim.slot, value)
+
+    async def alease(self, name: str) -> Lease:
+        """The async twin of `lease`: a factory runs in a worker thread; callers that
+        arrive meanwhile wait for it, and share what it built."""
+        claim = await self._await_claim(name, _RESOURCE)
+        value, _ = await self._abring_up(claim)
+        return Lease(self, claim.slot, value)
+
+    def leased(self, name: str) -> Any:
+        """The live resource ``name``, for a caller that holds a lease on it (read without
+        the lock: a leased resource stays as it is until its leases are released)."""
         slot = self._slots.get(name)
-        if slot is None:
-            known = ", ".join(map(repr, self._slots)) or "none"
-            msg = f"unknown engine {name!r}; registered engines: {known}"
-            raise UnknownEngineError(msg)
+        if slot is None or slot.kind != _RESOURCE or slot.state not in (_LIVE, _STOPPING):
+            msg = f"resource {name!r} is not leased: lease it first (EngineBroker.lease)"
+            raise RuntimeError(msg)
+        return slot.engine
+
+    def _wait_claim(self, name: str, kind: str) -> _Claim:
+        with self._cond:
+            while (claim := self._claim(name, kind)) is None:
+                self._cond.wait()
+        return claim
+
+    async def _await_claim(self, name: str, kind: str) -> _Claim:
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._cond:
+                claim = self._claim(name, kind)
+                if claim is None:
+                    waiter = loop.create_future()
+                    self._waiters.append((loop, waiter))
+            if claim is not None:
+                return claim
+            try:
+                await waiter
+            finally:
+                with self._cond, contextlib.suppress(ValueError):
+                    self._waiters.remove((loop, waiter))
+
+    def _claim(self, name: str, kind: str) -> _Claim | None:
+        """Under the lock: take a reference, reserve a start, or return None to wait."""
+        slot = self._slot(name, kind)
         if slot.state == _LIVE:
             slot.refs += 1
             slot.last_used = self._clock()
@@ -241,14 +314,25 @@ class EngineBroker:
         if slot.state != _COLD:
             return None  # another caller is starting or stopping it
         victim = None
-        if sum(s.state != _COLD for s in self._slots.values()) >= self.max_live:
-            idle = [s for s in self._slots.values() if s.state == _LIVE and not s.refs]
+        engines = [s for s in self._slots.values() if s.kind == _ENGINE]
+        if kind == _ENGINE and sum(s.state != _COLD for s in engines) >= self.max_live:
+            idle = [s for s in engines if s.state == _LIVE and not s.refs]
             if not idle:
                 return None  # every place is in use: wait for a release
             victim = min(idle, key=lambda s: s.last_used or 0.0)
             victim.state = _STOPPING
         slot.state = _STARTING
         return _Claim(slot, ready=False, victim=victim)
+
+    def _slot(self, name: str, kind: str) -> _Slot:
+        """Under the lock: the registration ``name`` of this kind, or a clear error."""
+        slot = self._slots.get(name)
+        if slot is not None and slot.kind == kind:
+            return slot
+        known = ", ".join(repr(s.name) for s in self._slots.values() if s.kind == kind)
+        msg = f"unknown {kind} {name!r}; registered {kind}s: {known or 'none'}"
+        error = UnknownEngineError if kind == _ENGINE else UnknownResourceError
+        raise error(msg)
 
     def _bring_up(self, claim: _Claim) -> tuple[Engine, list[Event]]:
         """Outside the lock: stop the victim, start the claimed engine, take its reference."""
@@ -261,8 +345,7 @@ class EngineBroker:
             if claim.victim is not None:
                 events += self._stop([claim.victim], "evicted", publish=False)
             began = time.perf_counter()
-            engine = slot.engine if slot.engine is not None else _build(slot)
-            engine.start()
+            engine = _bring(slot)
             seconds = time.perf_counter() - began
         except BaseException:
             with self._cond:
@@ -278,7 +361,8 @@ class EngineBroker:
             slot.starts += 1
             slot.last_used = self._clock()
             self._notify()
-        events.append(EngineStarted(path=(), name=slot.name, seconds=seconds))
+        if slot.kind == _ENGINE:
+            events.append(EngineStarted(path=(), name=slot.name, seconds=seconds))
         return engine, events
 
     async def _abring_up(self, claim: _Claim) -> tuple[Engine, list[Event]]:
@@ -332,7 +416,8 @@ class EngineBroker:
         return [s.name for s in victims]
 
     def close(self) -> None:
-        """Stop every live engine, in use or not (one still starting is left to its caller).
+        """Stop every live engine and release every live resource, in use or not (one
+        still starting is left to its caller).
 
         The registrations stay: a later acquire starts an engine again.
         """
@@ -349,13 +434,15 @@ class EngineBroker:
         error: BaseException | None = None
         for slot in slots:
             try:
-                assert slot.engine is not None
-                slot.engine.stop()
-                events.append(EngineStopped(path=(), name=slot.name, reason=reason))
+                _put_down(slot)
+                if slot.kind == _ENGINE:
+                    events.append(EngineStopped(path=(), name=slot.name, reason=reason))
             except BaseException as exc:
                 error = error or exc
             finally:
                 with self._cond:
+                    if slot.owned:
+                        slot.engine = None  # closed: the next use builds a new one
                     slot.state = _COLD
                     self._notify()
         if publish:
@@ -376,19 +463,24 @@ class EngineBroker:
         """The engine's ``identity()``, without starting it (a factory is built, not
         started): what an LLM node's cache key chains, so a cached rerun loads no model."""
         with self._cond:
-            slot = self._slots.get(name)
-            if slot is None:
-                known = ", ".join(map(repr, self._slots)) or "none"
-                msg = f"unknown engine {name!r}; registered engines: {known}"
-                raise UnknownEngineError(msg)
+            slot = self._slot(name, _ENGINE)
             if slot.engine is None:
                 slot.engine = _build(slot)
             engine = slot.engine
         identity: dict[str, Any] = dict(engine.identity())
         return identity
 
+    def resource_identity(self, name: str) -> str | None:
+        """What the resource ``name`` adds to the cache keys of the nodes that use it
+        (`resources.identity`), without building it; in a worker process, the identity
+        computed where it was registered, so keys agree with the driver's."""
+        with self._cond:
+            slot = self._slot(name, _RESOURCE)
+        return slot.identity if slot.identity is not None else resources.identity(slot.source)
+
     def status(self) -> dict[str, EngineStatus]:
-        """Per engine: live, reference count, number of starts, last use (by ``clock``)."""
+        """Per engine and resource: live, reference count, number of starts (builds, for a
+        resource), last use (by ``clock``)."""
         with self._cond:
             return {
                 s.name: EngineStatus(
@@ -406,18 +498,68 @@ class EngineBroker:
     def __repr__(self) -> str:
         with self._cond:
             live = [s.name for s in self._slots.values() if s.state == _LIVE]
-            names = list(self._slots)
-        return f"EngineBroker({names!r}, live={live!r}, max_live={self.max_live})"
+            names = [s.name for s in self._slots.values() if s.kind == _ENGINE]
+            kept = [s.name for s in self._slots.values() if s.kind == _RESOURCE]
+        more = f", resources={kept!r}" if kept else ""
+        return f"EngineBroker({names!r}{more}, live={live!r}, max_live={self.max_live})"
 
     # -- pickling --------------------------------------------------------------------------
 
     def __reduce__(self) -> tuple[Any, ...]:
         with self._cond:
-            sources = {s.name: s.source for s in self._slots.values()}
+            sources = {s.name: s.source for s in self._slots.values() if s.kind == _ENGINE}
+            kept = {s.name: s.source for s in self._slots.values() if s.kind == _RESOURCE}
         for name, source in sources.items():
             if _is_engine(source):
                 _check_picklable(name, source)
-        return (_rebuild, (sources, self.max_live, self.idle_seconds, self._clock))
+        for name, source in kept.items():
+            if not resources.is_factory(source):
+                resources.check_picklable(name, source)
+        identities = {name: self.resource_identity(name) for name in kept}
+        state = (sources, self.max_live, self.idle_seconds, self._clock, kept, identities)
+        return (_rebuild, state)
+
+
+class Lease:
+    """A resource held by `EngineBroker.lease`: ``value`` stays as it is (``flush`` leaves
+    it alone, a registration cannot replace it) until ``release()``, which may be called
+    more than once."""
+
+    __slots__ = ("_broker", "_slot", "value")
+
+    def __init__(self, broker: EngineBroker, slot: _Slot, value: Any) -> None:
+        self._broker = broker
+        self._slot: _Slot | None = slot
+        self.value = value
+
+    def release(self) -> None:
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            self._broker._release(slot)
+
+    def __enter__(self) -> Any:
+        return self.value
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def _bring(slot: _Slot) -> Any:
+    """Outside the lock: the started engine, or the resource (built by its factory)."""
+    if slot.kind == _RESOURCE:
+        return slot.source() if slot.owned else slot.source
+    engine = slot.engine if slot.engine is not None else _build(slot)
+    engine.start()
+    return engine
+
+
+def _put_down(slot: _Slot) -> None:
+    """Outside the lock: stop an engine; close a resource the broker built."""
+    if slot.kind == _ENGINE:
+        assert slot.engine is not None
+        slot.engine.stop()
+    elif slot.owned:
+        resources.close_resource(slot.engine)
 
 
 def _build(slot: _Slot) -> Engine:
@@ -457,9 +599,19 @@ def _check_picklable(name: str, engine: object) -> None:
 
 
 def _rebuild(
-    sources: dict[str, Any], max_live: int, idle_seconds: float, clock: Clock
+    sources: dict[str, Any],
+    max_live: int,
+    idle_seconds: float,
+    clock: Clock,
+    kept: dict[str, Any],
+    identities: dict[str, str | None],
 ) -> EngineBroker:
-    return EngineBroker(sources, max_live=max_live, idle_seconds=idle_seconds, clock=clock)
+    broker = EngineBroker(
+        sources, resources=kept, max_live=max_live, idle_seconds=idle_seconds, clock=clock
+    )
+    for name, identity in identities.items():
+        broker._slots[name].identity = identity
+    return broker
 
 
 def _stop_at_exit(slots: dict[str, _Slot], lock: threading.Condition) -> None:
@@ -470,6 +622,6 @@ def _stop_at_exit(slots: dict[str, _Slot], lock: threading.Condition) -> None:
             slot.state = _STOPPING
     for slot in live:
         with contextlib.suppress(Exception):
-            slot.engine.stop()  # type: ignore[union-attr]  # live: built
+            _put_down(slot)
         with lock:
             slot.state = _COLD

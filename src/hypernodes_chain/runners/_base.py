@@ -44,6 +44,7 @@ class BaseRunner:
         cache: Cache | None = None,
         callbacks: Sequence[Subscriber] | Subscriber | None = None,
         engines: object = None,
+        resources: Mapping[str, object] | None = None,
     ) -> None:
         self.cache = cache
         if callbacks is None:
@@ -52,9 +53,10 @@ class BaseRunner:
             callbacks = [callbacks]
         self.callbacks: list[Subscriber] = list(callbacks)
         self.engines = engines
+        self.resources = resources
         self._quiet = Local(inline=self._inline)  # no subscriber: shared, nothing to fail
-        self._engines_given = engines
-        self._settings = Settings(cache=cache, engines=_as_broker(engines))
+        self._engines_given = (engines, resources)
+        self._settings = Settings(cache=cache, engines=_as_broker(engines, resources))
         self._quiet_ctx: Context | None = None
 
     def _context(
@@ -69,9 +71,14 @@ class BaseRunner:
         """The context of one run or map, from the runner's settings as they are now
         (a callback appended or a cache set after construction counts)."""
         settings = self._settings
-        if settings.cache is not self.cache or self._engines_given is not self.engines:
-            self._engines_given = self.engines
-            settings = Settings(cache=self.cache, engines=_as_broker(self.engines))
+        given = self._engines_given
+        if (
+            settings.cache is not self.cache
+            or given[0] is not self.engines
+            or given[1] is not self.resources
+        ):
+            self._engines_given = (self.engines, self.resources)
+            settings = Settings(cache=self.cache, engines=_as_broker(self.engines, self.resources))
             self._settings = settings
         if on_error != settings.on_error:
             settings = Settings(cache=self.cache, on_error=on_error, engines=settings.engines)
@@ -160,13 +167,28 @@ class BaseRunner:
         return max(self._in_flight, min(_MAX_ENGINE_BATCHES, max(2, wanted)))
 
 
-def _as_broker(engines: object) -> object:
-    """``engines=``: None, an `EngineBroker`, or a dict of engines it wraps in one."""
-    if engines is None or not isinstance(engines, Mapping):
+def _as_broker(engines: object, resources: Mapping[str, object] | None = None) -> object:
+    """``engines=``: None, an `EngineBroker`, or a dict of engines it wraps in one.
+    ``resources=`` (a dict) joins them: in a new broker, or registered in the one given
+    (what it holds under a name already, it keeps)."""
+    if resources is not None and not isinstance(resources, Mapping):
+        msg = f"resources= takes a dict of {{name: factory or object}}, got {resources!r}"
+        raise TypeError(msg)
+    if resources is None and (engines is None or not isinstance(engines, Mapping)):
         return engines
     from ..engines.broker import EngineBroker  # light: no engine library is imported
 
-    return EngineBroker(dict(engines))
+    if engines is None or isinstance(engines, Mapping):
+        return EngineBroker(dict(engines or {}), resources=resources)
+    register = getattr(engines, "register_resource", None)
+    if register is None:
+        msg = f"resources= needs an EngineBroker to hold them, got engines={engines!r}"
+        raise TypeError(msg)
+    names = engines.names()  # type: ignore[attr-defined]
+    for name, source in (resources or {}).items():
+        if name not in names:
+            register(name, source)
+    return engines
 
 
 def _check_graph(graph: object) -> None:

@@ -6,7 +6,8 @@ results, so the same body runs under every driver. An item body returns the node
 to exceptions: the single place where a column's failures are counted. Invokers are
 chosen once per plan step (`invoker_for`); a node kind registers its own
 (`register_invoker`: nested graphs in ``_nested``, LLM nodes in ``llm``), the core never
-switches on kinds.
+switches on kinds. A node that asks for resources gets its kind's invoker wrapped in a
+`ResourceInvoker` (``_resources``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ._effects import (
     RowsFn,
 )
 from ._keys import node_fingerprint
+from ._resources import ResourceInvoker
 from ._work import ColumnCall, Context, FlowFactory, Invoker, ItemCall, Keys, Local, Settings
 
 __all__ = [
@@ -381,7 +383,14 @@ def register_invoker(node_type: type, factory: Callable[[Step], Invoker]) -> Non
 
 
 def invoker_for(step: Step) -> Invoker:
-    """The invoker of a plan step: a registered node class's own, else by kind."""
+    """The invoker of a plan step: a registered node class's own, else by kind; for a
+    node that asks for resources, that invoker with the resources leased around it."""
+    if getattr(step.node, "resources", None):
+        return ResourceInvoker(step, _own_invoker)
+    return _own_invoker(step)
+
+
+def _own_invoker(step: Step) -> Invoker:
     node = step.node
     for cls in type(node).__mro__:
         factory = _BY_TYPE.get(cls)

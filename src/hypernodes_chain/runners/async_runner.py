@@ -36,6 +36,12 @@ class AsyncRunner(BaseRunner):
         Subscribers (usually `Callback` instances) that receive every event.
     engines
         An `EngineBroker` shared by the LLM nodes.
+    resources
+        ``{name: factory or object}``: what nodes ask for with ``resource(name)``
+        parameter defaults (a tokenizer, a model, a connection pool). A factory (a class
+        or function of no arguments) is called on first use, once per process; an object
+        is used as it is. They join the engines' broker (its lifetime, per worker process
+        under Dask and Daft).
     max_concurrency
         The most node calls in flight at once, across a whole run or map.
     """
@@ -50,8 +56,9 @@ class AsyncRunner(BaseRunner):
         callbacks: Sequence[Subscriber] | Subscriber | None = None,
         engines: object = None,
         max_concurrency: int = 64,
+        resources: Mapping[str, object] | None = None,
     ) -> None:
-        super().__init__(cache=cache, callbacks=callbacks, engines=engines)
+        super().__init__(cache=cache, callbacks=callbacks, engines=engines, resources=resources)
         if max_concurrency < 1:
             msg = f"max_concurrency must be at least 1, got {max_concurrency!r}"
             raise ValueError(msg)

@@ -113,6 +113,9 @@ class DaftRunner(Runner):
     engines
         An `EngineBroker` (or a dict of engines or factories). A graph with LLM nodes runs
         as a class UDF: each instance builds its own broker from the registrations.
+    resources
+        ``{name: factory or object}`` for ``resource(name)`` parameters: built once per
+        process the UDF runs in (an object must pickle to go there).
     concurrency
         Instances of a class UDF (``daft.cls(max_concurrency=N)``: N UDF processes on
         Daft's native runner, N actors on Ray). None: Daft's threads of this process, or
@@ -128,6 +131,7 @@ class DaftRunner(Runner):
         cache: Cache | None = None,
         callbacks: Sequence[Subscriber] | Subscriber | None = None,
         engines: object = None,
+        resources: Mapping[str, object] | None = None,
         concurrency: int | None = None,
     ) -> None:
         if concurrency is not None and (
@@ -138,7 +142,7 @@ class DaftRunner(Runner):
         self.concurrency = concurrency
         if concurrency is not None:
             _check_cache(cache, "concurrency=")
-        super().__init__(cache=cache, callbacks=callbacks, engines=engines)
+        super().__init__(cache=cache, callbacks=callbacks, engines=engines, resources=resources)
 
     @property
     def _in_flight(self) -> int:  # type: ignore[override]

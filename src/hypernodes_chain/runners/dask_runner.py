@@ -144,6 +144,9 @@ class DaskRunner(Runner):
     engines
         An `EngineBroker` (or a dict of engines or factories): every worker process builds
         its own broker from the registrations and stops its engines when it closes.
+    resources
+        ``{name: factory or object}`` for ``resource(name)`` parameters: built once per
+        worker process, closed when it closes (an object must pickle to go there).
     max_in_flight
         Batches submitted at once (default: twice the cluster's threads); the driver holds
         at most this many batches, whatever the length of the inputs.
@@ -166,6 +169,7 @@ class DaskRunner(Runner):
         cache: Cache | None = None,
         callbacks: Sequence[Subscriber] | Subscriber | None = None,
         engines: object = None,
+        resources: Mapping[str, object] | None = None,
         max_in_flight: int | None = None,
         retries: int = 3,
         cluster_options: Mapping[str, object] | None = None,
@@ -182,7 +186,7 @@ class DaskRunner(Runner):
             msg = f"retries must be 0 or more, got {retries!r}"
             raise ValueError(msg)
         _check_cache(cache)
-        super().__init__(cache=cache, callbacks=callbacks, engines=engines)
+        super().__init__(cache=cache, callbacks=callbacks, engines=engines, resources=resources)
         self._inline = False  # the core never calls functions itself: they run on workers
         self._quiet.inline = False
         self.max_in_flight = max_in_flight
@@ -268,7 +272,7 @@ class DaskRunner(Runner):
         """A driver for one run or map (checked before anything runs)."""
         _check_cache(self.cache)
         client = self.client
-        if self.engines is not None and not self._plugin:
+        if self._settings.engines is not None and not self._plugin:
             from ._dask_plugin import EngineTeardown
 
             client.register_plugin(EngineTeardown(), name=EngineTeardown.name)

@@ -34,6 +34,12 @@ class Runner(BaseRunner):
         Subscribers (usually `Callback` instances) that receive every event.
     engines
         An `EngineBroker` shared by the LLM nodes.
+    resources
+        ``{name: factory or object}``: what nodes ask for with ``resource(name)``
+        parameter defaults (a tokenizer, a model, a connection pool). A factory (a class
+        or function of no arguments) is called on first use, once per process; an object
+        is used as it is. They join the engines' broker (its lifetime, per worker process
+        under Dask and Daft).
     max_workers
         Size of a thread pool for independent nodes and the items of a column;
         ``None`` runs everything in the calling thread.
@@ -47,10 +53,11 @@ class Runner(BaseRunner):
         callbacks: Sequence[Subscriber] | Subscriber | None = None,
         engines: object = None,
         max_workers: int | None = None,
+        resources: Mapping[str, object] | None = None,
     ) -> None:
         self.max_workers = max_workers
         self._inline = max_workers is None or max_workers <= 1
-        super().__init__(cache=cache, callbacks=callbacks, engines=engines)
+        super().__init__(cache=cache, callbacks=callbacks, engines=engines, resources=resources)
         self._pool: ThreadPoolExecutor | None = None
 
     # -- public API -------------------------------------------------------------
