@@ -41,6 +41,7 @@ BLOCKS = {
     "nested": "per_text = Graph(nodes=[count_words]",
     "overrides": 'inputs={"cleaned": "given words"}',
     "bind": "Graph(nodes=[clean, keep_long]",
+    "resources": 'resource("vocab")',
     "map": "runner.imap(graph",
     "streaming": 'read_jsonl("docs/")',
     "async": "AsyncRunner(max_concurrency=64)",
@@ -244,6 +245,10 @@ def test_bind_block(ns: dict[str, Any]) -> None:
 
     with pytest.raises(InputConflictError, match="binds 'min_words'"):
         ns["Runner"]().run(ns["filtering"], inputs={"text": "a", "min_words": 1})
+
+
+def test_resources_block(ns: dict[str, Any]) -> None:
+    assert_stated(run_block(block("resources"), ns), at_least=2)
 
 
 def test_tracing_console_block(ns: dict[str, Any]) -> None:

@@ -3,8 +3,6 @@ by the runner's broker, shared by the nodes, released by the broker's rules, and
 cache keys by identity. Each stand-in resource leaves a file per build, named for its
 process, so builds are counted the same way in this process and in worker processes."""
 
-# ruff: noqa: B008  (``resource(name)`` is a marker made once, as a parameter default)
-
 from __future__ import annotations
 
 import asyncio

@@ -955,12 +955,12 @@ class Vocabulary:
 
 
 @node(output_name="ids")
-def word_ids(word: str, vocab: Any = resource("vocab")) -> list[int]:  # noqa: B008
+def word_ids(word: str, vocab: Any = resource("vocab")) -> list[int]:
     return vocab.ids(word)
 
 
 @node(output_name="n_ids", batch=True)
-def count_ids(ids: list[list[int]], vocab: Any = resource("vocab")) -> list[int]:  # noqa: B008
+def count_ids(ids: list[list[int]], vocab: Any = resource("vocab")) -> list[int]:
     return [len(i) + vocab.offset for i in ids]
 
 
