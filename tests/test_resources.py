@@ -443,3 +443,19 @@ def test_daft_builds_once_per_process(tmp_path: Path, concurrency: int | None) -
     [(pid, n)] = builds(tmp_path).items()
     assert n == 1 and who.startswith(f"{pid}:")
     assert (pid == os.getpid()) == (concurrency is None)
+
+
+@pytest.mark.filterwarnings(r"ignore:unclosed file <_io\.(BufferedReader|FileIO):ResourceWarning")
+def test_daft_in_this_process_shares_the_runners_own_broker(tmp_path: Path) -> None:
+    """Daft's threads in the driver use the runner's broker, not a copy of it: a run and a map
+    of one runner build the resource once."""
+    os.environ.setdefault("DAFT_ANALYTICS_ENABLED", "0")
+    pytest.importorskip("daft")
+    from hypernodes_chain import DaftRunner
+
+    runner = DaftRunner(resources={"tok": functools.partial(Tokenizer, str(tmp_path))})
+    graph = Graph([built_by])
+    first = runner.run(graph, {"text": "a"})["built_by"]
+    rows = runner.map(graph, {"text": ["b", "c"]}, map_over="text")
+    assert {row["built_by"] for row in rows} == {first}
+    assert builds(tmp_path) == {os.getpid(): 1}
