@@ -568,8 +568,13 @@ def test_lines_fit_80_columns_without_trailing_spaces(name):
         assert_bars_agree_with_the_summary(raw, "reviews")
 
 
-def test_hugging_face_bars_are_off_while_a_run_is_on_display():
+def test_hugging_face_bars_are_off_while_a_run_is_on_display(monkeypatch):
     hub = pytest.importorskip("huggingface_hub.utils")
+    constants = pytest.importorskip("huggingface_hub.constants")
+    # the state a fresh process has, whatever an earlier test of this one left
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_PROGRESS_BARS", None)
+    was_off = hub.are_progress_bars_disabled()
+    hub.enable_progress_bars()
     seen = []
 
     @node
@@ -582,6 +587,8 @@ def test_hugging_face_bars_are_off_while_a_run_is_on_display():
     Runner(callbacks=[cb]).map(Graph([look]), {"x": [1, 2]}, map_over="x")
     assert seen == [True, True]
     assert not hub.are_progress_bars_disabled(), "on again after the run"
+    if was_off:
+        hub.disable_progress_bars()
 
 
 def test_calls_whose_events_come_late_are_timed_where_they_ran():

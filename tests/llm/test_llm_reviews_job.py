@@ -15,6 +15,23 @@ pytest.importorskip("xgrammar")
 JOB = Path(__file__).parents[2] / "runners" / "llm_reviews.py"
 
 
+@pytest.fixture(autouse=True)
+def _hugging_face_state_restored():
+    """The job quiets Hugging Face for its whole process (an environment variable, the
+    transformers bars): in this test process, undo that for the tests that follow."""
+    import os
+
+    before = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
+    yield
+    if before is None:
+        os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+    else:
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = before
+    logging = sys.modules.get("transformers.utils.logging")
+    if logging is not None:
+        logging.enable_progress_bar()
+
+
 def load_job():
     spec = importlib.util.spec_from_file_location("llm_reviews_job", JOB)
     assert spec is not None and spec.loader is not None
