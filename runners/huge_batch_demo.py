@@ -22,17 +22,14 @@ resumes it (exit status 130). The same graph runs through the command line over 
 from __future__ import annotations
 
 import argparse
-import os
-import shlex
 import shutil
 import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from hypernodes_chain import Graph, Runner, node
 from hypernodes_chain.io import StreamWriter
+from hypernodes_chain.programs import interrupted, say
 
 POSITIVE = frozenset({"great", "love", "excellent", "fast", "perfect", "happy", "recommend"})
 NEGATIVE = frozenset({"broken", "slow", "bad", "refund", "poor", "late", "disappointed"})
@@ -112,54 +109,6 @@ class Generated:
         return map(self.make, range(self.rows))  # type: ignore[arg-type]
 
 
-# --------------------------------------------------------------------------- what it says
-def say(text: str, *, file: Any = None) -> None:
-    """Print ``text`` wrapped at the terminal's width (80 columns when piped)."""
-    width = shutil.get_terminal_size().columns
-    lines = textwrap.wrap(text, width - 1, subsequent_indent="  ", break_long_words=False,
-                          break_on_hyphens=False)  # fmt: skip
-    print("\n".join(lines), file=file or sys.stdout, flush=True)
-
-
-def resume_command(argv: list[str]) -> list[str]:
-    """The command line that continues this run: its arguments plus ``--resume``."""
-    python = sys.executable
-    if shutil.which("python") == python:
-        python = "python"
-    script = os.path.relpath(__file__)
-    if script.startswith(".."):
-        script = os.path.abspath(__file__)
-    return [python, script, *[a for a in argv if a != "--resume"], "--resume"]
-
-
-def shell_lines(command: list[str], width: int) -> list[str]:
-    """``command`` quoted for a shell, cut into lines of at most ``width`` characters that
-    end in a line continuation (``\\``), so that it pastes as one command."""
-    lines = [""]
-    for word in map(shlex.quote, command):
-        if lines[-1].strip() and len(lines[-1]) + len(word) + 3 > width:
-            lines[-1] += " \\"
-            lines.append("  ")
-        lines[-1] += ("" if not lines[-1].strip() else " ") + word
-    return lines
-
-
-def interrupted(out: Path, rows: int, writer: Any, argv: list[str]) -> int:
-    """Say what the folder holds and how to resume; the exit status of a Ctrl-C."""
-    held = writer.close(finished=False) if writer is not None else None
-    stored = held.total_ok if held is not None else 0
-    said = f"interrupted: {stored:,} of {rows:,} rows are stored in {out}/; resume: "
-    command = resume_command(argv)
-    width = shutil.get_terminal_size().columns - 1
-    one = said + shlex.join(command)
-    if len(one) <= width:
-        print(one, file=sys.stderr, flush=True)
-    else:  # the command on lines of its own, continued with backslashes
-        say(said.rstrip(), file=sys.stderr)
-        print("\n".join(shell_lines(command, width)), file=sys.stderr, flush=True)
-    return 130
-
-
 # --------------------------------------------------------------------------- main job
 def _progress() -> list[object]:
     try:
@@ -205,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                               resume=args.resume)  # fmt: skip
         return _run(args, writer)
     except KeyboardInterrupt:  # the committed shards are kept: --resume continues from them
-        return interrupted(out, args.rows, writer, argv)
+        return interrupted(out, "rows", args.rows, writer, __file__, argv)
 
 
 def _run(args: argparse.Namespace, writer: StreamWriter) -> int:

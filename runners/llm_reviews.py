@@ -32,19 +32,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import shutil
 import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from hypernodes_chain import Graph, Runner, node
 from hypernodes_chain.io import StreamWriter
 from hypernodes_chain.llm import llm_node
+from hypernodes_chain.programs import interrupted, printable, say
 
 _DROP = str.maketrans({c: " " for c in "!?.,;:()[]\"'#*-/"})
 
@@ -109,60 +108,6 @@ class Reviews:
                 yield 1 + ((i * 2246822519) & 0xFFFFFFFF) % 5
 
 
-# --------------------------------------------------------------------------- what it says
-def say(text: str, *, file: Any = None) -> None:
-    """Print ``text`` wrapped at the terminal's width (80 columns when piped)."""
-    width = shutil.get_terminal_size().columns
-    lines = textwrap.wrap(text, width - 1, subsequent_indent="  ", break_long_words=False,
-                          break_on_hyphens=False)  # fmt: skip
-    print("\n".join(lines), file=file or sys.stdout, flush=True)
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters escaped (``\\x0e``), so printing it cannot garble
-    a terminal; the data itself stays as the model wrote it."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def resume_command(argv: list[str]) -> list[str]:
-    """The command line that continues this run: its arguments plus ``--resume``."""
-    python = sys.executable
-    if shutil.which("python") == python:
-        python = "python"
-    script = os.path.relpath(__file__)
-    if script.startswith(".."):
-        script = os.path.abspath(__file__)
-    return [python, script, *[a for a in argv if a != "--resume"], "--resume"]
-
-
-def shell_lines(command: list[str], width: int) -> list[str]:
-    """``command`` quoted for a shell, cut into lines of at most ``width`` characters that
-    end in a line continuation (``\\``), so that it pastes as one command."""
-    lines = [""]
-    for word in map(shlex.quote, command):
-        if lines[-1].strip() and len(lines[-1]) + len(word) + 3 > width:
-            lines[-1] += " \\"
-            lines.append("  ")
-        lines[-1] += ("" if not lines[-1].strip() else " ") + word
-    return lines
-
-
-def interrupted(out: Path, rows: int, writer: Any, argv: list[str]) -> int:
-    """Say what the folder holds and how to resume; the exit status of a Ctrl-C."""
-    held = writer.close(finished=False) if writer is not None else None
-    stored = held.total_ok if held is not None else 0
-    said = f"interrupted: {stored:,} of {rows:,} reviews are stored in {out}/; resume: "
-    command = resume_command(argv)
-    width = shutil.get_terminal_size().columns - 1
-    one = said + shlex.join(command)
-    if len(one) <= width:
-        print(one, file=sys.stderr, flush=True)
-    else:  # the command on lines of its own, continued with backslashes
-        say(said.rstrip(), file=sys.stderr)
-        print("\n".join(shell_lines(command, width)), file=sys.stderr, flush=True)
-    return 130
-
-
 # --------------------------------------------------------------------------- main job
 def _is_local(args: argparse.Namespace) -> bool:
     """Whether torch runs in this process (the tiny model, --model or a transformers: spec)."""
@@ -191,18 +136,14 @@ def _engine(args: argparse.Namespace) -> object:
 
 
 def _tiny_model(folder: Path) -> bool:
-    """Build the tiny model into ``folder`` unless it is there; True when built now. It is
-    built beside and renamed into place, so a Ctrl-C never leaves half a model."""
+    """Build the tiny model into ``folder`` unless it is there; True when built now
+    (`build_tiny_model` renames a finished model into place: a Ctrl-C leaves none half
+    written)."""
     from hypernodes_chain.engines import build_tiny_model
 
     if (folder / "config.json").is_file():
         return False
-    part = folder.with_name(f"{folder.name}.part-{os.getpid()}")
-    try:
-        build_tiny_model(part)
-        os.replace(part, folder)
-    finally:
-        shutil.rmtree(part, ignore_errors=True)
+    build_tiny_model(folder)
     return True
 
 
@@ -282,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                               resume=args.resume)  # fmt: skip
         return _run(args, engine, writer)
     except KeyboardInterrupt:
-        return interrupted(out, args.rows, writer, argv)
+        return interrupted(out, "reviews", args.rows, writer, __file__, argv)
 
 
 def _run(args: argparse.Namespace, engine: object, writer: StreamWriter) -> int:
