@@ -119,21 +119,30 @@ def close_resource(obj: object) -> None:
         exit_(obj, None, None, None)
 
 
-def check_picklable(name: str, obj: object) -> None:
-    """A resource object travels to worker processes only if it pickles; say which one
-    does not, and what to do instead."""
+def pickling_error(obj: object) -> Exception | None:
+    """Why ``obj`` cannot travel to worker processes (pickle, then cloudpickle where it is
+    loaded, as where Dask pickles), or None when it can."""
     try:
         pickle.dumps(obj)
-        return
+        return None
     except Exception as exc:
         error: Exception = exc
     cloudpickle = sys.modules.get("cloudpickle")  # loaded where Dask pickles: it does more
     if cloudpickle is not None:
         try:
             cloudpickle.dumps(obj)
-            return
+            return None
         except Exception as exc:
             error = exc
+    return error
+
+
+def check_picklable(name: str, obj: object) -> None:
+    """A resource object travels to worker processes only if it pickles; say which one
+    does not, and what to do instead."""
+    error = pickling_error(obj)
+    if error is None:
+        return
     msg = (
         f"resource {name!r} ({type(obj).__qualname__}) cannot be pickled to go to the worker "
         f"processes: {error}; register a factory (a zero-argument callable that builds it) "

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import pickle
-import sys
 import threading
 import time
 import weakref
@@ -577,18 +575,9 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 
 def _check_picklable(name: str, engine: object) -> None:
     """An engine object travels only if it pickles; say which one does not, and what to do."""
-    try:
-        pickle.dumps(engine)
+    error = resources.pickling_error(engine)
+    if error is None:
         return
-    except Exception as exc:
-        error: Exception = exc
-    cloudpickle = sys.modules.get("cloudpickle")  # loaded where Dask pickles: it does more
-    if cloudpickle is not None:
-        try:
-            cloudpickle.dumps(engine)
-            return
-        except Exception as exc:
-            error = exc
     msg = (
         f"engine {name!r} ({type(engine).__qualname__}) cannot be pickled: {error}; "
         "register a factory (a zero-argument callable that builds the engine) so each "
