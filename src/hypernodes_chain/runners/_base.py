@@ -110,9 +110,11 @@ class BaseRunner:
         **context: Any,
     ) -> tuple[Flow[tuple[dict[str, Any], Keys]], tuple[str, ...]]:
         _check_graph(graph)
-        inputs = with_bound(graph, inputs)
+        if graph.bound:
+            inputs = with_bound(graph, inputs)
         plan = build_plan(graph, output_name, inputs)
-        check_overrides(plan)
+        if plan.shadowed:
+            check_overrides(plan)
         ctx = self._context(handlers, **context)
         return item_flow(plan, dict(inputs), ctx), plan.outputs
 
