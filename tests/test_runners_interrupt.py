@@ -12,10 +12,11 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from support.waiting import wait_until
 
 RUNNERS = Path(__file__).parents[1] / "runners"
 
@@ -47,13 +48,6 @@ def start(program: str, args: list[str], cwd: Path) -> subprocess.Popen[str]:
     )
 
 
-def wait_for(path: Path, proc: subprocess.Popen[str]) -> None:
-    """Until ``path`` exists (the child's first committed shard), or the child has ended."""
-    deadline = time.monotonic() + 300
-    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)  # polling an observable state, not guessing a duration
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("program", sorted(PROGRAMS))
 def test_ctrl_c_says_what_is_stored_and_how_to_resume(program: str, tmp_path: Path) -> None:
@@ -67,7 +61,8 @@ def test_ctrl_c_says_what_is_stored_and_how_to_resume(program: str, tmp_path: Pa
     out = tmp_path / "out"
     proc = start(program, [*args, "--out", str(out)], tmp_path)
     try:
-        wait_for(out / "000.parquet", proc)
+        first = out / "000.parquet"  # the first committed shard, or the child has ended
+        wait_until(lambda: first.exists() or proc.poll() is not None, "a committed shard", 300)
         assert proc.poll() is None, f"{program} ended before the signal: {proc.communicate()}"
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=300)

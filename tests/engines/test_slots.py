@@ -5,21 +5,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hypernodes_chain.engines._slots import Slots
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll an observable state until it holds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting for the condition"
-        time.sleep(0.001)
+from support.waiting import await_until, wait_until
 
 
 class Holders:
@@ -98,7 +90,7 @@ def test_waiters_are_served_in_arrival_order_threads_and_tasks_alike() -> None:
             thread = threading.Thread(target=asyncio.run, args=(task_waiter(name),))
         thread.start()
         threads.append(thread)
-        wait_for(lambda k=k: slots.waiting == k + 1)
+        wait_until(lambda k=k: slots.waiting == k + 1, f"{k + 1} waiters")
     slots.release()
     for thread in threads:
         thread.join(10)
@@ -112,7 +104,7 @@ def test_a_newcomer_does_not_overtake_a_waiter() -> None:
     got: list[str] = []
     waiter = threading.Thread(target=lambda: (slots.acquire(), got.append("waiter")))
     waiter.start()
-    wait_for(lambda: slots.waiting == 1)
+    wait_until(lambda: slots.waiting == 1, "the waiter")
     slots.release()  # handed to the waiter: no free slot appears for a newcomer to take
     assert slots.held == 1
     waiter.join(10)
@@ -126,8 +118,7 @@ def test_a_cancelled_waiter_leaks_no_slot() -> None:
         slots = Slots(1)
         async with slots:
             waiter = asyncio.create_task(slots.aacquire())
-            while slots.waiting == 0:
-                await asyncio.sleep(0)
+            await await_until(lambda: slots.waiting == 1, "the waiting task")
             waiter.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await waiter
@@ -136,8 +127,7 @@ def test_a_cancelled_waiter_leaks_no_slot() -> None:
         # granted and cancelled before it could run: the slot goes back
         slots.acquire()
         waiter = asyncio.create_task(slots.aacquire())
-        while slots.waiting == 0:
-            await asyncio.sleep(0)
+        await await_until(lambda: slots.waiting == 1, "the waiting task")
         slots.release()  # granted to the waiter, which has not resumed yet
         waiter.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -155,8 +145,7 @@ def test_a_cancelled_waiter_passes_its_slot_to_the_next_one() -> None:
         slots.acquire()
         first = asyncio.create_task(slots.aacquire())
         second = asyncio.create_task(slots.aacquire())
-        while slots.waiting < 2:
-            await asyncio.sleep(0)
+        await await_until(lambda: slots.waiting == 2, "both waiting tasks")
         slots.release()  # granted to the first
         first.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -175,12 +164,10 @@ def test_an_async_waiter_holds_no_thread() -> None:
         slots.acquire()
         before = threading.active_count()
         waiters = [asyncio.create_task(slots.aacquire()) for _ in range(50)]
-        while slots.waiting < 50:
-            await asyncio.sleep(0)
+        await await_until(lambda: slots.waiting == 50, "the 50 waiting tasks")
         assert threading.active_count() == before
         for _ in range(51):
-            slots.release()
-            await asyncio.sleep(0)
+            slots.release()  # to the next waiter, in order; the last one frees the slot
         await asyncio.gather(*waiters)
         assert slots.held == 0
 

@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +32,7 @@ from hypernodes_chain import (
 from hypernodes_chain.engines.base import Engine, Reply
 from hypernodes_chain.engines.transformers_engine import TransformersEngine
 from hypernodes_chain.llm import llm_node
+from support.waiting import await_until, wait_until
 
 PROMPTS = [
     "the water",
@@ -272,15 +272,6 @@ def test_identity(tiny_llama: Path, tmp_path: Path, build_llama: Any) -> None:
 # ---------------------------------------------------------------------------- the scheduler
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
-    """Poll until ``predicate()`` holds (observable state), failing after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for the engine")
-        time.sleep(0.002)
-
-
 class DeviceCalls:
     """Wraps the started engine's real ``model.generate``: records the prompt rows of each
     call (their token ids, padding dropped), can hold the first call until a condition holds
@@ -302,7 +293,7 @@ class DeviceCalls:
             if not self.entered.is_set():
                 self.entered.set()
                 if self.hold_until is not None:
-                    wait_for(self.hold_until)
+                    wait_until(self.hold_until, "the condition the first call is held for", 60)
             if self.fail_if(rows):
                 raise RuntimeError("device failure")
             return real(*args, **kwargs)
@@ -379,11 +370,13 @@ def test_groups_never_share_a_device_batch(fresh: TransformersEngine) -> None:
     threads = []
     for n, (prompts, kw) in enumerate(jobs):  # queued in this order: oldest group first
         threads.append(in_thread(lambda p=prompts, k=kw: fresh.generate(p, **k)))
-        wait_for(
+        wait_until(
             lambda n=n: (
                 fresh._scheduler is not None
                 and fresh._scheduler.waiting() == sum(len(p) for p, _ in jobs[: n + 1])
-            )
+            ),
+            f"the prompts of {n + 1} calls waiting at the scheduler",
+            60,
         )
     for thread, _ in [(warm, None), *threads]:
         thread.join(60)
@@ -428,7 +421,11 @@ def test_stop_fails_waiting_requests_and_restarts(fresh: TransformersEngine) -> 
         in_thread(lambda: fresh.generate(ALPHA, max_tokens=8)),
         in_thread(lambda: asyncio.run(fresh.agenerate(BETA, max_tokens=8))),
     ]
-    wait_for(lambda: fresh._scheduler is not None and fresh._scheduler.waiting() == 8)
+    wait_until(
+        lambda: fresh._scheduler is not None and fresh._scheduler.waiting() == 8,
+        "8 prompts waiting at the scheduler",
+        60,
+    )
     stopper, _ = in_thread(fresh.stop)
     for thread, _ in [(on_device, first), *waiting]:
         thread.join(60)  # every caller is answered while the device call still runs
@@ -519,7 +516,7 @@ def test_agenerate_holds_no_thread_and_cancel_drops_its_prompts(
 
     async def cancelled() -> None:
         task = asyncio.create_task(fresh.agenerate(ALPHA, max_tokens=4))
-        await asyncio.to_thread(wait_for, lambda: len(queued(fresh)) == 4)
+        await await_until(lambda: len(queued(fresh)) == 4, "the 4 prompts queued")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -15,9 +15,8 @@ import pickle
 import shutil
 import sys
 import threading
-import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +39,7 @@ from hypernodes_chain.engines import (  # noqa: E402
 from hypernodes_chain.engines.base import Engine, Reply  # noqa: E402
 from hypernodes_chain.exceptions import EngineError, TruncatedReplyError  # noqa: E402
 from hypernodes_chain.llm import llm_node  # noqa: E402
+from support.waiting import await_until, wait_until  # noqa: E402
 
 pytestmark = [
     pytest.mark.vllm,
@@ -125,15 +125,6 @@ def group_members(pgid: int) -> list[int]:
         except (ProcessLookupError, psutil.NoSuchProcess):
             pass
     return members
-
-
-def wait_until(done: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
-    """Poll an observable state until it holds (fails the test after ``timeout`` s)."""
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def held_by_vllm(engine: VLLMEngine) -> int:
@@ -316,9 +307,8 @@ def test_a_cancelled_agenerate_takes_its_requests_out_of_vllm(offline: VLLMEngin
 
     async def cancel_midway() -> None:
         task = asyncio.create_task(offline.agenerate(PROMPTS * 2, **LONG))
-        while held_by_vllm(offline) < 8:  # observable: vLLM holds the 8 requests
-            assert not task.done()
-            await asyncio.sleep(0.01)
+        await await_until(lambda: held_by_vllm(offline) >= 8 or task.done(), "vLLM holding 8")
+        assert not task.done()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

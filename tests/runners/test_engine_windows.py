@@ -19,7 +19,6 @@ import os
 import sys
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import pytest
 
 import support.scripted_engine
+import support.waiting
 from hypernodes_chain import (
     AsyncRunner,
     BatchFinished,
@@ -45,6 +45,7 @@ from hypernodes_chain.engines import EngineBroker
 from hypernodes_chain.io import StreamWriter, read_jsonl
 from hypernodes_chain.llm import llm_node
 from support.scripted_engine import ScriptedEngine
+from support.waiting import poll_until
 
 with contextlib.suppress(ImportError):
     import cloudpickle
@@ -52,6 +53,7 @@ with contextlib.suppress(ImportError):
     # Daft's UDF processes cannot import the test modules: these graphs travel by value
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     cloudpickle.register_pickle_by_value(support.scripted_engine)
+    cloudpickle.register_pickle_by_value(support.waiting)
 
 os.environ.setdefault("DAFT_ANALYTICS_ENABLED", "0")  # daft's telemetry thread leaks a socket
 
@@ -407,17 +409,18 @@ class Rendezvous:
         mine = self.folder / f"in-{uuid.uuid4().hex}"
         mine.touch()
         try:
-            deadline = time.monotonic() + self.patience
-            while not (self.folder / "met").exists():
-                inside = len(list(self.folder.glob("in-*")))
-                with open(self.folder / "counts", "a") as f:
-                    f.write(f"{inside}\n")
-                if inside >= self.want or time.monotonic() > deadline:
-                    (self.folder / "met").touch()  # the others go on too
-                    break
-                time.sleep(0.01)  # polls the folder: the others' marks are what it waits for
+            poll_until(self._met, self.patience)  # the others' marks are what it waits for
+            (self.folder / "met").touch()  # met (or out of patience): the others go on too
         finally:
             mine.unlink()
+
+    def _met(self) -> bool:
+        if (self.folder / "met").exists():
+            return True
+        inside = len(list(self.folder.glob("in-*")))
+        with open(self.folder / "counts", "a") as f:
+            f.write(f"{inside}\n")
+        return inside >= self.want
 
     @property
     def peak(self) -> int:
