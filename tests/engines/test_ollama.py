@@ -7,13 +7,11 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +28,7 @@ from hypernodes_chain import AsyncRunner, Graph, Runner  # noqa: E402
 from hypernodes_chain.engines.base import Engine, Reply  # noqa: E402
 from hypernodes_chain.engines.ollama import OllamaEngine, OllamaError  # noqa: E402
 from hypernodes_chain.llm import llm_node  # noqa: E402
+from support.engine_load import RUNNER_KINDS, both_at_once, closed_port, two_nodes_map  # noqa: E402
 
 SERVER = Path(__file__).resolve().parents[1] / "support" / "ollama_server.py"
 NAME = "tiny"
@@ -95,13 +94,6 @@ def engine_of(server: Server, **kwargs: Any) -> OllamaEngine:
     return OllamaEngine(NAME, host=server.host, **kwargs)
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 def test_is_an_engine(srv: Server) -> None:
     assert isinstance(engine_of(srv), Engine)
 
@@ -153,24 +145,6 @@ def test_concurrency_reaches_but_never_exceeds_max_concurrency(srv: Server) -> N
     assert 1 < srv.stats()["peak"] <= 3
 
 
-def both_at_once(*calls: Callable[[], Any]) -> list[Any]:
-    """Run each call in its own thread, released together; their results in order."""
-    barrier = threading.Barrier(len(calls))
-    results: list[Any] = [None] * len(calls)
-
-    def run(i: int) -> None:
-        barrier.wait()
-        results[i] = calls[i]()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-        assert not thread.is_alive()
-    return results
-
-
 def test_two_threads_calling_generate_share_one_limit(srv: Server) -> None:
     srv.get("/debug/delay?s=0.05")
     engine = engine_of(srv, max_concurrency=3)
@@ -205,32 +179,11 @@ def test_two_event_loops_calling_agenerate_share_one_limit(srv: Server) -> None:
     assert 1 < stats["peak"] <= 3
 
 
-@llm_node(engine="o", output_name="first", max_tokens=2)
-def first(review: str) -> str:
-    return f"first: {review}"
-
-
-@llm_node(engine="o", output_name="second", max_tokens=2)
-def second(review: str) -> str:
-    return f"second: {review}"
-
-
-@pytest.mark.parametrize("runner_kind", ["Runner(max_workers=4)", "AsyncRunner"])
+@pytest.mark.parametrize("runner_kind", RUNNER_KINDS)
 def test_two_llm_nodes_on_one_engine_share_one_limit(srv: Server, runner_kind: str) -> None:
     srv.get("/debug/delay?s=0.03")
     engine = engine_of(srv, max_concurrency=3)
-    graph = Graph([first, second])
-    reviews = [f"review {i}" for i in range(16)]
-    try:
-        if runner_kind == "AsyncRunner":
-            runner = AsyncRunner(engines={"o": engine})
-            out = asyncio.run(runner.map(graph, {"review": reviews}, map_over="review",
-                                         batch_size=4))  # fmt: skip
-        else:
-            with Runner(engines={"o": engine}, max_workers=4) as pooled:
-                out = pooled.map(graph, {"review": reviews}, map_over="review", batch_size=4)
-    finally:
-        engine.stop()
+    out = two_nodes_map(engine, runner_kind, [f"review {i}" for i in range(16)])
     assert all(isinstance(row["first"], str) and isinstance(row["second"], str) for row in out)
     stats = srv.stats()
     assert stats["requests"]["/api/generate"] == 2 * 16 + 2  # and the load and the unload

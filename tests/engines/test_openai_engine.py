@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,10 +23,11 @@ pytest.importorskip("transformers")
 pytest.importorskip("xgrammar")
 pydantic = pytest.importorskip("pydantic")
 
-from hypernodes_chain import AsyncRunner, Graph, MemoryCache, Runner  # noqa: E402
+from hypernodes_chain import Graph, MemoryCache, Runner  # noqa: E402
 from hypernodes_chain.engines.base import Engine, Reply  # noqa: E402
 from hypernodes_chain.engines.openai_engine import OpenAIEngine, OpenAIEngineError  # noqa: E402
 from hypernodes_chain.llm import llm_node  # noqa: E402
+from support.engine_load import RUNNER_KINDS, both_at_once, closed_port, two_nodes_map  # noqa: E402
 
 SERVER = Path(__file__).resolve().parents[1] / "support" / "openai_server.py"
 NAME = "tiny-llama"
@@ -97,12 +97,6 @@ def engine(base_url: str) -> Iterator[OpenAIEngine]:
     eng.stop()
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_is_an_engine(engine: OpenAIEngine) -> None:
     assert isinstance(engine, Engine)
     assert engine.max_concurrency == 4
@@ -158,24 +152,6 @@ def test_concurrency_is_bounded(engine: OpenAIEngine, base_url: str, mode: str) 
     assert 1 < stats["peak"] <= 4
 
 
-def both_at_once(*calls: Callable[[], Any]) -> list[Any]:
-    """Run each call in its own thread, released together; their results in order."""
-    barrier = threading.Barrier(len(calls))
-    results: list[Any] = [None] * len(calls)
-
-    def run(i: int) -> None:
-        barrier.wait()
-        results[i] = calls[i]()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-        assert not thread.is_alive()
-    return results
-
-
 @pytest.mark.parametrize("mode", ["two threads", "two event loops"])
 def test_concurrent_calls_share_one_limit(base_url: str, mode: str) -> None:
     debug(base_url, "delay", seconds=0.05)
@@ -197,32 +173,11 @@ def test_concurrent_calls_share_one_limit(base_url: str, mode: str) -> None:
     assert 1 < stats["peak"] <= 3
 
 
-@llm_node(engine="o", output_name="first", max_tokens=2)
-def first(review: str) -> str:
-    return f"first: {review}"
-
-
-@llm_node(engine="o", output_name="second", max_tokens=2)
-def second(review: str) -> str:
-    return f"second: {review}"
-
-
-@pytest.mark.parametrize("runner_kind", ["Runner(max_workers=4)", "AsyncRunner"])
+@pytest.mark.parametrize("runner_kind", RUNNER_KINDS)
 def test_two_llm_nodes_on_one_engine_share_one_limit(base_url: str, runner_kind: str) -> None:
     debug(base_url, "delay", seconds=0.03)
     eng = OpenAIEngine(base_url, NAME, max_concurrency=3, backoff=FAST)
-    graph = Graph([first, second])
-    reviews = [f"review {i}" for i in range(16)]
-    try:
-        if runner_kind == "AsyncRunner":
-            runner = AsyncRunner(engines={"o": eng})
-            out = asyncio.run(runner.map(graph, {"review": reviews}, map_over="review",
-                                         batch_size=4))  # fmt: skip
-        else:
-            with Runner(engines={"o": eng}, max_workers=4) as pooled:
-                out = pooled.map(graph, {"review": reviews}, map_over="review", batch_size=4)
-    finally:
-        eng.stop()
+    out = two_nodes_map(eng, runner_kind, [f"review {i}" for i in range(16)])
     assert all(isinstance(row["first"], str) and isinstance(row["second"], str) for row in out)
     stats = debug(base_url, "stats")
     assert stats["requests"] == 2 * 16
