@@ -110,11 +110,9 @@ class BaseRunner:
         **context: Any,
     ) -> tuple[Flow[tuple[dict[str, Any], Keys]], tuple[str, ...]]:
         _check_graph(graph)
-        if graph.bound:
-            inputs = with_bound(graph, inputs)
+        inputs = with_bound(graph, inputs)
         plan = build_plan(graph, output_name, inputs)
-        if plan.shadowed:
-            check_overrides(plan)
+        check_overrides(plan)
         ctx = self._context(handlers, **context)
         return item_flow(plan, dict(inputs), ctx), plan.outputs
 
