@@ -22,11 +22,11 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .. import hashing
 from ..events import Event
 from ..plan import Plan
 from ._drive import SyncDriver
 from ._flows import batch_flow
+from ._keys import keys_of_constants
 from ._remote import Recorder, reply_batch, unpack_shared
 from ._work import BatchTask, Local, Settings
 
@@ -123,9 +123,7 @@ class Frame:
         self.settings = settings
         self.constants = dict(plan.graph.bound)  # `Graph.bind`'s values: no column
         self.names = tuple(sorted(set(plan.given) - set(self.constants)))  # the UDF's order
-        self.constant_keys = None
-        if settings.cache is not None:
-            self.constant_keys = {k: hashing.fingerprint(v) for k, v in self.constants.items()}
+        self.constant_keys = keys_of_constants(self.constants, settings.cache is not None)
         self.dtype = dtype  # the struct of the outputs
         self.arrow = arrow  # its Arrow type, or None when a field holds Python objects
 

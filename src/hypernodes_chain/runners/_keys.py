@@ -80,6 +80,13 @@ def seed_fingerprint(node: Node[..., Any], fp: str | None) -> None:
     _NODE_FP[node] = fp
 
 
+def keys_of_constants(constants: dict[str, Any], cached: bool) -> dict[str, str | None] | None:
+    """The keys of a map's constant inputs (computed once per map), or None without a cache."""
+    if not cached:
+        return None
+    return {name: hashing.fingerprint(value) for name, value in constants.items()}
+
+
 def chain_key(fp: str | None, source_keys: Sequence[str | None]) -> str | None:
     """A node's cache key: its fingerprint chained with the keys of its inputs."""
     if fp is None or None in source_keys:

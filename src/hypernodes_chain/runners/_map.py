@@ -20,11 +20,11 @@ from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Se
 from itertools import islice, product
 from typing import Protocol, TypeVar
 
-from .. import hashing
 from ..exceptions import MapInputError
 from ..plan import Plan
 from ..results import MapResult, Writer
 from ._handoff import Handoff
+from ._keys import keys_of_constants
 from ._segments import Schedule, plan_segments, spill_folder
 from ._sources import as_column
 from ._work import BatchTask, Context, MapFlow
@@ -144,9 +144,7 @@ def map_flow(
     out = Handoff(plan, ctx, writer)
     constants = {k: v for k, v in inputs.items() if k not in map_over}
     batches, total = map_batches(inputs, map_over, map_mode, batch_size)
-    constant_keys = None
-    if ctx.cache is not None:
-        constant_keys = {k: hashing.fingerprint(v) for k, v in constants.items()}
+    constant_keys = keys_of_constants(constants, ctx.cache is not None)
     skip = out.open(map_over)
     with out:  # from here on the writer is closed, and the end reported, whatever happens
         out.start(total, batch_size, skip)
