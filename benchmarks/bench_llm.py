@@ -771,14 +771,15 @@ def report_vllm(section: dict) -> None:
     print(f"\n### D: vLLM offline, {work.n:,} prompts, {work.describe()}: vs ONE `LLM.generate`\n")
     print(
         "| library | how | n | reps | median (s) | min (s) | prompts/s | new tokens/s | "
-        "x limit (medians) | x limit (median of rounds) | engine steps | CPU here (s) | "
-        "target | verdict | note |"
+        "x limit (medians) | x limit (median of rounds) | rounds (min-max) | engine steps | "
+        "CPU here (s) | target | verdict | note |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|")
     for r in rows:
         med, low = statistics.median(r["times"]), min(r["times"])
         ratio = base / med
-        per_round = statistics.median(b / t for b, t in zip(limit["times"], r["times"]))
+        rounds = [b / t for b, t in zip(limit["times"], r["times"])]
+        per_round = statistics.median(rounds)
         ours = r["key"] != "limit"
         target = f">= {THROUGHPUT_TARGET}" if ours else ""
         verdict = ("PASS" if ratio >= THROUGHPUT_TARGET else "FAIL") if ours else ""
@@ -791,7 +792,8 @@ def report_vllm(section: dict) -> None:
         print(
             f"| {r['library']} | {r['how']} | {work.n:,} | {len(r['times'])} | {med:.2f} | "
             f"{low:.2f} | {work.n / med:,.1f} | {tokens / med:,.0f} | "
-            f"{ratio:.3f} | {per_round:.3f} | {statistics.median(r['steps']):.0f} | "
+            f"{ratio:.3f} | {per_round:.3f} | {min(rounds):.2f}-{max(rounds):.2f} | "
+            f"{statistics.median(r['steps']):.0f} | "
             f"{statistics.median(r['cpu']):.2f} | {target} | {verdict} | {'; '.join(notes)} |"
         )
     q = statistics.quantiles(lengths, n=10)
