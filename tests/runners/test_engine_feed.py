@@ -177,3 +177,19 @@ def test_the_node_adds_no_limit_of_its_own_to_a_users_engine() -> None:
     engine.max_concurrency = 1
     assert _map(AsyncRunner(engines={"gate": engine})) == EXPECTED
     assert engine.most >= 2
+
+
+def test_runner_keeps_every_batch_of_its_window_at_the_engine() -> None:
+    """All the batches an engine map keeps out are at the engine at once under `Runner`,
+    whatever the number of CPUs (a default-sized thread pool held back all but cpus + 4)."""
+    from hypernodes_chain.plan import build_plan
+
+    words = [f"w{i}" for i in range(40)]
+    plan = build_plan(GRAPH, None, {"word"})
+    window = Runner()._map_in_flight(plan, 2)
+    engine = GatedEngine(want=window)
+    rows = Runner(engines={"gate": engine}).map(
+        GRAPH, {"word": words}, map_over="word", batch_size=2
+    )
+    assert rows == [{"loud": f"{w.upper()}!", "size": len(w) + 1} for w in words]
+    assert window == 16 and engine.most == window

@@ -28,7 +28,7 @@ __all__ = ["BaseRunner"]
 
 _MAP_MODES = ("zip", "product")
 ENGINE_QUEUE = 512  # prompts an engine map keeps queued at its engines (about)
-_MAX_ENGINE_BATCHES = 16
+MAX_ENGINE_BATCHES = 16  # the most batches an engine map keeps out
 _ON_ERROR = ("raise", "collect")
 
 
@@ -164,7 +164,7 @@ class BaseRunner:
         if not self._feeds_engines or not plan_engines(plan):
             return self._in_flight
         wanted = -(-ENGINE_QUEUE // batch_size)
-        return max(self._in_flight, min(_MAX_ENGINE_BATCHES, max(2, wanted)))
+        return max(self._in_flight, min(MAX_ENGINE_BATCHES, max(2, wanted)))
 
 
 def _as_broker(engines: object, resources: Mapping[str, object] | None = None) -> object:

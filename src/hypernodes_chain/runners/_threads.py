@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
+from ._base import MAX_ENGINE_BATCHES
 from ._drive import SyncDriver
 from ._invoke import plan_engines
 from ._remote import Recorder, publish
@@ -36,7 +37,9 @@ class BatchThreads:
     """The `Shipper` of one flow: batch tasks of engine plans out to threads, back when done.
 
     The map's ``in_flight`` bounds how many are out; a thread is started for each one
-    out, and the pool (made on first use) ends with the flow.
+    out (the pool may hold as many as a map keeps out, not the CPU-sized default, which
+    held batches back on small machines), and the pool (made on first use) ends with the
+    flow.
     """
 
     def __init__(self) -> None:
@@ -57,7 +60,9 @@ class BatchThreads:
     def send(self, piece: Work) -> None:
         assert isinstance(piece, BatchTask)
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(thread_name_prefix="hypernodes-batch")
+            self._pool = ThreadPoolExecutor(
+                MAX_ENGINE_BATCHES, thread_name_prefix="hypernodes-batch"
+            )
         recorder = Recorder(piece.local.bus.active)
         self._out[self._pool.submit(recorder.run, piece)] = (piece, recorder)
 
