@@ -29,10 +29,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 from opentelemetry.trace import StatusCode
 
 from hypernodes_chain import AsyncRunner, Graph, NodeError, Runner, node
-from hypernodes_chain.engines.base import Prompt, Reply
 from hypernodes_chain.llm import llm_node
 from hypernodes_chain.tracing import OpenTelemetryCallback
-from support.scripted_engine import ScriptedEngine, prompt_text
+from support.scripted_engine import CountingEngine
 
 
 @node(output_name="a")
@@ -322,21 +321,6 @@ def test_a_map_stopped_by_a_failure_ends_every_span(make: Any, traced: Traced) -
 
 
 # -- engines ----------------------------------------------------------------------------------
-
-
-class CountingEngine(ScriptedEngine):
-    """Replies as `ScriptedEngine`, each a `Reply` with words in and characters out."""
-
-    def generate(
-        self, prompts: Sequence[Prompt], *, schema: Mapping[str, Any] | None = None, **sampling: Any
-    ) -> list[str | Exception]:
-        replies = super().generate(prompts, schema=schema, **sampling)
-        return [
-            Reply(r, prompt_tokens=len(prompt_text(p).split()), completion_tokens=len(r))
-            if isinstance(r, str)
-            else r
-            for p, r in zip(prompts, replies)
-        ]
 
 
 @llm_node(engine="upper", output_name="loud")

@@ -12,33 +12,17 @@ import asyncio
 import io
 import json
 import pickle
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
 from rich.console import Console
 
 from hypernodes_chain import AsyncRunner, Graph, NodeFinished, Runner, node
-from hypernodes_chain.engines.base import Prompt, Reply
+from hypernodes_chain.engines.base import Reply
 from hypernodes_chain.jsonlog import JsonLogCallback
 from hypernodes_chain.llm import llm_node
 from hypernodes_chain.progress import ProgressCallback
-from support.scripted_engine import ScriptedEngine, prompt_text
-
-
-class CountingEngine(ScriptedEngine):
-    """Replies as `ScriptedEngine`, each a `Reply` with words in and characters out."""
-
-    def generate(
-        self, prompts: Sequence[Prompt], *, schema: Mapping[str, Any] | None = None, **sampling: Any
-    ) -> list[str | Exception]:
-        replies = super().generate(prompts, schema=schema, **sampling)
-        return [
-            Reply(r, prompt_tokens=len(prompt_text(p).split()), completion_tokens=len(r))
-            if isinstance(r, str)
-            else r
-            for p, r in zip(prompts, replies)
-        ]
+from support.scripted_engine import CountingEngine, ScriptedEngine
 
 
 @llm_node(engine="upper", output_name="loud")

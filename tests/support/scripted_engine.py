@@ -22,9 +22,9 @@ import json
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
-from hypernodes_chain.engines.base import Prompt, chat_messages
+from hypernodes_chain.engines.base import Prompt, Reply, chat_messages
 
-__all__ = ["ScriptedEngine", "prompt_text"]
+__all__ = ["CountingEngine", "ScriptedEngine", "prompt_text"]
 
 _TRANSFORMS = {"upper": str.upper, "reverse": lambda text: text[::-1]}
 
@@ -119,3 +119,18 @@ class ScriptedEngine:
         for chunk in self.stream(prompt, **sampling):
             await asyncio.sleep(0)
             yield chunk
+
+
+class CountingEngine(ScriptedEngine):
+    """Replies as `ScriptedEngine`, each a `Reply` with words in and characters out."""
+
+    def generate(
+        self, prompts: Sequence[Prompt], *, schema: Mapping[str, Any] | None = None, **sampling: Any
+    ) -> list[str | Exception]:
+        replies = super().generate(prompts, schema=schema, **sampling)
+        return [
+            Reply(r, prompt_tokens=len(prompt_text(p).split()), completion_tokens=len(r))
+            if isinstance(r, str)
+            else r
+            for p, r in zip(prompts, replies)
+        ]
