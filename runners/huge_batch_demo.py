@@ -29,7 +29,7 @@ from pathlib import Path
 
 from hypernodes_chain import Graph, Runner, node
 from hypernodes_chain.io import StreamWriter
-from hypernodes_chain.programs import interrupted, say
+from hypernodes_chain.programs import finished, interrupted, say
 
 POSITIVE = frozenset({"great", "love", "excellent", "fast", "perfect", "happy", "recommend"})
 NEGATIVE = frozenset({"broken", "slow", "bad", "refund", "poor", "late", "disappointed"})
@@ -169,12 +169,7 @@ def _run(args: argparse.Namespace, writer: StreamWriter) -> int:
         on_error="collect",
     )
     # the run's counts; its rates and times are the progress summary's (or, --quiet, here)
-    shards = f"{len(result.files)} {args.format} shard{'' if len(result.files) == 1 else 's'}"
-    skipped = f"; {result.n_skipped:,} already done" if result.n_skipped else ""
-    took = f" in {result.duration_s:.2f} s" if args.quiet else ""
-    errors = f", failures in {args.out}/_errors/" if result.n_failed else ""
-    say(f"done: {result.n_items:,} rows ({result.n_ok:,} ok, {result.n_failed:,} failed"
-        f"{skipped}){took} -> {shards} in {args.out}/{errors}")  # fmt: skip
+    finished(result, Path(args.out), "rows", args.format, quiet=args.quiet)
     return 0
 
 

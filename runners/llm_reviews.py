@@ -43,7 +43,7 @@ from pydantic import BaseModel, Field
 from hypernodes_chain import Graph, Runner, node
 from hypernodes_chain.io import StreamWriter
 from hypernodes_chain.llm import llm_node
-from hypernodes_chain.programs import interrupted, printable, say
+from hypernodes_chain.programs import finished, interrupted, printable, say
 
 _DROP = str.maketrans({c: " " for c in "!?.,;:()[]\"'#*-/"})
 
@@ -240,12 +240,7 @@ def _run(args: argparse.Namespace, engine: object, writer: StreamWriter) -> int:
             if close is not None:
                 close()
     # the run's counts; its rates and times are the progress summary's (or, --quiet, here)
-    shards = f"{len(result.files)} parquet shard{'' if len(result.files) == 1 else 's'}"
-    skipped = f"; {result.n_skipped:,} already done" if result.n_skipped else ""
-    took = f" in {result.duration_s:.1f} s" if args.quiet else ""
-    errors = f", failures in {args.out}/_errors/" if result.n_failed else ""
-    say(f"done: {result.n_items:,} reviews ({result.n_ok:,} ok, {result.n_failed:,} failed"
-        f"{skipped}){took} -> {shards} in {args.out}/{errors}")  # fmt: skip
+    finished(result, Path(args.out), "reviews", "parquet", quiet=args.quiet)
     if result.n_ok:
         print("\n".join(_sample(result.files)), flush=True)
     return 0

@@ -20,7 +20,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["interrupted", "printable", "resume_command", "say", "shell_lines"]
+__all__ = ["finished", "interrupted", "printable", "resume_command", "say", "shell_lines"]
 
 
 def say(text: str, *, file: TextIO | None = None) -> None:
@@ -79,3 +79,15 @@ def interrupted(out: Path, what: str, total: int, writer: Any, script: str, argv
         say(said.rstrip(), file=sys.stderr)
         print("\n".join(shell_lines(command, width)), file=sys.stderr, flush=True)
     return 130
+
+
+def finished(result: Any, out: Path, what: str, fmt: str, *, quiet: bool = False) -> None:
+    """Say the counts of a finished map (``result``, a `MapResult` with a writer's files):
+    items, ok, failed, skipped, the shards in ``out`` and where failures are; with ``quiet``
+    (no progress summary printed) the time it took too."""
+    shards = f"{len(result.files)} {fmt} shard{'' if len(result.files) == 1 else 's'}"
+    skipped = f"; {result.n_skipped:,} already done" if result.n_skipped else ""
+    took = f" in {result.duration_s:.2f} s" if quiet else ""
+    errors = f", failures in {out}/_errors/" if result.n_failed else ""
+    say(f"done: {result.n_items:,} {what} ({result.n_ok:,} ok, {result.n_failed:,} failed"
+        f"{skipped}){took} -> {shards} in {out}/{errors}")  # fmt: skip
