@@ -34,7 +34,7 @@ from resources import (  # noqa: E402
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runners"))
-from test_cross_runner import _DASK, ENTRIES, Entry  # noqa: E402
+from test_cross_runner import ENTRIES, Entry, close_dask  # noqa: E402, F401  (close_dask: the shared cluster closes after this module)
 
 N_ITEMS = 1_000
 N_TABLE = 12  # items per cross-runner entry (a Dask task per batch: keep it small)
@@ -127,14 +127,6 @@ def hamilton_results(flow: Flow) -> list[dict[str, Any]]:
             plain(dr.execute(flow.outputs, inputs=flow.inputs(i))) for i in range(N_ITEMS)
         ]
     return _HAMILTON[flow.id]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _close_dask():
-    yield
-    if "client" in _DASK:  # the table's LocalCluster, if a test here started it
-        _DASK.pop("client").close()
-        _DASK.pop("cluster").close()
 
 
 def graph_of(flow: Flow) -> Graph:

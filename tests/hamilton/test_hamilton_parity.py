@@ -36,18 +36,10 @@ from resources import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runners"))
-from test_cross_runner import _DASK, ENTRIES, Entry
+from test_cross_runner import ENTRIES, Entry, close_dask  # noqa: F401  (close_dask: the shared cluster closes after this module)
 
 RESOURCES = Path(__file__).resolve().parents[1] / "resources"
 IN_PROCESS = [e for e in ENTRIES if e.id != "DaskRunner"]  # node calls countable here
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _close_dask():
-    yield
-    if "client" in _DASK:  # the table's LocalCluster, if a test here started it
-        _DASK.pop("client").close()
-        _DASK.pop("cluster").close()
 
 
 def hamilton(

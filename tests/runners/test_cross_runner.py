@@ -148,7 +148,7 @@ _DASK: dict[str, Any] = {}
 
 def dask_client() -> Any:
     """The module's ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``,
-    started on first use and closed at the end of the module (`_close_dask`)."""
+    started on first use and closed at the end of the module (`close_dask`)."""
     if "client" not in _DASK:
         import logging
 
@@ -165,7 +165,9 @@ def dask_client() -> Any:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _close_dask():
+def close_dask():
+    """Closes the shared cluster after a module that used it (other modules import this
+    fixture, and so get it too)."""
     yield
     if "client" in _DASK:
         _DASK.pop("client").close()
