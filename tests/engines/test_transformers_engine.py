@@ -198,6 +198,22 @@ def test_bad_prompt_fails_only_its_entry(engine: TransformersEngine, singles: li
     assert isinstance(replies[1], TypeError)
 
 
+def test_prompts_encoded_together_as_one_by_one(
+    engine: TransformersEngine, singles: list[Any]
+) -> None:
+    # a call's prompts go to the tokenizer at once; a text it refuses (a lone surrogate)
+    # fails alone, and every other prompt gets the ids and the reply it gets alone
+    chat = [{"role": "user", "content": "hello"}]
+    prompts: list[Any] = [PROMPTS[0], chat, "", "bad \ud800 text", PROMPTS[1]]
+    encoded, failed = engine._encode_all(prompts)
+    assert list(failed) == [3] and isinstance(failed[3], TypeError)
+    assert encoded == {i: engine._encode(prompts[i]) for i in (0, 1, 2, 4)}
+    replies = engine.generate(prompts, max_tokens=16)
+    assert replies[0] == singles[0] and replies[4] == singles[1]
+    assert replies[1] == engine.generate([chat], max_tokens=16)[0]
+    assert isinstance(replies[2], str) and isinstance(replies[3], TypeError)
+
+
 def test_whole_call_errors_raise(engine: TransformersEngine) -> None:
     with pytest.raises(ValueError, match="max_tokens"):
         engine.generate(PROMPTS, max_tokens=0)

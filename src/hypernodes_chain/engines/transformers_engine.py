@@ -391,25 +391,71 @@ class TransformersEngine:
     # ----------------------------------------------------------------- prompts
 
     def _encode(self, prompt: Prompt) -> list[int]:
-        tokenizer = self._tokenizer
-        if isinstance(prompt, str):
-            text, special = prompt, True
-        else:
-            messages = chat_messages(prompt)
-            if getattr(tokenizer, "chat_template", None):
-                text = tokenizer.apply_chat_template(
-                    messages, tokenize=False, add_generation_prompt=True
-                )
-                special = False  # the template writes its own special tokens
+        """The token ids of one prompt."""
+        text, special = self._text_of(prompt)
+        return self._nonempty(self._tokenizer(text, add_special_tokens=special)["input_ids"])
+
+    def _encode_all(
+        self, prompts: Sequence[Prompt]
+    ) -> tuple[dict[int, list[int]], dict[int, Exception]]:
+        """The token ids of each prompt by index, and the exception of each prompt that
+        cannot be encoded. Prompts go to the tokenizer together (one call per kind: plain
+        text, chat template): 64 prompts one by one took 3.7 ms of this process's CPU
+        against 1.1 ms at once, time a busy map took from the model."""
+        kinds: dict[bool, list[tuple[int, str]]] = {True: [], False: []}
+        encoded: dict[int, list[int]] = {}
+        failed: dict[int, Exception] = {}
+        for i, prompt in enumerate(prompts):
+            try:
+                text, special = self._text_of(prompt)
+            except Exception as exc:
+                failed[i] = exc
             else:
-                lines = [f"{m['role']}: {m['content']}" for m in messages]
-                text, special = "\n".join([*lines, "assistant:"]), True
-        ids = [int(t) for t in tokenizer(text, add_special_tokens=special)["input_ids"]]
-        if not ids:
-            if tokenizer.bos_token_id is None:
+                kinds[special].append((i, text))
+        for special, items in kinds.items():
+            if not items:
+                continue
+            try:
+                rows = self._tokenizer([t for _, t in items], add_special_tokens=special)
+                together: list[Any] | None = rows["input_ids"]
+            except Exception:  # one text the tokenizer refuses: each alone finds which
+                together = None
+            for k, (i, text) in enumerate(items):
+                try:
+                    ids = (
+                        together[k]
+                        if together is not None
+                        else self._tokenizer(text, add_special_tokens=special)["input_ids"]
+                    )
+                    encoded[i] = self._nonempty(ids)
+                except Exception as exc:
+                    failed[i] = exc
+        return encoded, failed
+
+    def _text_of(self, prompt: Prompt) -> tuple[str, bool]:
+        """A prompt's text, and whether the tokenizer adds its special tokens to it (not
+        when a chat template wrote them)."""
+        if isinstance(prompt, str):
+            return prompt, True
+        tokenizer = self._tokenizer
+        messages = chat_messages(prompt)
+        if getattr(tokenizer, "chat_template", None):
+            text = tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+            return text, False  # the template writes its own special tokens
+        lines = [f"{m['role']}: {m['content']}" for m in messages]
+        return "\n".join([*lines, "assistant:"]), True
+
+    def _nonempty(self, ids: Sequence[Any]) -> list[int]:
+        """Token ids as ints; an empty prompt becomes the BOS token."""
+        row = [int(t) for t in ids]
+        if not row:
+            bos = self._tokenizer.bos_token_id
+            if bos is None:
                 raise ValueError("empty prompt (and the tokenizer has no BOS token)")
-            ids = [int(tokenizer.bos_token_id)]
-        return ids
+            row = [int(bos)]
+        return row
 
     def _grammar(self, schema: Mapping[str, Any]) -> Any:
         key = json.dumps(schema)  # property order matters: it is the order of the output
@@ -577,14 +623,8 @@ class TransformersEngine:
             self.start()
             assert self._scheduler is not None
             key, spec = self._group(schema, **sampling)
-            failed: dict[int, Exception] = {}
-            encoded: dict[int, list[int]] = {}
             with self._text:
-                for i, prompt in enumerate(prompts):
-                    try:
-                        encoded[i] = self._encode(prompt)
-                    except Exception as exc:
-                        failed[i] = exc
+                encoded, failed = self._encode_all(prompts)
             order = sorted(encoded, key=lambda i: len(encoded[i]))  # a big call pads little
             future = self._scheduler.submit(key, spec, [encoded[i] for i in order])
             return _Pending(future, len(prompts), order, failed)
