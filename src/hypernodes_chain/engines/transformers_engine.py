@@ -392,8 +392,7 @@ class TransformersEngine:
 
     def _encode(self, prompt: Prompt) -> list[int]:
         """The token ids of one prompt."""
-        text, special = self._text_of(prompt)
-        return self._nonempty(self._tokenizer(text, add_special_tokens=special)["input_ids"])
+        return self._ids(*self._text_of(prompt))
 
     def _encode_all(
         self, prompts: Sequence[Prompt]
@@ -422,12 +421,11 @@ class TransformersEngine:
                 together = None
             for k, (i, text) in enumerate(items):
                 try:
-                    ids = (
-                        together[k]
+                    encoded[i] = (
+                        self._nonempty(together[k])
                         if together is not None
-                        else self._tokenizer(text, add_special_tokens=special)["input_ids"]
+                        else self._ids(text, special)
                     )
-                    encoded[i] = self._nonempty(ids)
                 except Exception as exc:
                     failed[i] = exc
         return encoded, failed
@@ -446,6 +444,10 @@ class TransformersEngine:
             return text, False  # the template writes its own special tokens
         lines = [f"{m['role']}: {m['content']}" for m in messages]
         return "\n".join([*lines, "assistant:"]), True
+
+    def _ids(self, text: str, special: bool) -> list[int]:
+        """The token ids of one text."""
+        return self._nonempty(self._tokenizer(text, add_special_tokens=special)["input_ids"])
 
     def _nonempty(self, ids: Sequence[Any]) -> list[int]:
         """Token ids as ints; an empty prompt becomes the BOS token."""
